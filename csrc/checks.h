@@ -1,0 +1,61 @@
+// Argument checks shared by every C++ op. Same messages and exception types as the Python
+// layer (shufflenet_ops/_checks.py): ValueError for shapes and group counts, TypeError for
+// dtypes, RuntimeError for devices.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace shufflenet_ops {
+
+inline void check_input(const at::Tensor& x, const char* what) {
+  TORCH_CHECK_VALUE(x.dim() == 4, what, " must be 4-D (N, C, H, W), got ", x.dim(), "-D with shape ", x.sizes());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(
+      dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf, what,
+      " has unsupported dtype ", dt, "; supported: float32, float64, bfloat16, float16");
+}
+
+inline void check_groups(int64_t value, const char* name, int64_t channels, const char* channels_name) {
+  TORCH_CHECK_VALUE(value >= 1, name, " must be >= 1, got ", value);
+  TORCH_CHECK_VALUE(
+      channels % value == 0, channels_name, " (", channels, ") must be divisible by ", name, " (", value, ")");
+}
+
+inline void check_same(const at::Tensor& t, const at::Tensor& x, const char* what) {
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), what, " dtype ", t.scalar_type(),
+                   " does not match input dtype ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), what, " is on ", t.device(), " but input is on ", x.device());
+}
+
+// (Cout, Cin/groups, 1, 1) or (Cout, Cin/groups).
+inline void check_weight(const at::Tensor& weight, int64_t cin, int64_t groups) {
+  if (weight.dim() == 4) {
+    TORCH_CHECK_VALUE(weight.size(2) == 1 && weight.size(3) == 1,
+                      "weight must be a 1x1 kernel (Cout, Cin/groups, 1, 1), got kernel ", weight.size(2), "x",
+                      weight.size(3), " in shape ", weight.sizes());
+  } else {
+    TORCH_CHECK_VALUE(weight.dim() == 2, "weight must have shape (Cout, Cin/groups, 1, 1) or (Cout, Cin/groups), got ",
+                      weight.sizes());
+  }
+  check_groups(groups, "groups", cin, "input channels");
+  check_groups(groups, "groups", weight.size(0), "output channels (weight.shape[0])");
+  TORCH_CHECK_VALUE(weight.size(1) * groups == cin, "weight shape ", weight.sizes(), " does not match input with ", cin,
+                    " channels and groups=", groups, ": expected weight.shape[1] == ", cin / groups);
+}
+
+inline void check_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       int64_t groups, int64_t in_shuffle, int64_t out_shuffle) {
+  check_input(x, "input");
+  check_weight(weight, x.size(1), groups);
+  check_groups(in_shuffle, "shuffle_groups", x.size(1), "input channels");
+  check_groups(out_shuffle, "shuffle_groups", weight.size(0), "output channels");
+  check_same(weight, x, "weight");
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == weight.size(0), "bias must have shape (", weight.size(0),
+                      ",), got ", b.sizes());
+    check_same(b, x, "bias");
+  }
+}
+
+}  // namespace shufflenet_ops

@@ -1,0 +1,33 @@
+// The op schema, defined once. CPU kernels live in csrc/cpu/ (TORCH_LIBRARY_IMPL);
+// the CUDA kernels are Triton, registered from Python (shufflenet_ops/triton/);
+// fake kernels and autograd are registered from Python (shufflenet_ops/_ops.py).
+//
+// Conventions shared by every op:
+//   shuffle(x, s): output channel j*s + i <- input channel i*(C/s) + j (torch.channel_shuffle).
+//   in_shuffle / out_shuffle: the shuffle group counts applied to the conv's input / output
+//   in the forward pass (1 = no shuffle). Backward ops take the forward's values and read or
+//   write through the inverse permutation (shuffle(., C/s)).
+//   Outputs are in the memory format of the first tensor argument (NCHW or channels_last).
+#include <torch/library.h>
+
+TORCH_LIBRARY(shufflenet_ops, m) {
+  m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+  // y = act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups))
+  m.def(
+      "group_conv1x1_shuffle(Tensor x, Tensor weight, Tensor? bias, int groups, "
+      "int shuffle_groups, bool relu) -> Tensor");
+  // y = act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias)
+  m.def(
+      "shuffle_group_conv1x1(Tensor x, Tensor weight, Tensor? bias, int groups, "
+      "int shuffle_groups, bool relu) -> Tensor");
+  // Backward of y = Pout(conv(Pin(x))), given grad_output = dL/dy (already ReLU-masked).
+  m.def(
+      "conv1x1_shuffle_grad_input(Tensor grad_output, Tensor weight, int groups, "
+      "int in_shuffle, int out_shuffle) -> Tensor");
+  m.def(
+      "conv1x1_shuffle_grad_weight(Tensor grad_output, Tensor x, int groups, "
+      "int in_shuffle, int out_shuffle) -> Tensor");
+  m.def("conv1x1_shuffle_grad_bias(Tensor grad_output, int out_shuffle) -> Tensor");
+  // grad_output * (output > 0): the ReLU epilogue's backward, from the saved output.
+  m.def("relu_grad(Tensor grad_output, Tensor output) -> Tensor");
+}

@@ -1,0 +1,25 @@
+"""shufflenet_ops: grouped 1x1 convolution and channel shuffle fused into one pass.
+
+    import shufflenet_ops as so
+    y = so.group_conv1x1_shuffle(x, weight, groups=3, bias=b, relu=True)
+"""
+
+from . import _extension, _ops  # noqa: F401  (loads the C++ ops and registers fakes/autograd)
+from . import reference
+from ._backend import BACKENDS, backend
+from .autograd import ChannelShuffleFunction, GroupConv1x1ShuffleFunction, ShuffleGroupConv1x1Function
+from .functional import channel_shuffle, group_conv1x1_shuffle, shuffle_group_conv1x1
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "ChannelShuffleFunction",
+    "GroupConv1x1ShuffleFunction",
+    "ShuffleGroupConv1x1Function",
+    "backend",
+    "channel_shuffle",
+    "group_conv1x1_shuffle",
+    "reference",
+    "shuffle_group_conv1x1",
+]

@@ -1,0 +1,87 @@
+"""Python-side registrations of the ops whose schema lives in csrc/ops.cpp.
+
+- fake (meta) kernels, so torch.compile and torch.library.opcheck can trace the ops;
+- autograd formulas, so calling ``torch.ops.shufflenet_ops.*`` directly is differentiable;
+- the CUDA implementation (Triton), registered by ``shufflenet_ops.triton`` when Triton
+  imports.
+The output of every op is in the memory format of its (first) tensor input, as the C++
+kernels do: ``suggest_memory_format`` on both sides.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+from . import _extension, autograd
+
+LIB = "shufflenet_ops"
+
+
+def _empty_like_format(reference: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return reference.new_empty(shape).contiguous(memory_format=suggest_memory_format(reference))
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake(f"{LIB}::channel_shuffle")
+    def _(x, groups):
+        return _empty_like_format(x, tuple(x.shape))
+
+    def conv_fake(x, weight, bias, groups, shuffle_groups, relu):
+        n, _, h, w = x.shape
+        return _empty_like_format(x, (n, weight.shape[0], h, w))
+
+    torch.library.register_fake(f"{LIB}::group_conv1x1_shuffle", conv_fake)
+    torch.library.register_fake(f"{LIB}::shuffle_group_conv1x1", conv_fake)
+
+    @torch.library.register_fake(f"{LIB}::conv1x1_shuffle_grad_input")
+    def _(grad_output, weight, groups, in_shuffle, out_shuffle):
+        n, _, h, w = grad_output.shape
+        return _empty_like_format(grad_output, (n, weight.shape[1] * groups, h, w))
+
+    @torch.library.register_fake(f"{LIB}::conv1x1_shuffle_grad_weight")
+    def _(grad_output, x, groups, in_shuffle, out_shuffle):
+        return grad_output.new_empty((grad_output.shape[1], x.shape[1] // groups, 1, 1))
+
+    @torch.library.register_fake(f"{LIB}::conv1x1_shuffle_grad_bias")
+    def _(grad_output, out_shuffle):
+        return grad_output.new_empty((grad_output.shape[1],))
+
+    @torch.library.register_fake(f"{LIB}::relu_grad")
+    def _(grad_output, output):
+        return torch.empty_like(grad_output)
+
+
+def _register_autograd() -> None:
+    def shuffle_setup(ctx, inputs, output):
+        x, groups = inputs
+        autograd.save_shuffle(ctx, x, groups, None)
+
+    torch.library.register_autograd(
+        f"{LIB}::channel_shuffle",
+        lambda ctx, grad: (autograd.shuffle_backward(ctx, grad), None),
+        setup_context=shuffle_setup,
+    )
+
+    def conv_setup(output_shuffled: bool):
+        def setup(ctx, inputs, output):
+            x, weight, bias, groups, shuffle_groups, relu = inputs
+            in_shuffle, out_shuffle = (1, shuffle_groups) if output_shuffled else (shuffle_groups, 1)
+            autograd.save_conv(ctx, x, weight, bias, groups, in_shuffle, out_shuffle, relu, output, None)
+
+        return setup
+
+    def conv_backward(ctx, grad):
+        return (*autograd.conv_backward(ctx, grad), None, None, None)
+
+    torch.library.register_autograd(
+        f"{LIB}::group_conv1x1_shuffle", conv_backward, setup_context=conv_setup(True)
+    )
+    torch.library.register_autograd(
+        f"{LIB}::shuffle_group_conv1x1", conv_backward, setup_context=conv_setup(False)
+    )
+
+
+if _extension.available():
+    _register_fakes()
+    _register_autograd()

@@ -1,0 +1,129 @@
+"""torch.autograd.Functions of the fused ops, and the kernel table each backend provides.
+
+A kernel table is any object with the functions of the op schema (csrc/ops.cpp):
+``channel_shuffle``, ``group_conv1x1_shuffle``, ``shuffle_group_conv1x1``,
+``conv1x1_shuffle_grad_input``, ``conv1x1_shuffle_grad_weight``,
+``conv1x1_shuffle_grad_bias`` and ``relu_grad``. ``torch.ops.shufflenet_ops`` is one (the
+dispatcher picks C++ on CPU, Triton on CUDA); ``shufflenet_ops.triton.kernels`` is the
+other, used when Triton is forced on tensors the dispatcher would not send to it (CPU
+tensors under TRITON_INTERPRET=1).
+
+The backward formulas (design notes): with y = Pout(conv(Pin(x), W)) and go = dL/dy,
+grad_x = Pin^-1(conv_transpose(Pout^-1(go), W)), grad_W = sum Pout^-1(go) @ Pin(x)^T,
+grad_b = channel sums of Pout^-1(go); ReLU masks go by y > 0 first. The kernels read and
+write through the permuted indices, so no shuffled tensor is materialised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _extension
+
+
+def kernels(backend: str | None, device: torch.device) -> Any:
+    """The kernel table for ``backend`` (None: the dispatcher) on ``device``."""
+    if backend == "triton" and not (device.type == "cuda" and _extension.available()):
+        from .triton import kernels as triton_kernels
+
+        return triton_kernels
+    _extension.require()
+    return torch.ops.shufflenet_ops
+
+
+# --------------------------------------------------------------------------- shuffle
+def save_shuffle(ctx: Any, x: torch.Tensor, groups: int, backend: str | None) -> None:
+    ctx.inverse_groups = x.shape[1] // groups
+    ctx.backend = backend
+
+
+def shuffle_backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+    # The inverse of shuffle(., g) is shuffle(., C/g); going through the Function keeps it
+    # differentiable (double backward).
+    return ChannelShuffleFunction.apply(grad, ctx.inverse_groups, ctx.backend)
+
+
+class ChannelShuffleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(x: torch.Tensor, groups: int, backend: str | None) -> torch.Tensor:
+        return kernels(backend, x.device).channel_shuffle(x, groups)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, groups, backend = inputs
+        save_shuffle(ctx, x, groups, backend)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        return shuffle_backward(ctx, grad), None, None
+
+
+# --------------------------------------------------------------------- fused 1x1 conv
+def save_conv(
+    ctx: Any,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
+    in_shuffle: int,
+    out_shuffle: int,
+    relu: bool,
+    output: torch.Tensor,
+    backend: str | None,
+) -> None:
+    ctx.save_for_backward(x, weight, output if relu else None)
+    ctx.groups, ctx.in_shuffle, ctx.out_shuffle = groups, in_shuffle, out_shuffle
+    ctx.relu, ctx.has_bias, ctx.backend = relu, bias is not None, backend
+
+
+def conv_backward(ctx: Any, grad: torch.Tensor) -> tuple:
+    """(grad_x, grad_weight, grad_bias) of a fused conv saved by ``save_conv``."""
+    x, weight, output = ctx.saved_tensors
+    k = kernels(ctx.backend, grad.device)
+    if ctx.relu:
+        grad = k.relu_grad(grad, output)
+    grad_x = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = k.conv1x1_shuffle_grad_input(grad, weight, ctx.groups, ctx.in_shuffle, ctx.out_shuffle)
+    if ctx.needs_input_grad[1]:
+        grad_weight = k.conv1x1_shuffle_grad_weight(grad, x, ctx.groups, ctx.in_shuffle, ctx.out_shuffle)
+        grad_weight = grad_weight.reshape(weight.shape)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = k.conv1x1_shuffle_grad_bias(grad, ctx.out_shuffle)
+    return grad_x, grad_weight, grad_bias
+
+
+class GroupConv1x1ShuffleFunction(torch.autograd.Function):
+    """``act(shuffle(conv1x1(x) + bias, shuffle_groups))``: the shuffle on the output."""
+
+    @staticmethod
+    def forward(x, weight, bias, groups: int, shuffle_groups: int, relu: bool, backend: str | None):
+        return kernels(backend, x.device).group_conv1x1_shuffle(x, weight, bias, groups, shuffle_groups, relu)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, weight, bias, groups, shuffle_groups, relu, backend = inputs
+        save_conv(ctx, x, weight, bias, groups, 1, shuffle_groups, relu, output, backend)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        return (*conv_backward(ctx, grad), None, None, None, None)
+
+
+class ShuffleGroupConv1x1Function(torch.autograd.Function):
+    """``act(conv1x1(shuffle(x, shuffle_groups)) + bias)``: the shuffle on the input."""
+
+    @staticmethod
+    def forward(x, weight, bias, groups: int, shuffle_groups: int, relu: bool, backend: str | None):
+        return kernels(backend, x.device).shuffle_group_conv1x1(x, weight, bias, groups, shuffle_groups, relu)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, weight, bias, groups, shuffle_groups, relu, backend = inputs
+        save_conv(ctx, x, weight, bias, groups, shuffle_groups, 1, relu, output, backend)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        return (*conv_backward(ctx, grad), None, None, None, None)

@@ -1,0 +1,64 @@
+"""The public fused ops. Each validates its arguments, picks a backend (see ``_backend``)
+and runs the matching torch.autograd.Function, or the pure-PyTorch reference."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _checks, reference
+from .autograd import ChannelShuffleFunction, GroupConv1x1ShuffleFunction, ShuffleGroupConv1x1Function
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Fast standalone channel shuffle, same result as ``torch.channel_shuffle(x, groups)``."""
+    _checks.check_channel_shuffle(x, groups)
+    backend = _backend.resolve(x.device)
+    if backend == "reference":
+        return reference.channel_shuffle(x, groups)
+    return ChannelShuffleFunction.apply(x, groups, backend)
+
+
+def group_conv1x1_shuffle(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    groups: int,
+    *,
+    bias: torch.Tensor | None = None,
+    shuffle_groups: int | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups))`` in one pass.
+
+    ``shuffle_groups=None`` shuffles with ``groups`` (the paper's placement, right after the
+    first GConv); ``shuffle_groups=1`` is a plain grouped 1x1 conv with a fused epilogue.
+    ``weight`` is ``(Cout, Cin/groups, 1, 1)`` or ``(Cout, Cin/groups)``.
+    """
+    shuffle_groups = groups if shuffle_groups is None else shuffle_groups
+    _checks.check_conv1x1(x, weight, bias, groups, 1, shuffle_groups)
+    backend = _backend.resolve(x.device)
+    if backend == "reference":
+        return reference.group_conv1x1_shuffle(
+            x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=relu
+        )
+    return GroupConv1x1ShuffleFunction.apply(x, weight, bias, groups, shuffle_groups, relu, backend)
+
+
+def shuffle_group_conv1x1(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    groups: int,
+    shuffle_groups: int,
+    *,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias)`` in one pass.
+
+    The placement where the shuffle precedes a grouped conv. The official ShuffleNet code's
+    shuffle is the inverse permutation, i.e. ``shuffle_groups = Cin // groups`` here.
+    """
+    _checks.check_conv1x1(x, weight, bias, groups, shuffle_groups, 1)
+    backend = _backend.resolve(x.device)
+    if backend == "reference":
+        return reference.shuffle_group_conv1x1(x, weight, groups, shuffle_groups, bias=bias, relu=relu)
+    return ShuffleGroupConv1x1Function.apply(x, weight, bias, groups, shuffle_groups, relu, backend)

@@ -1,0 +1,55 @@
+"""Pure-PyTorch (unfused) references of every op.
+
+These are the definitions the fast kernels are tested against and the "eager unfused"
+baseline the benchmarks time. They are written for clarity: each is the textbook
+sequence of separate passes (conv, then a materialised shuffle, then bias/ReLU).
+Autograd comes from PyTorch itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: output channel j*groups + i <- input channel i*(C/groups) + j.
+
+    Identical to ``torch.channel_shuffle(x, groups)``; written out as the paper's
+    reshape -> transpose -> flatten so the definition is visible.
+    """
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def _as_conv_weight(weight: torch.Tensor) -> torch.Tensor:
+    return weight if weight.dim() == 4 else weight.reshape(weight.shape[0], weight.shape[1], 1, 1)
+
+
+def group_conv1x1_shuffle(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    groups: int,
+    *,
+    bias: torch.Tensor | None = None,
+    shuffle_groups: int | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups))``, unfused."""
+    y = F.conv2d(x, _as_conv_weight(weight), bias, groups=groups)
+    y = channel_shuffle(y, groups if shuffle_groups is None else shuffle_groups)
+    return F.relu(y) if relu else y
+
+
+def shuffle_group_conv1x1(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    groups: int,
+    shuffle_groups: int,
+    *,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias)``, unfused."""
+    y = F.conv2d(channel_shuffle(x, shuffle_groups), _as_conv_weight(weight), bias, groups=groups)
+    return F.relu(y) if relu else y
