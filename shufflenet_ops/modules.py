@@ -1,0 +1,541 @@
+"""nn.Modules built on the fused ops.
+
+Drop-in replacements for a 1x1 ``nn.Conv2d`` next to a channel shuffle (same ``weight`` /
+``bias`` parameters and state_dict keys as the conv):
+
+- ``GroupConv1x1Shuffle``: ``act(shuffle(conv1x1(x) + bias, shuffle_groups))``;
+- ``ShuffleGroupConv1x1``: ``act(conv1x1(shuffle(x, shuffle_groups)) + bias)``.
+
+Conv + BatchNorm (+ ReLU) with the shuffle, as one module whose children are the
+``conv`` (an ordinary 1x1 ``nn.Conv2d``) and the ``bn`` it replaces:
+
+- ``GroupConv1x1BNShuffle``: the shuffle on the output, the BN before or after it;
+- ``ShuffleGroupConv1x1BN``: the shuffle on the input.
+
+These fold their BatchNorm by themselves: in eval mode (with running statistics) the BN
+becomes the conv's weight and bias and the ReLU the kernel's epilogue, so one fused call
+runs; in train mode they compute exactly what conv -> BN -> ReLU -> shuffle computes
+(batch statistics, running-stat updates, gradients). Switching back to train() restores
+that at once: nothing is overwritten, the folded weights are derived, never stored.
+``fold_batchnorm`` folds permanently instead (for export), removing the BN.
+
+``ShuffleUnit`` is the ShuffleNet V1 unit; ``fused=False`` gives the naive unit with the
+same state_dict keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import functional
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _check_divisible(channels: int, channels_name: str, groups: int, groups_name: str) -> None:
+    if channels % groups != 0:
+        raise ValueError(f"{channels_name} ({channels}) must be divisible by {groups_name} ({groups})")
+
+
+def shuffle_permutation(channels: int, groups: int, device: torch.device | None = None) -> torch.Tensor:
+    """Index ``p`` with ``shuffle(x, groups)[:, j] == x[:, p[j]]`` for ``channels`` channels.
+
+    The inverse permutation is ``shuffle_permutation(channels, channels // groups)``.
+    """
+    return torch.arange(channels, device=device).view(groups, channels // groups).t().reshape(-1)
+
+
+# ----------------------------------------------------------------- plain conv modules
+class _Conv1x1Base(nn.Module):
+    """Parameters laid out exactly as a 1x1 ``nn.Conv2d``'s, so state_dicts load both ways."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        shuffle_groups: int,
+        shuffled_channels: int,
+        bias: bool,
+        relu: bool,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = _check_positive_int(in_channels, "in_channels")
+        self.out_channels = _check_positive_int(out_channels, "out_channels")
+        self.groups = _check_positive_int(groups, "groups")
+        self.shuffle_groups = _check_positive_int(shuffle_groups, "shuffle_groups")
+        _check_divisible(in_channels, "in_channels", groups, "groups")
+        _check_divisible(out_channels, "out_channels", groups, "groups")
+        _check_divisible(shuffled_channels, "the shuffled channels", shuffle_groups, "shuffle_groups")
+        self.relu = bool(relu)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, 1, 1, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's default initialisation, so a fresh module is distributed like the conv.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def _check_conv(cls, conv: nn.Module) -> None:
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"{cls.__name__}.from_conv needs an nn.Conv2d, got {type(conv).__name__}")
+        if not is_pointwise_conv(conv):
+            raise ValueError(
+                f"{cls.__name__}.from_conv needs a 1x1 conv with stride 1 and no padding, got {conv}"
+            )
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}, groups={self.groups}, shuffle_groups={self.shuffle_groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text + (", relu=True" if self.relu else "")
+
+
+class GroupConv1x1Shuffle(_Conv1x1Base):
+    """A 1x1 conv whose output is channel-shuffled (and optionally ReLU'd) in the same pass.
+
+    ``forward(x) = act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups))``;
+    ``shuffle_groups=None`` means ``groups`` (the paper's placement), ``1`` no shuffle.
+    ``weight`` and ``bias`` are those of the ``nn.Conv2d(in, out, 1, groups=groups)`` it
+    replaces: ``module.load_state_dict(conv.state_dict())`` works, and the other way round.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int = 1,
+        shuffle_groups: int | None = None,
+        bias: bool = True,
+        relu: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        shuffle_groups = groups if shuffle_groups is None else shuffle_groups
+        super().__init__(
+            in_channels, out_channels, groups, shuffle_groups, out_channels, bias, relu, device, dtype
+        )
+
+    @classmethod
+    def from_conv(
+        cls, conv: nn.Conv2d, shuffle_groups: int | None = None, relu: bool = False
+    ) -> "GroupConv1x1Shuffle":
+        """A module that shares ``conv``'s parameters (no copy)."""
+        cls._check_conv(conv)
+        module = cls(
+            conv.in_channels, conv.out_channels, conv.groups, shuffle_groups,
+            bias=conv.bias is not None, relu=relu, device="meta",
+        )
+        module.weight, module.bias = conv.weight, conv.bias
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional.group_conv1x1_shuffle(
+            x, self.weight, self.groups, bias=self.bias, shuffle_groups=self.shuffle_groups, relu=self.relu
+        )
+
+
+class ShuffleGroupConv1x1(_Conv1x1Base):
+    """A 1x1 conv that reads its input channel-shuffled: ``act(conv1x1(shuffle(x, s)) + bias)``.
+
+    The placement of the official ShuffleNet code (shuffle right before the second GConv);
+    its shuffle is the inverse permutation, i.e. ``shuffle_groups = in_channels // groups``
+    here. Parameters are those of the ``nn.Conv2d`` it replaces.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        shuffle_groups: int,
+        bias: bool = True,
+        relu: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, groups, shuffle_groups, in_channels, bias, relu, device, dtype
+        )
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, shuffle_groups: int, relu: bool = False) -> "ShuffleGroupConv1x1":
+        """A module that shares ``conv``'s parameters (no copy)."""
+        cls._check_conv(conv)
+        module = cls(
+            conv.in_channels, conv.out_channels, conv.groups, shuffle_groups,
+            bias=conv.bias is not None, relu=relu, device="meta",
+        )
+        module.weight, module.bias = conv.weight, conv.bias
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional.shuffle_group_conv1x1(
+            x, self.weight, self.groups, self.shuffle_groups, bias=self.bias, relu=self.relu
+        )
+
+
+# ------------------------------------------------------------- conv + BN (+ ReLU) modules
+def is_pointwise_conv(conv: nn.Module) -> bool:
+    """True for an ``nn.Conv2d`` that is a plain 1x1 conv the fused ops can run."""
+    if not isinstance(conv, nn.Conv2d) or type(conv).forward is not nn.Conv2d.forward:
+        return False
+    # With a 1x1 kernel, padding "same" is no padding, and dilation changes nothing.
+    no_padding = conv.padding in ("valid", "same") or tuple(conv.padding) == (0, 0)
+    return tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) == (1, 1) and no_padding
+
+
+def is_plain_batchnorm(bn: nn.Module) -> bool:
+    """True for an ``nn.BatchNorm2d`` whose forward is the standard one (foldable)."""
+    return isinstance(bn, nn.BatchNorm2d) and type(bn).forward is nn.BatchNorm2d.forward
+
+
+def batchnorm_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``bn(z) == z * scale + shift`` per channel, in eval mode."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _batch_norm_permuted(bn: nn.BatchNorm2d, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``bn`` applied to ``z`` whose channel j holds BN channel ``index[j]``.
+
+    Equals ``bn(z[:, inverse])[:, index]`` exactly: the same per-channel statistics, the same
+    running-stat update (momentum or cumulative average, num_batches_tracked) as
+    ``nn.BatchNorm2d.forward``, written back in the BN's own channel order.
+    """
+    bn._check_input_dim(z)
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    pass_buffers = not bn.training or bn.track_running_stats
+    running_mean = bn.running_mean.index_select(0, index) if pass_buffers and bn.running_mean is not None else None
+    running_var = bn.running_var.index_select(0, index) if pass_buffers and bn.running_var is not None else None
+    weight = bn.weight.index_select(0, index) if bn.weight is not None else None
+    bias = bn.bias.index_select(0, index) if bn.bias is not None else None
+    out = F.batch_norm(z, running_mean, running_var, weight, bias, use_batch_stats, momentum, bn.eps)
+    if bn.training and running_mean is not None:  # F.batch_norm updated the permuted copies
+        with torch.no_grad():
+            bn.running_mean.index_copy_(0, index, running_mean)
+            bn.running_var.index_copy_(0, index, running_var)
+    return out
+
+
+class _FoldedConvBNBase(nn.Module):
+    """Holds ``conv`` (1x1 nn.Conv2d) and ``bn`` and derives the BN-folded weight and bias.
+
+    Folding: with ``s = gamma / sqrt(var + eps)``, ``W' = W * s`` and
+    ``b' = beta + (b - mean) * s`` per output channel. The folded pair is recomputed from
+    the live parameters; in inference (no autograd) it is cached and reused until any
+    source tensor changes (in-place updates bump a tensor's version counter).
+    """
+
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, shuffle_groups: int, relu: bool) -> None:
+        super().__init__()
+        if not is_pointwise_conv(conv):
+            raise ValueError(f"{type(self).__name__} needs a 1x1 nn.Conv2d with stride 1 and no padding, got {conv}")
+        if not is_plain_batchnorm(bn):
+            raise TypeError(f"{type(self).__name__} needs an nn.BatchNorm2d, got {type(bn).__name__}")
+        if bn.num_features != conv.out_channels:
+            raise ValueError(
+                f"bn.num_features ({bn.num_features}) must equal conv.out_channels ({conv.out_channels})"
+            )
+        self.conv = conv
+        self.bn = bn
+        self.shuffle_groups = _check_positive_int(shuffle_groups, "shuffle_groups")
+        self.relu = bool(relu)
+        self._fold_cache: tuple[list, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def groups(self) -> int:
+        return self.conv.groups
+
+    def _can_fold(self) -> bool:
+        # Eval mode with running statistics: BN is a fixed per-channel affine map.
+        return not self.training and self.bn.running_mean is not None and self.bn.running_var is not None
+
+    def _bn_scale_shift_in_conv_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return batchnorm_scale_shift(self.bn)
+
+    def _compute_folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, shift = self._bn_scale_shift_in_conv_order()
+        weight = self.conv.weight * scale.to(self.conv.weight.dtype).view(-1, 1, 1, 1)
+        bias = shift if self.conv.bias is None else shift + self.conv.bias * scale
+        return weight, bias.to(self.conv.weight.dtype)
+
+    def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conv weight and bias with the BN folded in (eval-mode BN)."""
+        sources = [t for t in (*self.conv.parameters(), *self.bn.parameters(), *self.bn.buffers()) if t is not None]
+        needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
+        if needs_graph or torch.compiler.is_compiling() or any(t.is_inference() for t in sources):
+            return self._compute_folded()
+        cache = self._fold_cache
+        if cache is not None:
+            stamps, folded = cache
+            if len(stamps) == len(sources) and all(
+                old is new and version == new._version for (old, version), new in zip(stamps, sources)
+            ):
+                return folded
+        with torch.no_grad():
+            folded = self._compute_folded()
+        self._fold_cache = ([(t, t._version) for t in sources], folded)
+        return folded
+
+    def train(self, mode: bool = True) -> "_FoldedConvBNBase":
+        self._fold_cache = None
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fold_cache"] = None  # derived data: never pickled or deep-copied
+        return state
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, shuffle_groups={self.shuffle_groups}, relu={self.relu}"
+
+
+class GroupConv1x1BNShuffle(_FoldedConvBNBase):
+    """``shuffle(act(bn(conv(x))))`` for a 1x1 ``conv``, as one fused call in eval mode.
+
+    ``bn_after_shuffle=True`` is ``act(bn(shuffle(conv(x))))``: the BN's channels are then
+    indexed in shuffled order (as when a model applies BN after the shuffle).
+
+    Train mode runs the conv with its output shuffle fused, then BatchNorm on the shuffled
+    tensor. BN acts per channel, so BN-then-shuffle equals shuffle-then-BN with the BN's
+    parameters and running statistics permuted the same way; ``_batch_norm_permuted`` does
+    that with ``F.batch_norm`` (the same statistics and updates as ``nn.BatchNorm2d``) and
+    writes the running statistics back in the BN's order. This keeps the shuffle inside the
+    conv pass in training too, instead of a separate shuffle after the BN.
+    """
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        bn: nn.BatchNorm2d,
+        shuffle_groups: int | None = None,
+        relu: bool = False,
+        bn_after_shuffle: bool = False,
+    ) -> None:
+        shuffle_groups = conv.groups if shuffle_groups is None else shuffle_groups
+        super().__init__(conv, bn, shuffle_groups, relu)
+        _check_divisible(conv.out_channels, "conv.out_channels", self.shuffle_groups, "shuffle_groups")
+        self.bn_after_shuffle = bool(bn_after_shuffle)
+
+    def _bn_scale_shift_in_conv_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, shift = batchnorm_scale_shift(self.bn)
+        if self.bn_after_shuffle:
+            # BN channel j sits on conv channel p[j]; conv channel c takes BN channel p^-1[c].
+            channels = self.conv.out_channels
+            inverse = shuffle_permutation(channels, channels // self.shuffle_groups, scale.device)
+            scale, shift = scale.index_select(0, inverse), shift.index_select(0, inverse)
+        return scale, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, groups, shuffle_groups = self.conv, self.conv.groups, self.shuffle_groups
+        if self._can_fold():
+            weight, bias = self.folded_weight_bias()
+            return functional.group_conv1x1_shuffle(
+                x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=self.relu
+            )
+        z = functional.group_conv1x1_shuffle(x, conv.weight, groups, bias=conv.bias, shuffle_groups=shuffle_groups)
+        if self.bn_after_shuffle or shuffle_groups == 1:
+            y = self.bn(z)
+        else:
+            y = _batch_norm_permuted(self.bn, z, shuffle_permutation(conv.out_channels, shuffle_groups, z.device))
+        return F.relu(y) if self.relu else y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", bn_after_shuffle=True" if self.bn_after_shuffle else "")
+
+
+class ShuffleGroupConv1x1BN(_FoldedConvBNBase):
+    """``act(bn(conv(shuffle(x, shuffle_groups))))`` for a 1x1 ``conv``, fused in eval mode."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, shuffle_groups: int, relu: bool = False) -> None:
+        super().__init__(conv, bn, shuffle_groups, relu)
+        _check_divisible(conv.in_channels, "conv.in_channels", self.shuffle_groups, "shuffle_groups")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, groups, shuffle_groups = self.conv, self.conv.groups, self.shuffle_groups
+        if self._can_fold():
+            weight, bias = self.folded_weight_bias()
+            return functional.shuffle_group_conv1x1(x, weight, groups, shuffle_groups, bias=bias, relu=self.relu)
+        y = self.bn(functional.shuffle_group_conv1x1(x, conv.weight, groups, shuffle_groups, bias=conv.bias))
+        return F.relu(y) if self.relu else y
+
+
+FUSED_MODULE_TYPES = (GroupConv1x1Shuffle, ShuffleGroupConv1x1, GroupConv1x1BNShuffle, ShuffleGroupConv1x1BN)
+
+
+def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Fold the BatchNorm of every fused conv+BN module into its conv, permanently.
+
+    Fused conv+BN modules already fold by themselves in eval mode (and unfold in train
+    mode); this is for deployment and export: each ``GroupConv1x1BNShuffle`` /
+    ``ShuffleGroupConv1x1BN`` becomes a ``GroupConv1x1Shuffle`` / ``ShuffleGroupConv1x1``
+    with the folded weight and bias (eval-mode BN semantics; training it afterwards trains
+    a model without BN). Returns a copy unless ``inplace=True``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fold_batchnorm expects an nn.Module, got {type(model).__name__}")
+    model = model if inplace else copy.deepcopy(model)
+    if isinstance(model, _FoldedConvBNBase):
+        return _folded_replacement(model)
+    for name, child in list(model.named_children()):
+        setattr(model, name, fold_batchnorm(child, inplace=True))
+    return model
+
+
+def _folded_replacement(module: _FoldedConvBNBase) -> nn.Module:
+    if module.bn.running_mean is None or module.bn.running_var is None:
+        raise ValueError(
+            f"cannot fold {module.bn}: it tracks no running statistics (track_running_stats=False)"
+        )
+    conv = module.conv
+    with torch.no_grad():
+        weight, bias = module._compute_folded()
+    if isinstance(module, GroupConv1x1BNShuffle):
+        folded: nn.Module = GroupConv1x1Shuffle(
+            conv.in_channels, conv.out_channels, conv.groups, module.shuffle_groups, relu=module.relu,
+            device=weight.device, dtype=weight.dtype,
+        )
+    else:
+        folded = ShuffleGroupConv1x1(
+            conv.in_channels, conv.out_channels, conv.groups, module.shuffle_groups, relu=module.relu,
+            device=weight.device, dtype=weight.dtype,
+        )
+    with torch.no_grad():
+        folded.weight.copy_(weight)
+        folded.bias.copy_(bias)
+    folded.weight.requires_grad_(conv.weight.requires_grad)
+    folded.bias.requires_grad_(conv.weight.requires_grad)
+    return folded.train(module.training)
+
+
+# --------------------------------------------------------------------------- ShuffleUnit
+def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int) -> "OrderedDict":
+    return OrderedDict(
+        conv=nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False
+        ),
+        bn=nn.BatchNorm2d(out_channels),
+    )
+
+
+class ShuffleUnit(nn.Module):
+    """The ShuffleNet V1 unit (paper Fig. 2b / 2c).
+
+    Stride 1: 1x1 GConv -> BN -> ReLU -> shuffle -> 3x3 depthwise conv -> BN -> 1x1 GConv
+    -> BN, added to the input, then ReLU. Stride 2: the depthwise conv has stride 2, the
+    shortcut is a 3x3 average pool (stride 2, padding 1), the two are concatenated
+    (shortcut first) and ReLU'd; the branch outputs ``out_channels - in_channels``.
+    The bottleneck is ``out_channels // 4``; no ReLU after the depthwise conv nor after the
+    second GConv (before the add). ``grouped_first=False`` makes the first 1x1 conv
+    ungrouped (the first unit of Stage 2); the shuffle still uses ``groups``.
+
+    ``fused=True`` runs each 1x1 conv with its BN, ReLU and shuffle as one fused module
+    (``GroupConv1x1BNShuffle``; BN folded in eval mode, and for stride 2 the final ReLU of
+    the branch in the second conv's epilogue). ``fused=False`` is the naive unit: separate
+    conv, BN, ReLU and ``nn.ChannelShuffle``. Both have the same parameters and
+    state_dict keys (``compress.conv``, ``compress.bn``, ``depthwise.conv``,
+    ``depthwise.bn``, ``expand.conv``, ``expand.bn``), so checkpoints load both ways.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        stride: int,
+        grouped_first: bool = True,
+        fused: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_positive_int(in_channels, "in_channels")
+        _check_positive_int(out_channels, "out_channels")
+        _check_positive_int(groups, "groups")
+        if stride not in (1, 2) or isinstance(stride, bool):
+            raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+        if stride == 1 and in_channels != out_channels:
+            raise ValueError(
+                f"a stride-1 unit adds its input to its output: in_channels ({in_channels}) must equal "
+                f"out_channels ({out_channels})"
+            )
+        if stride == 2 and out_channels <= in_channels:
+            raise ValueError(
+                f"a stride-2 unit concatenates its input: out_channels ({out_channels}) must exceed "
+                f"in_channels ({in_channels})"
+            )
+        bottleneck = out_channels // 4
+        branch_out = out_channels - in_channels if stride == 2 else out_channels
+        first_groups = groups if grouped_first else 1
+        if bottleneck < 1:
+            raise ValueError(f"out_channels ({out_channels}) must be >= 4 (bottleneck = out_channels // 4)")
+        _check_divisible(bottleneck, "the bottleneck width out_channels // 4", groups, "groups")
+        _check_divisible(in_channels, "in_channels", first_groups, "groups")
+        _check_divisible(branch_out, "the branch output channels", groups, "groups")
+
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.groups, self.stride, self.grouped_first, self.fused = groups, stride, grouped_first, fused
+        compress = _conv_bn(in_channels, bottleneck, 1, 1, first_groups)
+        expand = _conv_bn(bottleneck, branch_out, 1, 1, groups)
+        if fused:
+            self.compress = GroupConv1x1BNShuffle(compress["conv"], compress["bn"], shuffle_groups=groups, relu=True)
+        else:
+            compress["relu"] = nn.ReLU(inplace=True)
+            self.compress = nn.Sequential(compress)
+            self.shuffle = nn.ChannelShuffle(groups) if groups > 1 else nn.Identity()
+        self.depthwise = nn.Sequential(_conv_bn(bottleneck, bottleneck, 3, stride, bottleneck))
+        if fused:
+            # Stride 2: relu(cat(pool, branch)) == cat(relu(pool), relu(branch)), so the
+            # branch's ReLU runs in the second conv's epilogue.
+            self.expand = GroupConv1x1BNShuffle(expand["conv"], expand["bn"], shuffle_groups=1, relu=stride == 2)
+        else:
+            self.expand = nn.Sequential(expand)
+        self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            branch = self.expand(self.depthwise(self.compress(x)))
+            if self.stride == 1:
+                return F.relu(x + branch)
+            return torch.cat((F.relu(self.shortcut(x)), branch), dim=1)
+        branch = self.expand(self.depthwise(self.shuffle(self.compress(x))))
+        if self.stride == 1:
+            return F.relu(x + branch)
+        return F.relu(torch.cat((self.shortcut(x), branch), dim=1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, groups={self.groups}, stride={self.stride}, "
+            f"grouped_first={self.grouped_first}, fused={self.fused}"
+        )
