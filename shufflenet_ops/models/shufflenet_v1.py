@@ -1,0 +1,114 @@
+"""ShuffleNet V1 (Zhang et al., CVPR 2018), Table 1 of the paper.
+
+Widths at 1.0x are the paper's. For a scale ``s`` ("ShuffleNet s x") the paper gives no
+rounding rule; this module uses:
+
+- Stage 2 width = ``s * base`` rounded to the nearest multiple of ``4 * groups`` (ties
+  round up, at least ``4 * groups``); Stages 3 and 4 are 2x and 4x Stage 2. Every stage
+  width is then divisible by ``groups`` and by 4, and its bottleneck (width / 4) by
+  ``groups``. This reproduces the official code's stage widths for g=3 and g=8 at
+  0.5x, 1.5x and 2.0x.
+- Stem width = ``24 * s`` rounded up to a multiple of ``groups`` (the first unit's branch
+  outputs ``stage2 - stem`` channels through a conv with ``groups`` groups). That is the
+  official 12 (g=3) / 16 (g=8) at 0.5x and 48 at 2.0x; at 1.5x the official code keeps 24
+  where this rule gives 36 (g=3) / 40 (g=8).
+
+Inputs of any size >= 32x32 work: the network downsamples by 32 and ends with a global
+average pool.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..modules import ShuffleUnit
+
+GROUPS = (1, 2, 3, 4, 8)
+WIDTH_MULTS = (0.25, 0.5, 1.0, 1.5, 2.0)
+# Table 1: output channels of Stage 2 at 1.0x; Stages 3 and 4 double each time.
+STAGE2_CHANNELS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
+STEM_CHANNELS = 24
+STAGE_REPEATS = (4, 8, 4)  # one stride-2 unit, then 3 / 7 / 3 stride-1 units
+
+
+def stage_channels(groups: int, width_mult: float) -> tuple[int, int, int, int]:
+    """``(stem, stage2, stage3, stage4)`` output channels; see the module docstring."""
+    if groups not in STAGE2_CHANNELS:
+        raise ValueError(f"groups must be one of {GROUPS}, got {groups!r}")
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
+        raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
+    quantum = 4 * groups
+    stage2 = max(quantum, math.floor(STAGE2_CHANNELS[groups] * width_mult / quantum + 0.5) * quantum)
+    stem = max(groups, math.ceil(STEM_CHANNELS * width_mult / groups) * groups)
+    return stem, stage2, 2 * stage2, 4 * stage2
+
+
+class ShuffleNetV1(nn.Module):
+    """Stem (3x3/2 conv, BN, ReLU, 3x3/2 max pool), Stages 2-4 of ``ShuffleUnit``s, global
+    average pool, fully connected classifier. ``fused=False`` builds the naive units (the
+    same state_dict keys), the baseline for benchmarks and tests."""
+
+    def __init__(
+        self, groups: int = 3, width_mult: float = 1.0, num_classes: int = 1000, fused: bool = True
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        stem, *widths = stage_channels(groups, width_mult)
+        self.groups, self.width_mult, self.fused = groups, width_mult, fused
+        self.stage_out_channels = (stem, *widths)
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, stem, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        stages = []
+        in_channels = stem
+        for stage_index, (out_channels, repeats) in enumerate(zip(widths, STAGE_REPEATS)):
+            units = [
+                ShuffleUnit(
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    groups,
+                    stride=2 if i == 0 else 1,
+                    # Stage 2's first pointwise conv is not grouped: its input has few channels.
+                    grouped_first=not (stage_index == 0 and i == 0),
+                    fused=fused,
+                )
+                for i in range(repeats)
+            ]
+            stages.append(nn.Sequential(*units))
+            in_channels = out_channels
+        self.stage2, self.stage3, self.stage4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+        self._initialize()
+
+    def _initialize(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage4(self.stage3(self.stage2(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def shufflenet_v1(
+    groups: int = 3, width_mult: float = 1.0, num_classes: int = 1000, fused: bool = True
+) -> ShuffleNetV1:
+    """ShuffleNet V1 with ``groups`` in {1, 2, 3, 4, 8} and ``width_mult`` in
+    {0.25, 0.5, 1.0, 1.5, 2.0} (the paper's configurations; ``ShuffleNetV1`` itself takes
+    any positive scale). ``fused=True`` uses the fused conv+shuffle modules."""
+    if width_mult not in WIDTH_MULTS:
+        raise ValueError(f"width_mult must be one of {WIDTH_MULTS}, got {width_mult!r}")
+    return ShuffleNetV1(groups, width_mult, num_classes, fused)
