@@ -5,6 +5,7 @@
 """
 
 from . import _extension, _ops  # noqa: F401  (loads the C++ ops and registers fakes/autograd)
+from .triton import register_cuda_kernels as _rc; _rc()  # noqa: E702  (Triton as the CUDA kernels; no-op without triton/CUDA/extension)
 from . import reference
 from ._backend import BACKENDS, backend
 from .autograd import ChannelShuffleFunction, GroupConv1x1ShuffleFunction, ShuffleGroupConv1x1Function

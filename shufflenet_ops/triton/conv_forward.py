@@ -1,0 +1,230 @@
+"""The permuted grouped 1x1 conv GEMM: the forward of both placements, and grad input.
+
+One kernel serves all three because each is "a grouped 1x1 conv whose input channels are
+read through one shuffle and whose output channels are written through another":
+
+  forward       y[Pout(r)] = act(sum_k W_g[r, k] * x[Pin(g*K + k)] + b[r])
+  grad input    gx[Pin(c)] = sum_n W_g[n, c]^T * go[Pout(g*N + n)]      (W transposed by strides)
+
+Every shuffle (and its inverse, and the identity) has the form
+``physical = (c % a) * b + c // a`` with a * b = C, so the kernel takes (a, b) per side and
+the permutation costs one mod and one div per loaded/stored row: no shuffled copy exists.
+The pixel axis is the GEMM's N dimension; channels_last and NCHW differ only in strides.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common, _configs
+
+
+@triton.jit
+def _permuted_group_conv1x1_kernel(
+    x_ptr,  # (NB, GROUPS*RED, P) by strides; conv input channel c is x channel (c % in_a) * in_b + c // in_a
+    w_ptr,  # group g's (ROWS, RED) matrix: w_ptr + g*stride_wg + row*stride_wr + k*stride_wk
+    b_ptr,  # (GROUPS*ROWS,) bias in conv-output order; any pointer when HAS_BIAS is False
+    y_ptr,  # (NB, GROUPS*ROWS, P) by strides; conv output row r goes to y channel (r % out_a) * out_b + r // out_a
+    P,  # pixels per batch item (N*H*W when the batch is folded)
+    ROWS,  # output channels per group
+    RED,  # input channels per group (the reduction)
+    GROUPS,
+    in_a, in_b, out_a, out_b,  # the two channel permutations (see module docstring)
+    stride_xb, stride_xc, stride_xp,
+    stride_yb, stride_yc, stride_yp,
+    stride_wg, stride_wr, stride_wk,
+    HAS_BIAS: tl.constexpr,
+    RELU: tl.constexpr,
+    ALL_GROUPS: tl.constexpr,  # one program computes every group of its pixel tile (channels_last)
+    INDEX_64: tl.constexpr,  # offsets in int64 (a tensor spans >= 2^31 elements)
+    DOT_PRECISION: tl.constexpr,  # "ieee" (exact fp32) or "tf32"
+    UPCAST_DOT: tl.constexpr,  # interpreter-only bf16 workaround
+    ACC_FP64: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    USE_DOT: tl.constexpr,  # tensor-core tl.dot path; else the outer-product FMA path for narrow groups
+):
+    # axis 0 walks (batch, pixel tile): it has no 65535 limit, unlike axis 1.
+    p_tiles = tl.cdiv(P, BLOCK_P)
+    batch = tl.program_id(0) // p_tiles
+    pid_p = tl.program_id(0) % p_tiles
+    pid_mg = tl.program_id(1)
+    m_tiles = tl.cdiv(ROWS, BLOCK_M)
+    pid_m = pid_mg % m_tiles
+    if ALL_GROUPS:
+        # channels_last with an output shuffle: rows [m0, m0+BLOCK_M) of every group land in one
+        # contiguous channel range of each pixel, so this program's stores fill whole rows.
+        g_begin = 0
+        g_end = GROUPS
+    else:
+        g_begin = pid_mg // m_tiles
+        g_end = g_begin + 1
+
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_p = offs_p < P
+    mask_m = offs_m < ROWS
+    if INDEX_64:
+        offs_p = offs_p.to(tl.int64)
+        batch = batch.to(tl.int64)
+    x_pix = x_ptr + batch * stride_xb + offs_p * stride_xp  # [BLOCK_P] pointers, channel 0
+    y_pix = y_ptr + batch * stride_yb + offs_p * stride_yp
+
+    for g in range(g_begin, g_end):
+        if ACC_FP64:
+            acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float64)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+        w_rows = w_ptr + g * stride_wg + offs_m * stride_wr  # [BLOCK_M] pointers, column 0
+        if USE_DOT:
+            offs_k = tl.arange(0, BLOCK_K)
+            for k0 in range(0, RED, BLOCK_K):
+                ks = k0 + offs_k
+                mask_k = ks < RED
+                cin = g * RED + ks
+                xc = (cin % in_a) * in_b + cin // in_a  # the input shuffle, fused into the load
+                if INDEX_64:
+                    xc = xc.to(tl.int64)
+                xt = tl.load(x_pix[None, :] + xc[:, None] * stride_xc, mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+                wt = tl.load(w_rows[:, None] + ks[None, :] * stride_wk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                if UPCAST_DOT:
+                    xt = xt.to(tl.float32)
+                    wt = wt.to(tl.float32)
+                acc = tl.dot(wt, xt, acc, input_precision=DOT_PRECISION)
+        else:
+            # Narrow groups: one input channel per step, a rank-1 update of the whole tile.
+            for k in range(0, RED):
+                cin = g * RED + k
+                xc = (cin % in_a) * in_b + cin // in_a
+                if INDEX_64:
+                    xc = xc.to(tl.int64)
+                xr = tl.load(x_pix + xc * stride_xc, mask=mask_p, other=0.0)
+                wc = tl.load(w_rows + k * stride_wk, mask=mask_m, other=0.0)
+                acc += wc.to(acc.dtype)[:, None] * xr.to(acc.dtype)[None, :]
+
+        rows = g * ROWS + offs_m  # conv output rows, in conv order
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rows, mask=mask_m, other=0.0).to(acc.dtype)[:, None]
+        if RELU:
+            acc = tl.where(acc > 0, acc, 0.0)
+        yc = (rows % out_a) * out_b + rows // out_a  # the output shuffle, fused into the store
+        if INDEX_64:
+            yc = yc.to(tl.int64)
+        tl.store(
+            y_pix[None, :] + yc[:, None] * stride_yc,
+            acc.to(y_ptr.dtype.element_ty),
+            mask=mask_m[:, None] & mask_p[None, :],
+        )
+
+
+def _prune(configs, named_args, **kwargs):
+    """Autotuner hook: keep the configs whose tiles fit this shape (see _configs)."""
+    fitted = set(
+        _configs.fit_conv(
+            named_args["ROWS"], named_args["RED"], named_args["P"], named_args["x_ptr"].dtype == torch.float64
+        )
+    )
+    return [c for c in configs if _tile_of(c) in fitted]
+
+
+def _triton_config(tile: _configs.Tile) -> triton.Config:
+    return triton.Config(tile.meta(), num_warps=tile.num_warps, num_stages=tile.num_stages)
+
+
+def _tile_of(config) -> _configs.Tile:
+    kw = config.kwargs
+    return _configs.Tile(
+        kw["BLOCK_M"], kw["BLOCK_K"], kw["BLOCK_P"], kw["USE_DOT"], config.num_warps, config.num_stages
+    )
+
+
+_permuted_group_conv1x1_tuned = triton.autotune(
+    configs=[_triton_config(t) for t in _configs.CONV_TILES],
+    key=["ROWS", "RED", "GROUPS", "P", "stride_xp", "stride_yp", "in_a", "out_a", "HAS_BIAS", "RELU"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_permuted_group_conv1x1_kernel)
+
+
+def permuted_group_conv1x1(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    w_strides: tuple[int, int, int],
+    bias: torch.Tensor | None,
+    groups: int,
+    rows: int,
+    red: int,
+    in_perm: tuple[int, int],
+    out_perm: tuple[int, int],
+    relu: bool,
+) -> None:
+    """Launcher: writes ``y`` (dense, allocated by the caller) from dense ``x``.
+
+    ``w_strides`` = (group, row, k) strides of the per-group (rows x red) weight matrix, so a
+    transposed weight (grad input) is a matter of strides. ``in_perm``/``out_perm`` are the
+    (a, b) pairs of the input gather and output scatter.
+    """
+    if y.numel() == 0:
+        return
+    geo = _common.Geometry.of(x, y)
+    sxb, sxc, sxp = _common.strides(x)
+    syb, syc, syp = _common.strides(y)
+    # channels_last output: all groups of a pixel tile in one program (see kernel).
+    all_groups = groups > 1 and syc == 1 and syp != 1
+    args = (
+        x, w, bias if bias is not None else x, y,
+        geo.p, rows, red, groups,
+        in_perm[0], in_perm[1], out_perm[0], out_perm[1],
+        sxb, sxc, sxp, syb, syc, syp, *w_strides,
+    )
+    flags = dict(
+        HAS_BIAS=bias is not None,
+        RELU=relu,
+        ALL_GROUPS=all_groups,
+        INDEX_64=_common.needs_int64(x, y),
+        DOT_PRECISION=_common.dot_precision(x.dtype),
+        UPCAST_DOT=_common.upcast_dot(x.dtype),
+        ACC_FP64=x.dtype == torch.float64,
+    )
+    group_programs = 1 if all_groups else groups
+    tile = _common.forced("conv")
+    if tile is None and _common.autotune_enabled():
+        def grid(meta):
+            return (geo.nb * triton.cdiv(geo.p, meta["BLOCK_P"]), triton.cdiv(rows, meta["BLOCK_M"]) * group_programs)
+
+        _permuted_group_conv1x1_tuned[grid](*args, **flags)
+        return
+    if tile is None:
+        tile = _configs.pick(_configs.fit_conv(rows, red, geo.p, x.dtype == torch.float64))
+    grid = (geo.nb * triton.cdiv(geo.p, tile.block_p), triton.cdiv(rows, tile.block_m) * group_programs)
+    _permuted_group_conv1x1_kernel[grid](
+        *args, **flags, **tile.meta(), num_warps=tile.num_warps, num_stages=tile.num_stages
+    )
+
+
+
+def conv1x1_shuffle_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
+    in_shuffle: int,
+    out_shuffle: int,
+    relu: bool,
+) -> torch.Tensor:
+    """``act(Pout(conv1x1(Pin(x), weight, groups) + bias))``, output in x's memory format."""
+    x, fmt = _common.dense(x)
+    n, cin, h, w = x.shape
+    cout = weight.shape[0]
+    y = torch.empty((n, cout, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    rows, red = cout // groups, cin // groups
+    # W_g[r, k] = weight[g*rows + r, k]
+    w_strides = (rows * weight.stride(0), weight.stride(0), weight.stride(1))
+    permuted_group_conv1x1(
+        x, y, weight, w_strides, bias.contiguous() if bias is not None else None, groups, rows, red,
+        _common.shuffled_source(in_shuffle, cin), _common.shuffled_target(out_shuffle, cout), relu,
+    )
+    return y
