@@ -10,17 +10,28 @@ from . import reference
 from ._backend import BACKENDS, backend
 from .autograd import ChannelShuffleFunction, GroupConv1x1ShuffleFunction, ShuffleGroupConv1x1Function
 from .functional import channel_shuffle, group_conv1x1_shuffle, shuffle_group_conv1x1
+from .modules import GroupConv1x1Shuffle, ShuffleUnit, fold_batchnorm
+from . import models
+from .flops import count_flops, count_params
+from .fuse import fuse
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
     "ChannelShuffleFunction",
+    "GroupConv1x1Shuffle",
     "GroupConv1x1ShuffleFunction",
     "ShuffleGroupConv1x1Function",
+    "ShuffleUnit",
     "backend",
     "channel_shuffle",
+    "count_flops",
+    "count_params",
+    "fold_batchnorm",
+    "fuse",
     "group_conv1x1_shuffle",
+    "models",
     "reference",
     "shuffle_group_conv1x1",
 ]
