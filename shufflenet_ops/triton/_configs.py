@@ -47,7 +47,9 @@ def use_fraction(dim: int, block: int) -> float:
 
 def dot_allowed(rows: int, red: int, is_fp64: bool) -> bool:
     """Whether the tensor-core path can tile a (rows x red) per-group GEMM without mostly padding."""
-    return not is_fp64 and use_fraction(rows, MIN_DOT) >= MIN_USE and use_fraction(red, MIN_DOT) >= MIN_USE
+    # Strictly more than half used: 8 channels in a 16-wide tile is half padding, and the
+    # FMA path does those with no padding at all.
+    return not is_fp64 and use_fraction(rows, MIN_DOT) > MIN_USE and use_fraction(red, MIN_DOT) > MIN_USE
 
 
 # Forward / grad-input GEMM: (block_m, block_k, block_p, warps, stages). A curated set: the

@@ -1,0 +1,472 @@
+"""Triton kernels against the pure-PyTorch reference.
+
+Without a GPU the kernels run on CPU tensors in Triton's interpreter, which must be switched
+on (TRITON_INTERPRET=1) before triton is imported. So in a normal ``pytest`` run this file
+contributes one test, ``test_interpreter_suite``, that re-runs this file in a subprocess
+with TRITON_INTERPRET=1 (the rest of the suite is unaffected); inside that subprocess the
+kernel tests below are defined and run. To run them directly, with per-test output:
+
+    TRITON_INTERPRET=1 pytest tests/test_triton.py
+
+Shapes are tiny (the interpreter runs each program in numpy) but chosen so that every path
+is taken: forward, grad input, grad weight, grad bias and the ReLU mask; both placements;
+both shuffle conventions (s = g as in the paper, s = C/g as in the official code) and no
+shuffle; NCHW (per-image pixel tiles) and channels_last (batch folded, all groups per
+program); the tensor-core path and the FMA path for narrow groups; masked edges in every
+tile dimension; several reduction slices; 64-bit offsets; batch 0; non-dense inputs.
+
+The helpers at the top are shared with tests/test_cuda.py, which runs them on CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed: the Triton kernels cannot be tested", allow_module_level=True)
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # extension-not-built warning: not needed here
+    import shufflenet_ops as so
+from shufflenet_ops import reference
+from shufflenet_ops.triton import _configs
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+# Relative tolerances per dtype, applied to the reference's scale (see assert_close_scaled).
+TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-4,
+    torch.float16: 1e-2,
+    torch.bfloat16: 2e-2,
+}
+
+# Tiles that force each kernel path on tiny shapes (blocks of 16 over 12- and 20-channel
+# groups and 15 or 30 pixels: every tile dimension has a masked edge).
+PATH_TILES = {
+    "dot": (_configs.Tile(16, 16, 16, True, 2, 1), _configs.Tile(16, 16, 0, True, 2, 1)),
+    "fma": (_configs.Tile(8, 1, 16, False, 2, 1), _configs.Tile(8, 8, 0, False, 2, 1)),
+}
+
+
+# ------------------------------------------------------------------------------ helpers
+def shufflenet_v1_conv_shapes() -> list[tuple[int, int, int]]:
+    """(groups, Cin, Cout) of every grouped 1x1 conv of ShuffleNet V1 1x (paper Table 1)."""
+    stages = {1: (144, 288, 576), 2: (200, 400, 800), 3: (240, 480, 960), 4: (272, 544, 1088), 8: (384, 768, 1536)}
+    shapes = set()
+    for g, outs in stages.items():
+        cin = 24
+        for i, out in enumerate(outs):
+            m = out // 4
+            first_groups = 1 if i == 0 else g  # Stage 2's first pointwise conv is not grouped
+            shapes.add((first_groups, cin, m))  # stride-2 unit, first GConv
+            shapes.add((g, m, out - cin))  # stride-2 unit, second GConv (concat branch)
+            shapes.add((g, out, m))  # stride-1 units
+            shapes.add((g, m, out))
+            cin = out
+    return sorted(shapes)
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """|actual - expected| <= tol * (|expected| + max|expected|): relative, with an absolute
+    floor at the tensor's scale (low-precision sums cancel)."""
+    tol = TOL[dtype]
+    scale = expected.abs().max().item() if expected.numel() else 1.0
+    torch.testing.assert_close(
+        actual.double().cpu(), expected.double().cpu(), rtol=tol, atol=tol * max(scale, 1e-30),
+        msg=lambda m: f"{what} ({dtype}): {m}",
+    )
+
+
+def make_conv_inputs(g, cin, cout, n, h, w, dtype, device, fmt, bias, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, h, w, generator=gen, dtype=torch.float64)
+    wt = torch.randn(cout, cin // g, 1, 1, generator=gen, dtype=torch.float64) / math.sqrt(max(cin // g, 1))
+    b = torch.randn(cout, generator=gen, dtype=torch.float64) if bias else None
+    x = x.to(device=device, dtype=dtype).contiguous(memory_format=FORMATS[fmt])
+    wt = wt.to(device=device, dtype=dtype)
+    b = b.to(device=device, dtype=dtype) if b is not None else None
+    return x, wt, b
+
+
+def run_fused(placement, x, w, b, g, s, relu):
+    if placement == "out":
+        return so.group_conv1x1_shuffle(x, w, g, bias=b, shuffle_groups=s, relu=relu)
+    return so.shuffle_group_conv1x1(x, w, g, s, bias=b, relu=relu)
+
+
+def run_reference(placement, x, w, b, g, s, relu):
+    if placement == "out":
+        return reference.group_conv1x1_shuffle(x, w, g, bias=b, shuffle_groups=s, relu=relu)
+    return reference.shuffle_group_conv1x1(x, w, g, s, bias=b, relu=relu)
+
+
+def shuffle_for(convention: str, g: int, channels: int) -> int:
+    """The shuffle group count of a convention, for the shuffled side with ``channels``."""
+    return {"paper": g, "official": channels // g, "none": 1}[convention]
+
+
+def check_conv(placement, g, cin, cout, convention, *, bias, relu, fmt, dtype, device, n=2, h=3, w=5, seed=0,
+               backend=None):
+    """Forward and all gradients of a fused conv vs the float64 reference."""
+    s = shuffle_for(convention, g, cout if placement == "out" else cin)
+    x, wt, b = make_conv_inputs(g, cin, cout, n, h, w, dtype, device, fmt, bias, seed)
+    leaves = [t.requires_grad_() for t in (x, wt, b) if t is not None]
+    ctx = so.backend(backend) if backend else _null()
+    with ctx:
+        y = run_fused(placement, x, wt, b, g, s, relu)
+    assert y.is_contiguous(memory_format=FORMATS[fmt]), f"output not in the input's memory format ({fmt})"
+    go = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    go = go.to(device=device, dtype=dtype).contiguous(memory_format=FORMATS[fmt])  # as autograd would pass it
+    grads = torch.autograd.grad(y, leaves, go)
+
+    x64, w64, b64 = (t.detach().double().requires_grad_() if t is not None else None for t in (x, wt, b))
+    ref = run_reference(placement, x64, w64, b64, g, s, False)
+    ref_y = ref.clamp_min(0) if relu else ref
+    assert_close_scaled(y.detach(), ref_y, dtype, "forward")
+    # The backward masks by the kernel's own output (what autograd saved), so a value that
+    # rounds across zero in low precision does not fail the gradient check.
+    go_ref = go.double() * (y.detach() > 0).double() if relu else go.double()
+    leaves64 = [t for t in (x64, w64, b64) if t is not None]
+    ref_grads = torch.autograd.grad(ref, leaves64, go_ref)
+    for name, got, want in zip(("grad input", "grad weight", "grad bias"), grads, ref_grads):
+        assert_close_scaled(got, want, dtype, name)
+    assert grads[0].is_contiguous(memory_format=FORMATS[fmt]), "grad input not in grad_output's memory format"
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def check_shuffle(c, g, fmt, dtype, device, n=2, h=3, w=5, backend=None):
+    x = torch.randn(n, c, h, w, dtype=torch.float64).to(device=device, dtype=dtype)
+    x = x.contiguous(memory_format=FORMATS[fmt]).requires_grad_()
+    with so.backend(backend) if backend else _null():
+        y = so.channel_shuffle(x, g)
+    assert torch.equal(y, torch.channel_shuffle(x.detach(), g)), "shuffle differs from torch.channel_shuffle"
+    assert y.is_contiguous(memory_format=FORMATS[fmt])
+    go = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, go)
+    assert torch.equal(gx, torch.channel_shuffle(go, c // g)), "shuffle backward is not the inverse shuffle"
+
+
+# ------------------------------------------------- pure-Python tile rule (any process)
+@pytest.mark.parametrize("g,cin,cout", shufflenet_v1_conv_shapes())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_real_layers_take_tensor_cores_without_mostly_padded_tiles(g, cin, cout, dtype):
+    for rows, red in ((cout // g, cin // g), (cin // g, cout // g)):  # forward and grad input
+        tiles = _configs.fit_conv(rows, red, 28 * 28, dtype == torch.float64)
+        assert tiles, f"no tile fits rows={rows} red={red}"
+        for t in tiles:
+            assert t.use_dot, f"g={g} {cin}->{cout}: per-group {rows}x{red} should take tl.dot"
+            assert _configs.use_fraction(rows, t.block_m) >= 0.5, (rows, t)
+            assert _configs.use_fraction(red, t.block_k) >= 0.5, (red, t)
+    for t in _configs.fit_grad_weight(cout // g, cin // g, False):
+        assert t.use_dot
+        assert _configs.use_fraction(cout // g, t.block_m) >= 0.5 and _configs.use_fraction(cin // g, t.block_k) >= 0.5
+
+
+@pytest.mark.parametrize("rows,red", [(1, 5), (4, 64), (64, 3), (8, 8), (12, 200)])
+def test_narrow_groups_take_the_fma_path_with_tight_tiles(rows, red):
+    tiles = _configs.fit_conv(rows, red, 100, False)
+    assert tiles
+    dot = _configs.dot_allowed(rows, red, False)
+    assert all(t.use_dot == dot for t in tiles)
+    assert all(_configs.use_fraction(rows, t.block_m) >= 0.5 for t in tiles)
+    if rows <= 8 or red <= 8:
+        assert not dot
+    assert all(not t.use_dot for t in _configs.fit_conv(rows, red, 100, True)), "float64 must not take tl.dot"
+
+
+def test_pixel_tiles_fit_small_maps():
+    for p in (1, 7 * 7, 14 * 14, 28 * 28, 128 * 49):
+        tiles = _configs.fit_conv(48, 48, p, False)
+        assert tiles
+        if p >= 32:
+            assert all(_configs.use_fraction(p, t.block_p) >= 0.5 for t in tiles), p
+
+
+def test_reduction_slices_depend_on_shape_and_device_only():
+    assert _configs.num_splits(1000, 10, 132) == _configs.num_splits(1000, 10, 132)
+    assert 1 <= _configs.num_splits(3, 1000, 132) <= 3
+    assert _configs.num_splits(10_000, 4, 132) == 132
+
+
+def test_tf32_is_opt_in():
+    from shufflenet_ops.triton import _common
+
+    assert _common.dot_precision(torch.float32) == "ieee"
+    so.triton.set_allow_tf32(True)
+    try:
+        assert _common.dot_precision(torch.float32) == "tf32"
+        assert _common.dot_precision(torch.bfloat16) == "ieee"
+    finally:
+        so.triton.set_allow_tf32(False)
+
+
+def test_registration_is_a_noop_without_cuda():
+    from shufflenet_ops import _extension
+    from shufflenet_ops.triton import register_cuda_kernels
+
+    expected = torch.cuda.is_available() and _extension.available()
+    assert register_cuda_kernels() is expected
+
+
+def _subprocess(code: str, **env) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SHUFFLENET_OPS_BACKEND")}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_registration_puts_triton_on_the_cuda_key():
+    from shufflenet_ops import _extension
+
+    if not _extension.available():
+        pytest.skip(f"the C++ extension (which defines the ops) is not built: {_extension.LOAD_ERROR}")
+    code = (
+        "import torch, shufflenet_ops\n"
+        "from shufflenet_ops.triton import OPS, register_cuda_kernels\n"
+        "assert register_cuda_kernels(force=True)\n"
+        "for op in OPS:\n"
+        "    assert torch._C._dispatch_has_kernel_for_dispatch_key('shufflenet_ops::' + op, 'CUDA'), op\n"
+        "print('ok')\n"
+    )
+    proc = _subprocess(code)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-4000:]
+
+
+def test_cpu_tensor_without_interpreter_is_a_clear_error():
+    code = (
+        "import torch, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from shufflenet_ops.triton import kernels\n"
+        "try:\n"
+        "    kernels.channel_shuffle(torch.zeros(1, 4, 2, 2), 2)\n"
+        "except RuntimeError as e:\n"
+        "    assert 'TRITON_INTERPRET=1' in str(e), e\n"
+        "    print('ok')\n"
+    )
+    proc = _subprocess(code)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr[-4000:]
+
+
+if not INTERPRETING:
+
+    def test_interpreter_suite():
+        """The kernel tests of this file, on CPU under TRITON_INTERPRET=1, in a subprocess."""
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        env.pop("SHUFFLENET_OPS_BACKEND", None)
+        start = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+            capture_output=True, text=True, env=env, timeout=1200,
+        )
+        summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        print(f"interpreter suite: {summary} ({time.monotonic() - start:.0f} s)")
+        assert proc.returncode == 0, proc.stdout[-30000:] + proc.stderr[-5000:]
+
+else:
+    from shufflenet_ops.triton import _common, conv_backward, conv_forward, kernels
+
+    # -------------------------------------------------------------------- channel shuffle
+    @pytest.mark.parametrize("fmt", list(FORMATS))
+    @pytest.mark.parametrize("c,g", [(12, 3), (12, 4), (12, 1), (12, 12), (16, 8), (6, 2)])
+    def test_channel_shuffle(c, g, fmt):
+        check_shuffle(c, g, fmt, torch.float64, "cpu", backend="triton")
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    def test_channel_shuffle_dtypes(dtype):
+        for fmt in FORMATS:
+            check_shuffle(24, 3, fmt, dtype, "cpu", backend="triton")
+
+    def test_channel_shuffle_non_dense_input():
+        x = torch.randn(2, 24, 4, 6, dtype=torch.float64)[:, 2:14, :, ::2]  # sliced: not dense
+        assert torch.equal(kernels.channel_shuffle(x, 4), torch.channel_shuffle(x, 4))
+        xt = torch.randn(2, 4, 6, 12, dtype=torch.float64).permute(0, 3, 1, 2)  # channels_last view
+        assert torch.equal(kernels.channel_shuffle(xt, 3), torch.channel_shuffle(xt, 3))
+
+    # --------------------------------------------------------- fused conv, every path
+    # Each (placement, convention, layout, path) combination once; group counts and the
+    # bias/ReLU epilogue rotate through the combinations so all values are seen with both
+    # paths and both layouts. Channels per group (12 or 20) and pixels (15, or 30 folded)
+    # leave a masked edge in every tile of the forced 16-wide tiles.
+    GROUP_SHAPES = [(1, 20, 12), (2, 40, 24), (3, 60, 36), (4, 48, 80), (8, 96, 160)]
+    EPILOGUES = [(True, True), (False, False), (True, False), (False, True)]
+    COMBOS = [
+        (placement, convention, fmt, path)
+        for placement in ("out", "in")
+        for convention in ("paper", "official", "none")
+        for fmt in FORMATS
+        for path in PATH_TILES
+    ]
+
+    @pytest.mark.parametrize("index", range(len(COMBOS)))
+    def test_conv_forward_backward_paths(index):
+        placement, convention, fmt, path = COMBOS[index]
+        g, cin, cout = GROUP_SHAPES[index % len(GROUP_SHAPES)]
+        bias, relu = EPILOGUES[index % len(EPILOGUES)]
+        conv_tile, gw_tile = PATH_TILES[path]
+        with _common.forced_tile("conv", conv_tile), _common.forced_tile("grad_weight", gw_tile):
+            with _common.forced_splits(2):  # batch 3 -> 3 work items in 2 slices: a short last slice
+                check_conv(placement, g, cin, cout, convention, bias=bias, relu=relu, fmt=fmt,
+                           dtype=torch.float64, device="cpu", n=3, backend="triton")
+
+    @pytest.mark.parametrize("fmt", list(FORMATS))
+    @pytest.mark.parametrize("g,cin,cout", [(1, 8, 12), (2, 8, 24), (3, 36, 12), (4, 16, 32), (8, 96, 48)])
+    def test_conv_default_tiles_every_group_count(g, cin, cout, fmt):
+        """The tile rule's own choice (no forcing), both placements, official convention."""
+        for placement in ("out", "in"):
+            check_conv(placement, g, cin, cout, "official" if placement == "in" else "paper", bias=True, relu=True,
+                       fmt=fmt, dtype=torch.float64, device="cpu", backend="triton")
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("path", list(PATH_TILES))
+    @pytest.mark.parametrize("fmt", list(FORMATS))
+    def test_conv_low_precision(dtype, path, fmt):
+        conv_tile, gw_tile = PATH_TILES[path]
+        with _common.forced_tile("conv", conv_tile), _common.forced_tile("grad_weight", gw_tile):
+            check_conv("out", 3, 60, 36, "paper", bias=True, relu=True, fmt=fmt, dtype=dtype, device="cpu",
+                       backend="triton")
+
+    def test_shufflenet_g8_layer_narrow_groups():
+        """A real g=8 layer (Stage 2, 384 -> 96: 48 in and 12 out per group) and its mirror, at 6x6."""
+        for placement, cin, cout in (("out", 384, 96), ("in", 96, 384)):
+            check_conv(placement, 8, cin, cout, "paper", bias=True, relu=True, fmt="channels_last",
+                       dtype=torch.float32, device="cpu", n=1, h=6, w=6, backend="triton")
+
+    # ------------------------------------------------ kernels with both shuffles at once
+    @pytest.mark.parametrize("fmt", list(FORMATS))
+    @pytest.mark.parametrize("path", list(PATH_TILES))
+    def test_backward_ops_with_input_and_output_shuffles(fmt, path):
+        """The backward ops take any (in_shuffle, out_shuffle), not only one of them."""
+        g, cin, cout, si, s_out = 2, 24, 40, 3, 4
+        x, w, _ = make_conv_inputs(g, cin, cout, 2, 3, 5, torch.float64, "cpu", fmt, False)
+        go = torch.randn(2, cout, 3, 5, dtype=torch.float64).contiguous(memory_format=FORMATS[fmt])
+        x64, w64 = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = torch.channel_shuffle(torch.nn.functional.conv2d(torch.channel_shuffle(x64, si), w64, groups=g), s_out)
+        rx, rw = torch.autograd.grad(y, (x64, w64), go)
+        conv_tile, gw_tile = PATH_TILES[path]
+        with _common.forced_tile("conv", conv_tile), _common.forced_tile("grad_weight", gw_tile):
+            fwd = conv_forward.conv1x1_shuffle_forward(x, w, None, g, si, s_out, False)
+            gx = kernels.conv1x1_shuffle_grad_input(go, w, g, si, s_out)
+            gw = kernels.conv1x1_shuffle_grad_weight(go, x, g, si, s_out)
+        gb = kernels.conv1x1_shuffle_grad_bias(go, s_out)
+        assert_close_scaled(fwd, y.detach(), torch.float64, "forward")
+        assert_close_scaled(gx, rx, torch.float64, "grad input")
+        assert_close_scaled(gw, rw, torch.float64, "grad weight")
+        assert_close_scaled(gb, torch.channel_shuffle(go, cout // s_out).sum((0, 2, 3)), torch.float64, "grad bias")
+
+    def test_grad_ops_with_mixed_layouts_and_strided_weight():
+        """grad_output NCHW with x channels_last (no batch folding), a transposed weight view."""
+        g, cin, cout = 3, 36, 24
+        x = torch.randn(2, cin, 3, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        go = torch.randn(2, cout, 3, 5, dtype=torch.float64)
+        w = torch.randn(cin // g, cout, dtype=torch.float64).t()  # (Cout, Cin/g), not contiguous
+        x64, w64 = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = torch.channel_shuffle(torch.nn.functional.conv2d(x64, w64[:, :, None, None], groups=g), g)
+        rx, rw = torch.autograd.grad(y, (x64, w64), go)
+        with _common.forced_splits(3):
+            assert_close_scaled(kernels.conv1x1_shuffle_grad_weight(go, x, g, 1, g).reshape(rw.shape), rw,
+                                torch.float64, "grad weight")
+        gx = kernels.conv1x1_shuffle_grad_input(go, w, g, 1, g)
+        assert gx.is_contiguous()  # grad_output's format
+        assert_close_scaled(gx, rx, torch.float64, "grad input")
+        out = torch.randn(2, cout, 3, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(kernels.relu_grad(go, out), go * (out > 0), rtol=0, atol=0)
+
+    def test_non_dense_input_forward():
+        x = torch.randn(2, 48, 4, 10, dtype=torch.float64)[:, ::2, :, 1:8]  # 24 channels, 4x7, strided
+        w = torch.randn(12, 8, 1, 1, dtype=torch.float64)
+        y = kernels.group_conv1x1_shuffle(x, w, None, 3, 3, False)
+        assert_close_scaled(y, reference.group_conv1x1_shuffle(x, w, 3, shuffle_groups=3), torch.float64, "forward")
+
+    def test_relu_grad():
+        for fmt in FORMATS:
+            go = torch.randn(2, 6, 5, 7, dtype=torch.float32).contiguous(memory_format=FORMATS[fmt])
+            out = torch.randn(2, 6, 5, 7, dtype=torch.float32).contiguous(memory_format=FORMATS[fmt])
+            got = kernels.relu_grad(go, out)
+            assert torch.equal(got, go * (out > 0)) and got.is_contiguous(memory_format=FORMATS[fmt])
+
+    def test_batch_zero():
+        x = torch.randn(0, 12, 3, 3, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(6, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+        with so.backend("triton"):
+            y = so.group_conv1x1_shuffle(x, w, 3, bias=b, relu=True)
+            assert y.shape == (0, 6, 3, 3)
+            y.sum().backward()
+            assert so.channel_shuffle(x.detach(), 3).shape == x.shape
+        assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+    def test_64bit_offsets_path(monkeypatch):
+        """INDEX_64 code paths (taken for tensors of >= 2^31 elements) on a small shape."""
+        monkeypatch.setattr(_common, "INT32_LIMIT", 1)
+        for fmt in FORMATS:
+            with _common.forced_tile("conv", PATH_TILES["dot"][0]):
+                check_conv("out", 2, 24, 40, "paper", bias=True, relu=True, fmt=fmt, dtype=torch.float64,
+                           device="cpu", backend="triton")
+            check_conv("in", 3, 36, 24, "official", bias=True, relu=True, fmt=fmt, dtype=torch.float64,
+                       device="cpu", backend="triton")
+            check_shuffle(12, 3, fmt, torch.float64, "cpu", backend="triton")
+
+    def test_grad_weight_is_reproducible_across_calls():
+        x, _, _ = make_conv_inputs(4, 64, 32, 3, 5, 7, torch.float32, "cpu", "nchw", False)
+        go = torch.randn(3, 32, 5, 7)
+        with _common.forced_splits(3):
+            first = kernels.conv1x1_shuffle_grad_weight(go, x, 4, 1, 4)
+            again = kernels.conv1x1_shuffle_grad_weight(go, x, 4, 1, 4)
+        assert torch.equal(first, again)
+
+    def test_bad_inputs_are_clear_errors():
+        x = torch.randn(2, 12, 3, 3)
+        w = torch.randn(6, 4, 1, 1)
+        with pytest.raises(ValueError, match="divisible by groups"):
+            kernels.channel_shuffle(x, 5)
+        with pytest.raises(ValueError, match="expected weight.shape\\[1\\] == 6"):
+            kernels.group_conv1x1_shuffle(x, w, None, 2, 2, False)
+        with pytest.raises(TypeError, match="dtype"):
+            kernels.group_conv1x1_shuffle(x, w.double(), None, 3, 3, False)
+        with pytest.raises(ValueError, match="grad_output has 5 channels"):
+            kernels.conv1x1_shuffle_grad_input(torch.randn(2, 5, 3, 3), w, 3, 1, 3)
+        with pytest.raises(ValueError, match="does not match grad_output"):
+            kernels.conv1x1_shuffle_grad_weight(torch.randn(2, 6, 3, 3), torch.randn(2, 12, 4, 3), 3, 1, 3)
+        with pytest.raises(ValueError, match="out_shuffle"):
+            kernels.conv1x1_shuffle_grad_bias(torch.randn(2, 6, 3, 3), 4)
+        with pytest.raises(ValueError, match="does not match grad_output shape"):
+            kernels.relu_grad(torch.randn(2, 6, 3, 3), torch.randn(2, 6, 3, 4))
+        with pytest.raises(ValueError, match="4-D"):
+            kernels.channel_shuffle(torch.randn(12, 3), 3)
+
+    # ------------------------------------------------------------------ property test
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        g=st.sampled_from([1, 2, 3, 4, 8]),
+        k=st.integers(1, 20),
+        m=st.integers(1, 20),
+        hw=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+        n=st.integers(1, 2),
+        placement=st.sampled_from(["out", "in"]),
+        convention=st.sampled_from(["paper", "official", "none"]),
+        fmt=st.sampled_from(list(FORMATS)),
+        epilogue=st.sampled_from(EPILOGUES),
+    )
+    def test_conv_random_shapes(g, k, m, hw, n, placement, convention, fmt, epilogue):
+        check_conv(placement, g, g * k, g * m, convention, bias=epilogue[0], relu=epilogue[1], fmt=fmt,
+                   dtype=torch.float64, device="cpu", n=n, h=hw[0], w=hw[1], backend="triton")
