@@ -1,0 +1,98 @@
+// CPU grad weight of the fused grouped 1x1 conv + channel shuffle:
+//   grad_W[i] (N x K) = sum over batch and pixels of Pout^-1(go)_i (N x P) @ Pin(x)_i^T (P x K)
+// with both operands read through their channel maps (no shuffled copy).
+//
+// Deterministic: the (batch, pixel tile) units are split into a FIXED number of chunks that
+// does not depend on the thread count; each chunk accumulates its own partial sum in a fixed
+// order and the partials are added in chunk order. Same bits for any thread count.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../channel_map.h"
+#include "../checks.h"
+#include "tiles.h"
+
+namespace shufflenet_ops::cpu {
+namespace {
+
+// Upper bound on partial sums (memory: chunks * Cout * K accumulators).
+constexpr int64_t kMaxChunks = 16;
+
+template <typename scalar_t>
+void grad_weight_kernel(const at::Tensor& go, const RowMap& go_rows, const at::Tensor& x, const RowMap& x_rows,
+                        Layout layout, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Planar gv = planar_of(go), xv = planar_of(x);
+  const int64_t groups = go_rows.groups, n = go_rows.rows_per_group, k = x_rows.rows_per_group;
+  const int64_t tiles = (gv.pixels + kPixelTile - 1) / kPixelTile;
+  const int64_t units = gv.batch * tiles;
+  const int64_t chunks = std::min(units, kMaxChunks);
+  std::vector<acc_t> partial(chunks * groups * n * k, acc_t(0));
+  const scalar_t* go_data = go.const_data_ptr<scalar_t>();
+  const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+
+  at::parallel_for(0, chunks * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> go_buffer, x_buffer;
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t c = job / groups, i = job % groups;
+      acc_t* acc = partial.data() + job * n * k;
+      for (int64_t u = c * units / chunks; u < (c + 1) * units / chunks; ++u) {
+        const int64_t b = u / tiles, p0 = (u % tiles) * kPixelTile;
+        const int64_t cols = std::min(kPixelTile, gv.pixels - p0);
+        auto g = read_tile(go_data, gv, layout, go_rows, i, b, p0, cols, go_buffer);
+        auto xt = read_tile(x_data, xv, layout, x_rows, i, b, p0, cols, x_buffer);
+        if (layout == Layout::kChannelMajor) {  // (n x cols) @ (k x cols)^T
+          gemm_row_major<acc_t>(false, true, n, k, cols, 1, g.data, g.ld, xt.data, xt.ld, 1, acc, k);
+        } else {  // (cols x n)^T @ (cols x k)
+          gemm_row_major<acc_t>(true, false, n, k, cols, 1, g.data, g.ld, xt.data, xt.ld, 1, acc, k);
+        }
+      }
+    }
+  });
+
+  // Fixed-order reduction of the partials, parallel over weight elements.
+  scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+  const int64_t size = groups * n * k;
+  at::parallel_for(0, size, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      acc_t sum = partial[e];
+      for (int64_t c = 1; c < chunks; ++c) sum += partial[c * size + e];
+      out_data[e] = static_cast<scalar_t>(sum);
+    }
+  });
+}
+
+at::Tensor conv1x1_shuffle_grad_weight(const at::Tensor& grad_in, const at::Tensor& x_in, int64_t groups,
+                                       int64_t in_shuffle, int64_t out_shuffle) {
+  check_input(grad_in, "grad_output");
+  check_input(x_in, "input");
+  check_same(grad_in, x_in, "grad_output");
+  const int64_t cout = grad_in.size(1), cin = x_in.size(1);
+  check_groups(groups, "groups", cin, "input channels");
+  check_groups(groups, "groups", cout, "output channels");
+  check_groups(in_shuffle, "in_shuffle", cin, "input channels");
+  check_groups(out_shuffle, "out_shuffle", cout, "output channels");
+  TORCH_CHECK_VALUE(grad_in.size(0) == x_in.size(0) && grad_in.size(2) == x_in.size(2) &&
+                        grad_in.size(3) == x_in.size(3),
+                    "grad_output shape ", grad_in.sizes(), " does not match input shape ", x_in.sizes());
+  // Both operands in the same layout: the one grad_output suggests.
+  const Layout layout = layout_of(grad_in);
+  const at::Tensor go = as_planar(grad_in, layout), x = as_planar(x_in, layout);
+  at::Tensor out = at::empty({cout, cin / groups, 1, 1}, go.options());
+  if (go.numel() == 0 || x.numel() == 0) return out.zero_();
+  const RowMap go_rows = output_rows(cout, groups, out_shuffle), x_rows = input_rows(cin, groups, in_shuffle);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, go.scalar_type(), "conv1x1_shuffle_grad_weight", [&] {
+    grad_weight_kernel<scalar_t>(go, go_rows, x, x_rows, layout, out);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(shufflenet_ops, CPU, m) {
+  m.impl("conv1x1_shuffle_grad_weight", &conv1x1_shuffle_grad_weight);
+}
+
+}  // namespace shufflenet_ops::cpu

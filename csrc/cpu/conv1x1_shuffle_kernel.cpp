@@ -1,0 +1,163 @@
+// CPU forward of the fused grouped 1x1 conv + channel shuffle (both placements), and its
+// grad input, which is the same computation with the weight transposed:
+//   forward:     Pout(conv(Pin(x), W)) + bias, ReLU
+//   grad input:  Pin^-1(conv_transpose(Pout^-1(go), W))
+// Per (batch item, pixel tile) task and per group i: D_i (M x P) = op(W_i) (M x Kd) @ S_i (Kd x P),
+// where S_i are the source rows of group i (read through a channel map) and D_i the
+// destination rows (written through another). Evenly spaced rows go straight to BLAS as a
+// leading dimension; other shuffles gather/scatter a cache-resident tile. Bias and ReLU are
+// applied to the tile while it is in cache. Nothing shuffled is ever materialised.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../channel_map.h"
+#include "../checks.h"
+#include "tiles.h"
+
+namespace shufflenet_ops::cpu {
+namespace {
+
+// The weight operand of group i: op(A_i) is (m x kd). Stored row-major per group at
+// a + i*m*kd, as (m x kd) or, when transposed, as (kd x m).
+template <typename acc_t>
+struct WeightOperand {
+  const acc_t* data;
+  bool transposed;
+  int64_t m, kd;
+  const acc_t* group(int64_t i) const { return data + i * m * kd; }
+  int64_t ld() const { return transposed ? m : kd; }
+};
+
+// In-cache epilogue on a destination tile: rows = the group's m output rows.
+template <typename acc_t>
+void bias_relu(acc_t* d, int64_t ld, Layout layout, int64_t rows, int64_t cols, const acc_t* bias, bool relu) {
+  if (!bias && !relu) return;
+  const acc_t zero = 0;
+  if (layout == Layout::kChannelMajor) {
+    for (int64_t r = 0; r < rows; ++r) {
+      acc_t* row = d + r * ld;
+      const acc_t add = bias ? bias[r] : zero;
+      for (int64_t p = 0; p < cols; ++p) {
+        const acc_t v = row[p] + add;
+        row[p] = relu && v < zero ? zero : v;
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < cols; ++p) {
+      acc_t* px = d + p * ld;
+      for (int64_t r = 0; r < rows; ++r) {
+        const acc_t v = px[r] + (bias ? bias[r] : zero);
+        px[r] = relu && v < zero ? zero : v;
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightOperand<at::opmath_type<scalar_t>>& w,
+                    const at::opmath_type<scalar_t>* bias, bool relu, const RowMap& dst_rows, at::Tensor& dst,
+                    Layout layout) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Planar sv = planar_of(src), dv = planar_of(dst);
+  const int64_t groups = src_rows.groups, m = w.m, kd = w.kd;
+  const int64_t tiles = (sv.pixels + kPixelTile - 1) / kPixelTile;
+  const scalar_t* src_data = src.const_data_ptr<scalar_t>();
+  scalar_t* dst_data = dst.mutable_data_ptr<scalar_t>();
+
+  at::parallel_for(0, sv.batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> src_buffer, dst_buffer;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / tiles, p0 = (task % tiles) * kPixelTile;
+      const int64_t cols = std::min(kPixelTile, sv.pixels - p0);
+      for (int64_t i = 0; i < groups; ++i) {
+        auto s = read_tile(src_data, sv, layout, src_rows, i, b, p0, cols, src_buffer);
+        TileRef<acc_t> d;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) d = direct_tile(dst_data, dv, layout, dst_rows, i, b, p0, cols);
+        const bool scatter = d.data == nullptr;
+        if (scatter) {
+          dst_buffer.resize(m * cols);
+          d = {dst_buffer.data(), layout == Layout::kChannelMajor ? cols : m};
+        }
+        if (layout == Layout::kChannelMajor) {  // D (m x cols) = op(W_i) @ S (kd x cols)
+          gemm_row_major<acc_t>(w.transposed, false, m, cols, kd, 1, w.group(i), w.ld(), s.data, s.ld, 0, d.data, d.ld);
+        } else {  // D^T (cols x m) = S^T (cols x kd) @ op(W_i)^T
+          gemm_row_major<acc_t>(false, !w.transposed, cols, m, kd, 1, s.data, s.ld, w.group(i), w.ld(), 0, d.data, d.ld);
+        }
+        bias_relu(d.data, d.ld, layout, m, cols, bias ? bias + i * m : nullptr, relu);
+        if (scatter) scatter_tile(d.data, dv, layout, b, p0, dst_rows.group_channels(i), m, cols, dst_data);
+      }
+    }
+  });
+}
+
+// weight as a contiguous (Cout, K) matrix in the accumulation type.
+at::Tensor weight_matrix(const at::Tensor& weight) {
+  const auto acc = at::toOpMathType(weight.scalar_type());
+  return weight.reshape({weight.size(0), weight.size(1)}).to(acc).contiguous();
+}
+
+at::Tensor conv1x1_forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           int64_t groups, int64_t in_shuffle, int64_t out_shuffle, bool relu) {
+  check_conv(x_in, weight, bias, groups, in_shuffle, out_shuffle);
+  const Layout layout = layout_of(x_in);
+  const at::Tensor x = as_planar(x_in, layout);
+  const int64_t cin = x.size(1), cout = weight.size(0);
+  at::Tensor y = empty_planar(x, cout, layout);
+  if (y.numel() == 0) return y;
+  const at::Tensor w = weight_matrix(weight);
+  const at::Tensor b = bias.has_value() ? bias->to(w.scalar_type()).contiguous() : at::Tensor();
+  const RowMap src_rows = input_rows(cin, groups, in_shuffle), dst_rows = output_rows(cout, groups, out_shuffle);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "conv1x1_shuffle_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const WeightOperand<acc_t> op{w.const_data_ptr<acc_t>(), false, cout / groups, cin / groups};
+    pointwise_gemm<scalar_t>(x, src_rows, op, b.defined() ? b.const_data_ptr<acc_t>() : nullptr, relu, dst_rows, y,
+                             layout);
+  });
+  return y;
+}
+
+at::Tensor group_conv1x1_shuffle(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 int64_t groups, int64_t shuffle_groups, bool relu) {
+  return conv1x1_forward(x, weight, bias, groups, 1, shuffle_groups, relu);
+}
+
+at::Tensor shuffle_group_conv1x1(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 int64_t groups, int64_t shuffle_groups, bool relu) {
+  return conv1x1_forward(x, weight, bias, groups, shuffle_groups, 1, relu);
+}
+
+at::Tensor conv1x1_shuffle_grad_input(const at::Tensor& grad_in, const at::Tensor& weight, int64_t groups,
+                                      int64_t in_shuffle, int64_t out_shuffle) {
+  check_input(grad_in, "grad_output");
+  const int64_t cout = weight.size(0), cin = weight.size(1) * groups;
+  check_groups(groups, "groups", cout, "output channels (weight.shape[0])");
+  TORCH_CHECK_VALUE(grad_in.size(1) == cout, "grad_output has ", grad_in.size(1), " channels, weight expects ", cout);
+  check_groups(in_shuffle, "in_shuffle", cin, "input channels");
+  check_groups(out_shuffle, "out_shuffle", cout, "output channels");
+  check_same(weight, grad_in, "weight");
+  const Layout layout = layout_of(grad_in);
+  const at::Tensor grad = as_planar(grad_in, layout);
+  at::Tensor grad_x = empty_planar(grad, cin, layout);
+  if (grad_x.numel() == 0) return grad_x;
+  const at::Tensor w = weight_matrix(weight);
+  // Read go through the forward's output map (= Pout^-1), write through its input map (= Pin^-1).
+  const RowMap src_rows = output_rows(cout, groups, out_shuffle), dst_rows = input_rows(cin, groups, in_shuffle);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "conv1x1_shuffle_grad_input", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const WeightOperand<acc_t> op{w.const_data_ptr<acc_t>(), true, cin / groups, cout / groups};
+    pointwise_gemm<scalar_t>(grad, src_rows, op, nullptr, false, dst_rows, grad_x, layout);
+  });
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(shufflenet_ops, CPU, m) {
+  m.impl("group_conv1x1_shuffle", &group_conv1x1_shuffle);
+  m.impl("shuffle_group_conv1x1", &shuffle_group_conv1x1);
+  m.impl("conv1x1_shuffle_grad_input", &conv1x1_shuffle_grad_input);
+}
+
+}  // namespace shufflenet_ops::cpu
