@@ -59,6 +59,21 @@ PATH_TILES = {
 }
 
 
+# Each (placement, convention, layout, path) combination once; group counts and the
+# bias/ReLU epilogue rotate through the combinations so all values are seen with both
+# paths and both layouts. Channels per group (12 or 20) and pixels (15, or 30 folded)
+# leave a masked edge in every tile of the forced 16-wide tiles.
+GROUP_SHAPES = [(1, 20, 12), (2, 40, 24), (3, 60, 36), (4, 48, 80), (8, 96, 160)]
+EPILOGUES = [(True, True), (False, False), (True, False), (False, True)]
+COMBOS = [
+    (placement, convention, fmt, path)
+    for placement in ("out", "in")
+    for convention in ("paper", "official", "none")
+    for fmt in FORMATS
+    for path in PATH_TILES
+]
+
+
 # ------------------------------------------------------------------------------ helpers
 def shufflenet_v1_conv_shapes() -> list[tuple[int, int, int]]:
     """(groups, Cin, Cout) of every grouped 1x1 conv of ShuffleNet V1 1x (paper Table 1)."""
@@ -300,20 +315,6 @@ else:
         assert torch.equal(kernels.channel_shuffle(xt, 3), torch.channel_shuffle(xt, 3))
 
     # --------------------------------------------------------- fused conv, every path
-    # Each (placement, convention, layout, path) combination once; group counts and the
-    # bias/ReLU epilogue rotate through the combinations so all values are seen with both
-    # paths and both layouts. Channels per group (12 or 20) and pixels (15, or 30 folded)
-    # leave a masked edge in every tile of the forced 16-wide tiles.
-    GROUP_SHAPES = [(1, 20, 12), (2, 40, 24), (3, 60, 36), (4, 48, 80), (8, 96, 160)]
-    EPILOGUES = [(True, True), (False, False), (True, False), (False, True)]
-    COMBOS = [
-        (placement, convention, fmt, path)
-        for placement in ("out", "in")
-        for convention in ("paper", "official", "none")
-        for fmt in FORMATS
-        for path in PATH_TILES
-    ]
-
     @pytest.mark.parametrize("index", range(len(COMBOS)))
     def test_conv_forward_backward_paths(index):
         placement, convention, fmt, path = COMBOS[index]
