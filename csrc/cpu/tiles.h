@@ -30,11 +30,11 @@ inline TileRef<T> direct_tile(T* base, const Planar& v, Layout layout, const Row
   int64_t ld;
   if (layout == Layout::kChannelMajor) {
     ld = stride * v.sc;
-    if (map.rows_per_group > 1 && ld < cols) return {};
+    if (ld < cols) return {};  // BLAS wants ld >= row length even where it is never stepped
   } else {
     if (stride != 1) return {};
     ld = v.sp;
-    if (cols > 1 && ld < map.rows_per_group) return {};
+    if (ld < map.rows_per_group) return {};
   }
   if (!fits_blas(ld)) return {};
   return {base + b * v.sb + map.group_channels(g)[0] * v.sc + p0 * v.sp, ld};
