@@ -78,6 +78,9 @@ _LAYOUT_FUNCTIONS = frozenset(
 )
 _LAYOUT_MODULES = (nn.ChannelShuffle, nn.Flatten, nn.Unflatten)
 _EXPLICIT_SHUFFLE_FUNCTIONS = frozenset({torch.channel_shuffle, torch.native_channel_shuffle, F.channel_shuffle})
+# A layout chain with one of these next to a 1x1 conv looks like a hand-written shuffle.
+_TRANSPOSE_METHODS = frozenset({"transpose", "permute", "swapaxes", "swapdims", "movedim"})
+_TRANSPOSE_FUNCTIONS = frozenset({torch.transpose, torch.permute, torch.swapaxes, torch.swapdims, torch.movedim})
 # Queries that read only a tensor's shape: they may keep reading a fused value's shape.
 _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
 _SHAPE_ATTRIBUTES = frozenset({"shape", "ndim"})
@@ -179,8 +182,7 @@ def _value_users(node: fx.Node) -> list[fx.Node]:
     return [user for user in node.users if not _is_shape_query(user)]
 
 
-def _takes_only(node: fx.Node, source: fx.Node) -> bool:
-    """``node``'s first argument is ``source``; further arguments are not tensors."""
+def _first_argument_is(node: fx.Node, source: fx.Node) -> bool:
     return bool(node.args) and node.args[0] is source
 
 
@@ -189,7 +191,7 @@ def _is_relu_of(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> bool:
         module = _submodule(gm, node)
         return type(module) is nn.ReLU and node.args == (source,) and not node.kwargs
     if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
-        return _takes_only(node, source) and len(node.args) <= 2 and set(node.kwargs) <= {"inplace"}
+        return _first_argument_is(node, source) and len(node.args) <= 2 and set(node.kwargs) <= {"inplace"}
     if node.op == "call_method" and node.target in _RELU_METHODS:
         return node.args == (source,) and not node.kwargs
     return False
@@ -314,6 +316,29 @@ def _match_shuffle_before(gm: fx.GraphModule, conv_node: fx.Node, channels: int)
         if groups is not None:
             return source, groups
     return None
+
+
+def _is_transpose(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target in _TRANSPOSE_METHODS) or (
+        node.op == "call_function" and node.target in _TRANSPOSE_FUNCTIONS
+    )
+
+
+def _next_to_unrecognised_transpose(gm: fx.GraphModule, conv_node: fx.Node, pattern: "_Pattern | None") -> bool:
+    """Whether a layout chain with a transpose follows the conv (after its BN/ReLU) or
+    feeds it: a shuffle written in a form the probe could not verify."""
+    after = pattern.consumed[-1] if pattern is not None and pattern.consumed else conv_node
+    node, steps = after, 0
+    while steps < _MAX_LAYOUT_CHAIN and len(users := _value_users(node)) == 1 and _is_layout_op(gm, users[0]):
+        node, steps = users[0], steps + 1
+        if _is_transpose(node):
+            return True
+    node, steps = conv_node.args[0], 0
+    while steps < _MAX_LAYOUT_CHAIN and isinstance(node, fx.Node) and _is_layout_op(gm, node):
+        if _is_transpose(node):
+            return True
+        node, steps = node.args[0], steps + 1
+    return False
 
 
 # ------------------------------------------------------------------------ conv patterns
@@ -446,6 +471,14 @@ def _rewrite(gm: fx.GraphModule, prefix: str, report: _Report) -> bool:
         if conv is None:
             continue
         pattern = _match_conv(gm, node, conv)
+        if pattern is None or (pattern.output_shuffle_groups == 1 and pattern.input_source is None):
+            if _next_to_unrecognised_transpose(gm, node, pattern):
+                report.add(
+                    _qualified(prefix, node.target),
+                    "a reshape/transpose next to this 1x1 conv was not recognised as a channel shuffle "
+                    "(it must be a pure rearrangement whose sizes come from the tensor, e.g. x.size(), "
+                    "not from constants)",
+                )
         if pattern is None:
             continue
         owners = [t for t in (node.target, pattern.bn_target) if t is not None]
@@ -455,14 +488,21 @@ def _rewrite(gm: fx.GraphModule, prefix: str, report: _Report) -> bool:
             has_shuffle = pattern.output_shuffle_groups > 1 or pattern.input_source is not None
             if has_shuffle:
                 reason = "called more than once" if shared else "its parameters are also read directly"
-                report.add(_qualified(prefix, node.target), f"1x1 conv next to a channel shuffle not fused: the module is {reason}")
+                report.add(
+                    _qualified(prefix, node.target),
+                    f"1x1 conv next to a channel shuffle not fused: the module is {reason}",
+                )
             continue
         erased |= _apply(gm, pattern)
         changed = True
     for node in graph.nodes:
         if _is_explicit_shuffle(gm, node):
             where = _qualified(prefix, node.target if node.op == "call_module" else node.name)
-            report.add(where, "channel shuffle not next to a fusable 1x1 conv (or its output is used elsewhere); kept as a separate op")
+            report.add(
+                where,
+                "channel shuffle not next to a fusable 1x1 conv (or its output is used elsewhere); "
+                "kept as a separate op",
+            )
     if changed:
         graph.lint()
         gm.delete_all_unused_submodules()
@@ -511,7 +551,9 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     ``inplace=False`` (default) works on a deep copy, leaving ``model`` untouched.
     ``inplace=True`` skips the copy: untraceable modules of ``model`` get their fused
     submodules set in place, and the result shares ``model``'s parameters and buffers.
-    What could not be traced or fused is reported in one ``FuseWarning``.
+    What could not be traced or fused is reported in one ``FuseWarning``. As with any
+    torch.fx rewrite, a traced module keeps its forward and submodules, not its other
+    Python methods or attributes.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse expects an nn.Module, got {type(model).__name__}")

@@ -408,3 +408,21 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="inplace"):
         fuse(nn.Conv2d(2, 2, 1), inplace="yes")
     assert shufflenet_ops.fuse is fuse
+
+
+def test_hand_written_shuffle_that_cannot_be_verified_is_reported():
+    class ConstantSizeShuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 1, groups=2)
+
+        def forward(self, x):  # sizes hard-coded for 4x4 inputs: not a general channel shuffle
+            return self.conv(x).view(-1, 2, 4, 4, 4).transpose(1, 2).reshape(-1, 8, 4, 4)
+
+    model = ConstantSizeShuffle()
+    with pytest.warns(FuseWarning, match="conv: a reshape/transpose next to this 1x1 conv was not recognised"):
+        result = fuse(model)
+    x = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(result(x), model(x))
+    assert "transpose" in result.code  # the view/transpose stayed; the grouped conv itself is fused
+    assert isinstance(result.conv, GroupConv1x1Shuffle) and result.conv.shuffle_groups == 1

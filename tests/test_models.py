@@ -11,7 +11,9 @@ from shufflenet_ops.modules import GroupConv1x1BNShuffle, ShuffleUnit
 from test_modules import assert_same_buffers, assert_same_grads, randomize_batchnorm, run_and_backward
 
 DOUBLE = torch.float64
-TABLE1_STAGE_CHANNELS = {1: (144, 288, 576), 2: (200, 400, 800), 3: (240, 480, 960), 4: (272, 544, 1088), 8: (384, 768, 1536)}
+TABLE1_STAGE_CHANNELS = {
+    1: (144, 288, 576), 2: (200, 400, 800), 3: (240, 480, 960), 4: (272, 544, 1088), 8: (384, 768, 1536)
+}
 
 
 @pytest.mark.parametrize("groups", sorted(TABLE1_STAGE_CHANNELS))
@@ -20,7 +22,8 @@ def test_table1_architecture_at_1x(groups):
     assert model.stage_out_channels == (24, *TABLE1_STAGE_CHANNELS[groups])
     assert model.stem[0].out_channels == 24 and model.stem[0].stride == (2, 2)
     assert isinstance(model.stem[3], nn.MaxPool2d)
-    for stage, repeats, out_channels in zip((model.stage2, model.stage3, model.stage4), (4, 8, 4), TABLE1_STAGE_CHANNELS[groups]):
+    stages = (model.stage2, model.stage3, model.stage4)
+    for stage, repeats, out_channels in zip(stages, (4, 8, 4), TABLE1_STAGE_CHANNELS[groups]):
         assert len(stage) == repeats
         assert [unit.stride for unit in stage] == [2] + [1] * (repeats - 1)
         assert all(unit.out_channels == out_channels and unit.groups == groups for unit in stage)

@@ -71,7 +71,9 @@ def assert_same_buffers(module_a: nn.Module, module_b: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------ GroupConv1x1Shuffle
-@pytest.mark.parametrize("groups,shuffle_groups,bias,relu", [(3, None, True, True), (2, 4, False, False), (1, 1, True, False)])
+@pytest.mark.parametrize(
+    "groups,shuffle_groups,bias,relu", [(3, None, True, True), (2, 4, False, False), (1, 1, True, False)]
+)
 def test_group_conv1x1_shuffle_matches_conv_then_shuffle(groups, shuffle_groups, bias, relu):
     conv = nn.Conv2d(12, 24, 1, groups=groups, bias=bias).to(DOUBLE)
     module = GroupConv1x1Shuffle(12, 24, groups, shuffle_groups, bias=bias, relu=relu).to(DOUBLE)
