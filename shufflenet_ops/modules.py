@@ -298,16 +298,18 @@ class _FoldedConvBNBase(nn.Module):
         needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
         if needs_graph or torch.compiler.is_compiling() or any(t.is_inference() for t in sources):
             return self._compute_folded()
+        # In-place updates bump _version; `.data =` (as in module.to()) swaps the storage.
+        stamps = [(t, t._version, t.data_ptr(), t.dtype, t.device) for t in sources]
         cache = self._fold_cache
         if cache is not None:
-            stamps, folded = cache
-            if len(stamps) == len(sources) and all(
-                old is new and version == new._version for (old, version), new in zip(stamps, sources)
+            old_stamps, folded = cache
+            if len(old_stamps) == len(stamps) and all(
+                old[0] is new[0] and old[1:] == new[1:] for old, new in zip(old_stamps, stamps)
             ):
                 return folded
         with torch.no_grad():
             folded = self._compute_folded()
-        self._fold_cache = ([(t, t._version) for t in sources], folded)
+        self._fold_cache = (stamps, folded)
         return folded
 
     def train(self, mode: bool = True) -> "_FoldedConvBNBase":

@@ -360,3 +360,16 @@ def test_shuffle_unit_rejects_bad_arguments():
         ShuffleUnit(20, 20, 3, 1)  # bottleneck 5 not divisible by 3
     with pytest.raises(ValueError, match="branch output"):
         ShuffleUnit(25, 48, 3, 2, grouped_first=False)  # 48 - 25 not divisible by 3
+
+
+def test_folded_weights_follow_data_replacement_and_dtype_changes():
+    conv = nn.Conv2d(8, 8, 1, groups=2, bias=False)
+    bn = randomize_batchnorm(nn.BatchNorm2d(8))
+    fused = GroupConv1x1BNShuffle(conv, bn, 2).eval()
+    x = torch.randn(1, 8, 2, 2)
+    with torch.no_grad():
+        fused(x)
+        conv.weight.data = conv.weight.data * 2  # same Parameter, same version, new storage
+        torch.testing.assert_close(fused(x), naive_conv_bn(conv, bn, 2, relu=False)(x))
+        fused.double()
+        assert fused(x.double()).dtype == DOUBLE
