@@ -405,7 +405,8 @@ def _fused_module(pattern: _Pattern, bn: nn.BatchNorm2d | None) -> nn.Module:
         )
     else:
         module = GroupConv1x1Shuffle.from_conv(conv, pattern.output_shuffle_groups, relu=pattern.relu)
-    return module.train(conv.training)
+    module.training = conv.training  # not .train(): that would also reset the BN's own mode
+    return module
 
 
 def _erase_dead(gm: fx.GraphModule, candidates: list[fx.Node]) -> set[fx.Node]:

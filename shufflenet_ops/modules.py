@@ -12,10 +12,10 @@ Conv + BatchNorm (+ ReLU) with the shuffle, as one module whose children are the
 - ``GroupConv1x1BNShuffle``: the shuffle on the output, the BN before or after it;
 - ``ShuffleGroupConv1x1BN``: the shuffle on the input.
 
-These fold their BatchNorm by themselves: in eval mode (with running statistics) the BN
-becomes the conv's weight and bias and the ReLU the kernel's epilogue, so one fused call
-runs; in train mode they compute exactly what conv -> BN -> ReLU -> shuffle computes
-(batch statistics, running-stat updates, gradients). Switching back to train() restores
+These fold their BatchNorm by themselves: when the BN is in eval mode (``model.eval()``)
+and has running statistics, it becomes the conv's weight and bias and the ReLU the
+kernel's epilogue, so one fused call runs; in train mode they compute exactly what
+conv -> BN -> ReLU -> shuffle computes (batch statistics, running-stat updates, gradients). Switching back to train() restores
 that at once: nothing is overwritten, the folded weights are derived, never stored.
 ``fold_batchnorm`` folds permanently instead (for export), removing the BN.
 
@@ -280,8 +280,10 @@ class _FoldedConvBNBase(nn.Module):
         return self.conv.groups
 
     def _can_fold(self) -> bool:
-        # Eval mode with running statistics: BN is a fixed per-channel affine map.
-        return not self.training and self.bn.running_mean is not None and self.bn.running_var is not None
+        # A BN in eval mode with running statistics is a fixed per-channel affine map. The
+        # BN's own mode decides, as in the unfused model (a frozen BN in a training model
+        # folds too).
+        return not self.bn.training and self.bn.running_mean is not None and self.bn.running_var is not None
 
     def _bn_scale_shift_in_conv_order(self) -> tuple[torch.Tensor, torch.Tensor]:
         return batchnorm_scale_shift(self.bn)

@@ -426,3 +426,15 @@ def test_hand_written_shuffle_that_cannot_be_verified_is_reported():
     torch.testing.assert_close(result(x), model(x))
     assert "transpose" in result.code  # the view/transpose stayed; the grouped conv itself is fused
     assert isinstance(result.conv, GroupConv1x1Shuffle) and result.conv.shuffle_groups == 1
+
+
+def test_fuse_keeps_each_batchnorm_mode():
+    model = PaperStyleNet().to(DOUBLE).train()
+    model.blocks[0].bn1.eval()  # frozen BN inside a training model
+    reference = copy.deepcopy(model)
+    fused = fuse(model)
+    assert fused.training and fused.get_submodule("blocks.0.conv1").training
+    assert not fused.get_submodule("blocks.0.conv1.bn").training
+    assert fused.get_submodule("blocks.2.conv1.bn").training
+    x = torch.randn(2, 3, 16, 16, dtype=DOUBLE)
+    torch.testing.assert_close(fused(x), reference(x))

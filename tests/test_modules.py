@@ -373,3 +373,16 @@ def test_folded_weights_follow_data_replacement_and_dtype_changes():
         torch.testing.assert_close(fused(x), naive_conv_bn(conv, bn, 2, relu=False)(x))
         fused.double()
         assert fused(x.double()).dtype == DOUBLE
+
+
+def test_frozen_batchnorm_in_a_training_model_is_folded_like_the_unfused_model():
+    conv = nn.Conv2d(12, 12, 1, groups=3, bias=False).to(DOUBLE)
+    bn = randomize_batchnorm(nn.BatchNorm2d(12).to(DOUBLE))
+    fused = GroupConv1x1BNShuffle(conv, bn, 3, relu=True).train()
+    bn.eval()  # fine-tuning with frozen BN statistics
+    x = torch.randn(2, 12, 3, 3, dtype=DOUBLE)
+    stats = bn.running_mean.clone()
+    y_ref, gx_ref = run_and_backward(naive_conv_bn(conv, bn, 3, relu=True), x)
+    y, gx = run_and_backward(fused, x)
+    torch.testing.assert_close((y, gx), (y_ref, gx_ref))
+    assert torch.equal(bn.running_mean, stats)
