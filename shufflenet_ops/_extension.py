@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 BUILD_HINT = (
     "the shufflenet_ops C++ extension (shufflenet_ops._C) is not built. Build it from the "
     "repository root with `pip install --no-build-isolation -e .` (needs torch installed "

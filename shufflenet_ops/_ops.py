@@ -81,6 +81,21 @@ def _register_autograd() -> None:
         f"{LIB}::shuffle_group_conv1x1", conv_backward, setup_context=conv_setup(False)
     )
 
+    # The backward ops have no derivative of their own: double backward through the fused
+    # convs fails loudly instead of silently returning zeros.
+    def no_double_backward(ctx, *grads):
+        raise RuntimeError(
+            f"double backward (create_graph=True) through {ctx.op_name} is not supported; "
+            "use shufflenet_ops.backend('reference') for higher-order gradients"
+        )
+
+    for name in ("conv1x1_shuffle_grad_input", "conv1x1_shuffle_grad_weight", "conv1x1_shuffle_grad_bias", "relu_grad"):
+
+        def setup(ctx, inputs, output, name=name):
+            ctx.op_name = f"{LIB}::{name}"
+
+        torch.library.register_autograd(f"{LIB}::{name}", no_double_backward, setup_context=setup)
+
 
 if _extension.available():
     _register_fakes()

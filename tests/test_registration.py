@@ -1,0 +1,214 @@
+"""Op registration: opcheck on every op, torch.compile(fullgraph=True), backend selection,
+the package without its extension, and a property test over random valid shapes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import shufflenet_ops as so
+from shufflenet_ops import reference
+
+from conftest import assert_close_to, requires_extension
+
+pytestmark = requires_extension
+ops = torch.ops.shufflenet_ops
+
+
+def _samples():
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape, grad=False):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(grad)
+
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = randn(2, 12, 3, 5).to(memory_format=layout).detach().requires_grad_()
+        w = randn(24, 4, 1, 1, grad=True)
+        b = randn(24, grad=True)
+        go = randn(2, 24, 3, 5).to(memory_format=layout)
+        y = randn(2, 24, 3, 5).to(memory_format=layout)
+        yield ops.channel_shuffle, (x, 3)
+        yield ops.channel_shuffle, (x, 4)
+        yield ops.group_conv1x1_shuffle, (x, w, b, 3, 3, True)
+        yield ops.group_conv1x1_shuffle, (x, w, None, 3, 8, False)
+        yield ops.shuffle_group_conv1x1, (x, w, b, 3, 4, True)
+        yield ops.shuffle_group_conv1x1, (x, w.reshape(24, 4), None, 3, 3, False)
+        # The backward ops are called on detached tensors (they raise on double backward).
+        yield ops.conv1x1_shuffle_grad_input, (go, w.detach(), 3, 4, 1)
+        yield ops.conv1x1_shuffle_grad_input, (go, w.detach(), 3, 1, 3)
+        yield ops.conv1x1_shuffle_grad_weight, (go, x.detach(), 3, 1, 8)
+        yield ops.conv1x1_shuffle_grad_weight, (go, x.detach(), 3, 3, 1)
+        yield ops.conv1x1_shuffle_grad_bias, (go, 3)
+        yield ops.relu_grad, (go, y)
+
+
+@pytest.mark.parametrize("op,args", list(_samples()), ids=lambda v: getattr(v, "__name__", None))
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+def test_every_schema_op_is_opchecked():
+    checked = {op._qualified_op_name for op, _ in _samples()}
+    schema = {s.name for s in torch._C._jit_get_all_schemas() if s.name.startswith("shufflenet_ops::")}
+    assert len(schema) == 7 and schema == checked
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+
+    def block(x, w1, b1, w2):
+        y = so.group_conv1x1_shuffle(x, w1, 3, bias=b1, relu=True)
+        y = so.channel_shuffle(y, 4)
+        return so.shuffle_group_conv1x1(y, w2, 3, 8)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 5, 5, generator=gen, requires_grad=True)
+    w1 = torch.randn(24, 4, 1, 1, generator=gen, requires_grad=True)
+    b1 = torch.randn(24, generator=gen, requires_grad=True)
+    w2 = torch.randn(12, 8, 1, 1, generator=gen, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    y = compiled(x, w1, b1, w2)
+    y.square().sum().backward()
+    grads = [t.grad.clone() for t in (x, w1, b1, w2)]
+    for t in (x, w1, b1, w2):
+        t.grad = None
+    with so.backend("reference"):
+        y_ref = block(x, w1, b1, w2)
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    for g, t in zip(grads, (x, w1, b1, w2)):
+        torch.testing.assert_close(g, t.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_inductor_fullgraph():
+    torch._dynamo.reset()
+    x = torch.randn(2, 24, 4, 4)
+    w = torch.randn(48, 8, 1, 1)
+    b = torch.randn(48)
+    fn = torch.compile(lambda x: so.group_conv1x1_shuffle(x, w, 3, bias=b, relu=True).sum(1), fullgraph=True)
+    torch.testing.assert_close(fn(x), reference.group_conv1x1_shuffle(x, w, 3, bias=b, relu=True).sum(1))
+
+
+# ----------------------------------------------------------- backend selection
+def test_backend_context_manager_and_env_var(monkeypatch):
+    calls = []
+    real = reference.group_conv1x1_shuffle
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reference, "group_conv1x1_shuffle", spy)
+    x, w = torch.randn(1, 6, 2, 2), torch.randn(6, 2, 1, 1)
+    so.group_conv1x1_shuffle(x, w, 3)
+    assert calls == []  # auto on CPU: the C++ kernel
+    with so.backend("reference"):
+        so.group_conv1x1_shuffle(x, w, 3)
+        with so.backend("cpp"):  # innermost wins
+            so.group_conv1x1_shuffle(x, w, 3)
+    assert calls == [1]
+    monkeypatch.setenv("SHUFFLENET_OPS_BACKEND", "reference")  # read at call time
+    so.group_conv1x1_shuffle(x, w, 3)
+    assert calls == [1, 1]
+    with so.backend("auto"):  # the context manager overrides the environment
+        so.group_conv1x1_shuffle(x, w, 3)
+    assert calls == [1, 1]
+
+
+def test_double_backward_fails_loudly():
+    x = torch.randn(1, 6, 2, 2, requires_grad=True)
+    w = torch.randn(6, 2, 1, 1, requires_grad=True)
+    (gx,) = torch.autograd.grad(so.group_conv1x1_shuffle(x, w, 3).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+def test_torch_ops_are_differentiable_directly():
+    x = torch.randn(2, 12, 3, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(24, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: ops.group_conv1x1_shuffle(x, w, None, 3, 3, False), (x, w))
+    assert torch.autograd.gradcheck(lambda x, w: ops.shuffle_group_conv1x1(x, w, None, 3, 4, False), (x, w))
+
+
+def test_without_extension_reference_works_and_cpp_says_how_to_build():
+    """Simulate a checkout where the C++ extension was never built."""
+    code = (
+        "import sys, warnings; sys.modules['shufflenet_ops._C'] = None\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import torch, shufflenet_ops as so\n"
+        "assert any('pip install --no-build-isolation' in str(m.message) for m in w), [str(m.message) for m in w]\n"
+        "x, wt = torch.randn(1, 6, 2, 2), torch.randn(6, 2, 1, 1)\n"
+        "with so.backend('reference'):\n"
+        "    y = so.group_conv1x1_shuffle(x, wt, 3)\n"
+        "assert torch.allclose(y, torch.channel_shuffle(torch.nn.functional.conv2d(x, wt, groups=3), 3))\n"
+        "try:\n"
+        "    so.group_conv1x1_shuffle(x, wt, 3)\n"
+        "except RuntimeError as e:\n"
+        "    assert 'pip install --no-build-isolation' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('no error without the extension')\n"
+        "print('OK')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SHUFFLENET_OPS_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr
+
+
+# ------------------------------------------------------------ property test
+@st.composite
+def conv_problems(draw):
+    groups = draw(st.integers(1, 8))
+    cin = groups * draw(st.integers(1, 6))
+    cout = groups * draw(st.integers(1, 6))
+    placement = draw(st.sampled_from(["output", "input"]))
+    channels = cout if placement == "output" else cin
+    shuffle = draw(st.sampled_from([s for s in range(1, channels + 1) if channels % s == 0]))
+    return dict(
+        placement=placement,
+        groups=groups,
+        cin=cin,
+        cout=cout,
+        shuffle=shuffle,
+        batch=draw(st.integers(0, 3)),
+        height=draw(st.integers(1, 9)),
+        width=draw(st.integers(1, 9)),
+        bias=draw(st.booleans()),
+        relu=draw(st.booleans()),
+        channels_last=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_problems())
+def test_property_random_shapes_match_reference(p):
+    gen = torch.Generator().manual_seed(p["seed"])
+    x = torch.randn(p["batch"], p["cin"], p["height"], p["width"], generator=gen, dtype=torch.float64)
+    if p["channels_last"]:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(p["cout"], p["cin"] // p["groups"], 1, 1, generator=gen, dtype=torch.float64)
+    b = torch.randn(p["cout"], generator=gen, dtype=torch.float64) if p["bias"] else None
+    leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+
+    def run(impl, x, w, b=None):
+        if p["placement"] == "output":
+            return impl.group_conv1x1_shuffle(x, w, p["groups"], bias=b, shuffle_groups=p["shuffle"], relu=p["relu"])
+        return impl.shuffle_group_conv1x1(x, w, p["groups"], p["shuffle"], bias=b, relu=p["relu"])
+
+    y, y_ref = run(so, *leaves), run(reference, *ref_leaves)
+    assert_close_to(y, y_ref, torch.float64)
+    if p["channels_last"] and y.numel():
+        assert y.is_contiguous(memory_format=torch.channels_last) or y.shape[1] == 1
+    go = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    y.backward(go)
+    y_ref.backward(go)
+    for a, r in zip(leaves, ref_leaves):
+        assert_close_to(a.grad, r.grad, torch.float64)
