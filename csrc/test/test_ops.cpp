@@ -1,0 +1,66 @@
+// A C++ user's check of the ops through the dispatcher: each fused op against the unfused
+// ATen sequence (conv2d, channel_shuffle, relu), NCHW and channels_last, plus one bad input.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <iostream>
+#include <optional>
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  std::cout << (ok ? "PASS " : "FAIL ") << what << "\n";
+  if (!ok) ++failures;
+}
+
+at::Tensor call_conv(const char* name, const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                     int64_t groups, int64_t shuffle, bool relu) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  auto op = dispatcher.findSchemaOrThrow(name, "")
+                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
+                                  int64_t, bool)>();
+  return op.call(x, w, b, groups, shuffle, relu);
+}
+
+at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b, int64_t groups) {
+  const std::vector<int64_t> one{1, 1}, zero{0, 0};
+  return at::conv2d(x, w, b, at::IntArrayRef(one), at::IntArrayRef(zero), at::IntArrayRef(one), groups);
+}
+
+}  // namespace
+
+int main() {
+  at::manual_seed(0);
+  const int64_t groups = 3;
+  for (auto format : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
+    const std::string tag = format == at::MemoryFormat::Contiguous ? " (NCHW)" : " (channels_last)";
+    const at::Tensor x = at::randn({2, 24, 5, 7}, at::kDouble).contiguous(format);
+    const at::Tensor w = at::randn({48, 8, 1, 1}, at::kDouble);
+    const at::Tensor b = at::randn({48}, at::kDouble);
+
+    const at::Tensor fused = call_conv("shufflenet_ops::group_conv1x1_shuffle", x, w, b, groups, groups, true);
+    const at::Tensor expected = at::relu(at::channel_shuffle(conv1x1(x, w, b, groups), groups));
+    expect(at::allclose(fused, expected), "group_conv1x1_shuffle matches conv2d + channel_shuffle + relu" + tag);
+    expect(fused.is_contiguous(format), "output keeps the input's memory format" + tag);
+
+    const int64_t official = 24 / groups;  // the official code's inverse convention
+    const at::Tensor fused_in = call_conv("shufflenet_ops::shuffle_group_conv1x1", x, w, std::nullopt, groups,
+                                          official, false);
+    const at::Tensor expected_in = conv1x1(at::channel_shuffle(x, official), w, std::nullopt, groups);
+    expect(at::allclose(fused_in, expected_in), "shuffle_group_conv1x1 matches channel_shuffle + conv2d" + tag);
+  }
+
+  bool raised = false;
+  try {
+    call_conv("shufflenet_ops::group_conv1x1_shuffle", at::randn({2, 24, 5, 7}), at::randn({48, 8, 1, 1}),
+              std::nullopt, 5, 5, false);
+  } catch (const c10::Error& e) {
+    raised = std::string(e.what()).find("must be divisible by groups (5)") != std::string::npos;
+  }
+  expect(raised, "bad groups raise an error naming the problem");
+
+  std::cout << (failures ? "FAILED" : "OK") << "\n";
+  return failures ? 1 : 0;
+}
