@@ -1,0 +1,118 @@
+"""Layer level: every distinct 1x1 conv of ShuffleNet V1, every provider, every mode."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+import torch
+
+from . import bytes_model
+from .problem import LayerProblem, element_size
+from .providers import LayerProvider, Setup, make_layer_inputs
+from .roofline import Roofline
+from .timing import measure, synchronize
+
+
+def _runner(fn, args: tuple, mode: str) -> Callable[[], object]:
+    """A zero-argument call that does one ``mode`` step of ``fn(*args)``."""
+    if mode == "forward":
+        def forward():
+            with torch.no_grad():
+                return fn(*args)
+
+        return forward
+    params = [t for t in args if t is not None]
+    output = fn(*args)
+    grad_output = torch.randn_like(output)
+    if mode == "backward":
+        # The graph of one forward is kept and differentiated again and again.
+        def backward():
+            return torch.autograd.grad(output, params, grad_output, retain_graph=True)
+
+        return backward
+
+    def forward_backward():
+        return torch.autograd.grad(fn(*args), params, grad_output)
+
+    return forward_backward
+
+
+def layer_row(
+    problem: LayerProblem, provider: LayerProvider, mode: str, timing, roofline: Roofline, dtype: torch.dtype
+) -> dict:
+    nbytes = bytes_model.bytes_moved(provider.traffic, problem, mode, element_size(dtype))
+    flops = problem.flops(mode)
+    seconds = timing.median_ms * 1e-3
+    return {
+        "level": "layer",
+        "name": problem.name,
+        "model_groups": problem.model_groups,
+        "cin": problem.cin,
+        "cout": problem.cout,
+        "groups": problem.groups,
+        "size": problem.size,
+        "batch": problem.batch,
+        "count": problem.count,
+        "shuffle_groups": problem.shuffle_groups,
+        "relu": problem.relu,
+        "mode": mode,
+        "provider": provider.name,
+        "fused": provider.fused,
+        "median_ms": timing.median_ms,
+        "p20_ms": timing.p20_ms,
+        "p80_ms": timing.p80_ms,
+        "samples": timing.samples,
+        "model_bytes": nbytes,
+        "effective_gbs": nbytes / seconds / 1e9,
+        "memory_roof_fraction": roofline.memory_fraction(nbytes, seconds),
+        "useful_flops": flops,
+        "gflops": flops / seconds / 1e9,
+        "compute_roof_fraction": roofline.compute_fraction(flops, seconds),
+    }
+
+
+def run_layers(
+    problems: Iterable[LayerProblem],
+    providers: list[LayerProvider],
+    modes: list[str],
+    setup: Setup,
+    roofline: Roofline,
+    min_run_time: float,
+    progress: Callable[[str], None],
+) -> list[dict]:
+    rows = []
+    for problem in problems:
+        # Each shape gets its own static graphs; a reset keeps Dynamo's recompile limit
+        # (per code object) from turning later shapes dynamic or eager.
+        torch._dynamo.reset()
+        for provider in providers:
+            fn = provider.make(problem, setup)
+            for mode in modes:
+                progress(f"{problem.name} {mode} {provider.name}")
+                args = make_layer_inputs(problem, provider, setup, requires_grad=mode != "forward")
+                run = _runner(fn, args, mode)
+                start = time.perf_counter()
+                run()  # compiles, autotunes, allocates outside the timing
+                run()
+                synchronize(setup.device)
+                first_calls_s = time.perf_counter() - start
+                timing = measure(run, setup.device, min_run_time)
+                row = layer_row(problem, provider, mode, timing, roofline, setup.dtype)
+                row["warmup_s"] = round(first_calls_s, 3)
+                rows.append(row)
+    add_speedups(rows, key=("name", "mode"))
+    return rows
+
+
+def add_speedups(rows: list[dict], key: tuple[str, ...]) -> None:
+    """``fused_speedup`` on every row: this provider's median over the (first) fused
+    provider's median for the same key, from the same run (> 1: fused is faster)."""
+    fused_median = {}
+    for row in rows:
+        k = tuple(row[f] for f in key)
+        if row["fused"] and k not in fused_median:
+            fused_median[k] = row["median_ms"]
+    for row in rows:
+        reference_ms = fused_median.get(tuple(row[f] for f in key))
+        row["fused_speedup"] = row["median_ms"] / reference_ms if reference_ms else float("nan")

@@ -1,0 +1,91 @@
+"""One benchmarked 1x1 layer: its geometry and what its real layer computes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..layer_shapes import PointwiseLayer, shufflenet_v1_pointwise_layers
+
+MODES = ("forward", "backward", "forward_backward")
+
+
+@dataclass(frozen=True)
+class LayerProblem:
+    """A grouped 1x1 conv of ShuffleNet V1 as it runs in the network.
+
+    The first GConv of a unit is conv -> BN -> ReLU -> shuffle: with BN folded that is
+    bias + ReLU + output shuffle (``shuffle_groups`` = the model's g, even where the conv
+    itself is ungrouped). The second GConv is conv -> BN: bias, no shuffle, no ReLU (the
+    naive unit applies its ReLU after the residual add or the concat).
+    """
+
+    cin: int
+    cout: int
+    groups: int
+    size: int  # H = W
+    batch: int
+    shuffle_groups: int  # 1: no shuffle
+    relu: bool
+    bias: bool
+    count: int = 1  # layers of this shape in the network
+    model_groups: int = 0  # the g of the ShuffleNet it comes from
+
+    @classmethod
+    def from_layer(cls, layer: PointwiseLayer, model_groups: int, batch: int) -> "LayerProblem":
+        return cls(
+            cin=layer.cin, cout=layer.cout, groups=layer.groups, size=layer.size, batch=batch,
+            shuffle_groups=model_groups if layer.shuffled else 1, relu=layer.shuffled, bias=True,
+            count=layer.count, model_groups=model_groups,
+        )
+
+    @property
+    def name(self) -> str:
+        role = "gconv1+shuffle" if self.shuffle_groups > 1 else "gconv2"
+        return f"g{self.model_groups} {self.cin}->{self.cout}/{self.groups} {self.size}x{self.size} {role}"
+
+    @property
+    def pixels(self) -> int:
+        return self.batch * self.size * self.size
+
+    @property
+    def x_numel(self) -> int:
+        return self.pixels * self.cin
+
+    @property
+    def y_numel(self) -> int:
+        return self.pixels * self.cout
+
+    @property
+    def weight_numel(self) -> int:
+        return self.cout * (self.cin // self.groups)
+
+    @property
+    def bias_numel(self) -> int:
+        return self.cout if self.bias else 0
+
+    def macs(self) -> int:
+        """Multiply-adds of one forward call (the grouped conv's, not a dense one's)."""
+        return self.pixels * self.weight_numel
+
+    def flops(self, mode: str) -> int:
+        """Useful FLOPs (2 per multiply-add): forward 1x, backward 2x (grad input + grad
+        weight), forward+backward 3x the forward's."""
+        factor = {"forward": 1, "backward": 2, "forward_backward": 3}[mode]
+        return 2 * self.macs() * factor
+
+
+def shufflenet_problems(
+    groups: tuple[int, ...], width_mult: float, batch: int, input_size: int = 224
+) -> list[LayerProblem]:
+    """Every distinct 1x1 conv shape of ShuffleNet V1 for each g, in network order."""
+    return [
+        LayerProblem.from_layer(layer, g, batch)
+        for g in groups
+        for layer in shufflenet_v1_pointwise_layers(g, width_mult, input_size)
+    ]
+
+
+def element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

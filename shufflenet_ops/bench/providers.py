@@ -1,0 +1,191 @@
+"""Every implementation the benchmark compares, defined once.
+
+Layer level (one 1x1 conv as the real layer computes it, see ``LayerProblem``):
+
+- ``fused_cpp`` / ``fused_triton``: this package's one-pass kernel, per backend present
+  (C++ on CPU, Triton on CUDA);
+- ``eager``: the unfused code, ``shufflenet_ops.reference`` (conv2d with bias, then the
+  channel shuffle copy, then ReLU), NCHW;
+- ``eager_channels_last``: the same code on channels_last tensors;
+- ``compile``: ``torch.compile`` of the same unfused code (max-autotune on GPU);
+- ``dense``: one dense 1x1 conv whose weight is the block-diagonal expansion of the
+  grouped weight with its rows permuted by the shuffle, so it computes the same output in
+  one pass at g times the FLOPs (the "just use a GEMM" alternative).
+
+Unit and model level: ``fused`` (``fused=True`` modules), ``naive`` (``fused=False``, the
+same weights), ``compile_naive`` and ``compile_fused`` (``torch.compile`` of each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import _extension, functional, reference
+from .._backend import backend
+from ..modules import shuffle_permutation
+from .problem import LayerProblem
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Run-wide settings every provider builds its inputs with."""
+
+    device: torch.device
+    dtype: torch.dtype
+    memory_format: torch.memory_format
+    compile_mode: str  # torch.compile mode, e.g. "default" or "max-autotune"
+
+
+LayerFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerProvider:
+    name: str
+    description: str
+    traffic: str  # the bytes_model kind
+    make: Callable[[LayerProblem, Setup], LayerFn]  # (x, weight, bias) -> y
+    fused: bool = False
+    compiled: bool = False
+    channels_last: bool = False  # forces channels_last inputs whatever the run's layout
+    dense_weight: bool = False  # takes the block-diagonal dense weight instead
+    available: Callable[[torch.device], bool] = lambda device: True
+
+
+def _fused(backend_name: str) -> Callable[[LayerProblem, Setup], LayerFn]:
+    def make(p: LayerProblem, setup: Setup) -> LayerFn:
+        def run(x, weight, bias):
+            with backend(backend_name):
+                return functional.group_conv1x1_shuffle(
+                    x, weight, p.groups, bias=bias, shuffle_groups=p.shuffle_groups, relu=p.relu
+                )
+
+        return run
+
+    return make
+
+
+def _unfused(p: LayerProblem, setup: Setup) -> LayerFn:
+    def run(x, weight, bias):
+        return reference.group_conv1x1_shuffle(
+            x, weight, p.groups, bias=bias, shuffle_groups=p.shuffle_groups, relu=p.relu
+        )
+
+    return run
+
+
+def _compiled_unfused(p: LayerProblem, setup: Setup) -> LayerFn:
+    # dynamic=False: one static graph per shape, as a user compiling a fixed model gets.
+    return torch.compile(_unfused(p, setup), mode=setup.compile_mode, dynamic=False)
+
+
+def _dense(p: LayerProblem, setup: Setup) -> LayerFn:
+    def run(x, dense_weight, dense_bias):
+        y = F.conv2d(x, dense_weight, dense_bias)
+        return F.relu(y) if p.relu else y
+
+    return run
+
+
+def dense_block_diagonal(
+    weight: torch.Tensor, bias: torch.Tensor | None, groups: int, shuffle_groups: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The dense ``(Cout, Cin, 1, 1)`` weight equal to the grouped conv followed by the
+    shuffle: block-diagonal, rows (and bias) permuted by the shuffle."""
+    cout, k = weight.shape[0], weight.shape[1]
+    n = cout // groups
+    dense = weight.new_zeros(cout, k * groups, 1, 1)
+    for i in range(groups):
+        dense[i * n:(i + 1) * n, i * k:(i + 1) * k] = weight[i * n:(i + 1) * n]
+    order = shuffle_permutation(cout, shuffle_groups, weight.device)
+    return dense[order].contiguous(), None if bias is None else bias[order].contiguous()
+
+
+def _on_cpu_with_extension(device: torch.device) -> bool:
+    return device.type == "cpu" and _extension.available()
+
+
+def _on_cuda_with_triton(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+LAYER_PROVIDERS: tuple[LayerProvider, ...] = (
+    LayerProvider("fused_cpp", "fused C++ kernel (one pass)", "fused", _fused("cpp"), fused=True,
+                  available=_on_cpu_with_extension),
+    LayerProvider("fused_triton", "fused Triton kernel (one pass)", "fused", _fused("triton"), fused=True,
+                  available=_on_cuda_with_triton),
+    LayerProvider("eager", "conv2d + channel_shuffle + relu, NCHW", "eager", _unfused),
+    LayerProvider("eager_channels_last", "conv2d + channel_shuffle + relu, channels_last", "eager", _unfused,
+                  channels_last=True),
+    LayerProvider("compile", "torch.compile of the unfused code", "compile", _compiled_unfused, compiled=True),
+    LayerProvider("dense", "dense conv, block-diagonal weight with shuffled rows", "dense", _dense,
+                  dense_weight=True),
+)
+
+
+def layer_providers(device: torch.device, names: list[str] | None = None, compile: bool = True) -> list[LayerProvider]:
+    """The providers that can run on ``device`` (in the order above), optionally by name."""
+    known = {p.name for p in LAYER_PROVIDERS}
+    for name in names or ():
+        if name not in known:
+            raise ValueError(f"unknown provider {name!r}; choose from {', '.join(sorted(known))}")
+    chosen = [
+        p for p in LAYER_PROVIDERS
+        if p.available(device) and (names is None or p.name in names) and (compile or not p.compiled)
+    ]
+    if not any(p.fused for p in chosen):
+        raise ValueError(f"no fused provider can run on {device} (is the C++ extension built?)")
+    return chosen
+
+
+def make_layer_inputs(
+    p: LayerProblem, provider: LayerProvider, setup: Setup, requires_grad: bool, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x, weight, bias)`` for one provider: the same values for every provider (same
+    seed), in its layout, the dense weight for ``dense``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(p.batch, p.cin, p.size, p.size, generator=generator)
+    weight = torch.randn(p.cout, p.cin // p.groups, 1, 1, generator=generator) / (p.cin // p.groups) ** 0.5
+    bias = torch.randn(p.cout, generator=generator) if p.bias else None
+    if provider.dense_weight:
+        weight, bias = dense_block_diagonal(weight, bias, p.groups, p.shuffle_groups)
+    memory_format = torch.channels_last if provider.channels_last else setup.memory_format
+    x = x.to(setup.device, setup.dtype).contiguous(memory_format=memory_format)
+    weight = weight.to(setup.device, setup.dtype)
+    bias = None if bias is None else bias.to(setup.device, setup.dtype)
+    if requires_grad:
+        for t in (x, weight, bias):
+            if t is not None:
+                t.requires_grad_()
+    return x, weight, bias
+
+
+# ------------------------------------------------------------------ units and models
+@dataclass(frozen=True)
+class NetworkProvider:
+    name: str
+    description: str
+    fused: bool
+    compiled: bool
+
+
+NETWORK_PROVIDERS: tuple[NetworkProvider, ...] = (
+    NetworkProvider("fused", "fused modules (BN folded in eval)", fused=True, compiled=False),
+    NetworkProvider("naive", "conv, BN, ReLU, nn.ChannelShuffle as separate modules", fused=False, compiled=False),
+    NetworkProvider("compile_naive", "torch.compile of the naive network", fused=False, compiled=True),
+    NetworkProvider("compile_fused", "torch.compile of the fused network", fused=True, compiled=True),
+)
+
+
+def network_providers(compile: bool = True) -> list[NetworkProvider]:
+    return [p for p in NETWORK_PROVIDERS if compile or not p.compiled]
