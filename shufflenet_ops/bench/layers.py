@@ -11,7 +11,7 @@ from . import bytes_model
 from .problem import LayerProblem, element_size
 from .providers import LayerProvider, Setup, make_layer_inputs
 from .roofline import Roofline
-from .timing import measure, synchronize
+from .timing import measure_many, synchronize
 
 
 def _runner(fn, args: tuple, mode: str) -> Callable[[], object]:
@@ -86,20 +86,22 @@ def run_layers(
         # Each shape gets its own static graphs; a reset keeps Dynamo's recompile limit
         # (per code object) from turning later shapes dynamic or eager.
         torch._dynamo.reset()
-        for provider in providers:
-            fn = provider.make(problem, setup)
-            for mode in modes:
+        fns = {provider.name: provider.make(problem, setup) for provider in providers}
+        for mode in modes:
+            runners, warmup_s = {}, {}
+            for provider in providers:
                 progress(f"{problem.name} {mode} {provider.name}")
                 args = make_layer_inputs(problem, provider, setup, requires_grad=mode != "forward")
-                run = _runner(fn, args, mode)
                 start = time.perf_counter()
+                run = _runner(fns[provider.name], args, mode)
                 run()  # compiles, autotunes, allocates outside the timing
                 run()
                 synchronize(setup.device)
-                first_calls_s = time.perf_counter() - start
-                timing = measure(run, setup.device, min_run_time)
-                row = layer_row(problem, provider, mode, timing, roofline, setup.dtype)
-                row["warmup_s"] = round(first_calls_s, 3)
+                runners[provider.name], warmup_s[provider.name] = run, time.perf_counter() - start
+            timings = measure_many(runners, setup.device, min_run_time)
+            for provider in providers:
+                row = layer_row(problem, provider, mode, timings[provider.name], roofline, setup.dtype)
+                row["warmup_s"] = round(warmup_s[provider.name], 3)
                 rows.append(row)
     add_speedups(rows, key=("name", "mode"))
     return rows

@@ -16,7 +16,7 @@ from ..models.shufflenet_v1 import ShuffleNetV1, stage_channels
 from ..modules import ShuffleUnit
 from .layers import add_speedups
 from .providers import NetworkProvider, Setup
-from .timing import measure, synchronize
+from .timing import measure_many, synchronize
 
 NETWORK_MODES = ("eval", "train_step")
 
@@ -105,17 +105,20 @@ def run_networks(
     rows = []
     for case in cases:
         torch._dynamo.reset()
-        for provider in providers:
-            for mode in modes:
+        for mode in modes:
+            runners, warmup_s = {}, {}
+            for provider in providers:
                 progress(f"{case.name} {mode} {provider.name}")
-                run = _prepare(case, provider, mode, setup)
                 start = time.perf_counter()
+                run = _prepare(case, provider, mode, setup)
                 run()  # compile outside the timing
                 run()
                 synchronize(setup.device)
-                warmup_s = time.perf_counter() - start
-                timing = measure(run, setup.device, min_run_time)
-                batch = case.input_shape[0]
+                runners[provider.name], warmup_s[provider.name] = run, time.perf_counter() - start
+            timings = measure_many(runners, setup.device, min_run_time)
+            batch = case.input_shape[0]
+            for provider in providers:
+                timing = timings[provider.name]
                 rows.append({
                     "level": case.level,
                     "name": case.name,
@@ -128,7 +131,7 @@ def run_networks(
                     "p80_ms": timing.p80_ms,
                     "samples": timing.samples,
                     "images_per_s": batch / (timing.median_ms * 1e-3),
-                    "warmup_s": round(warmup_s, 3),
+                    "warmup_s": round(warmup_s[provider.name], 3),
                 })
     add_speedups(rows, key=("name", "mode"))
     return rows
