@@ -223,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"provenance": provenance(device, world), "args": vars(args), "results": results}
     if len(results) == 2:
         gaps = [abs(a - b) for a, b in zip(results[0]["losses"], results[1]["losses"])]
+        summary["loss_gaps"] = gaps
         summary["max_loss_gap"] = max(gaps)
         summary["first_step_loss_gap"] = gaps[0]
+        # Rounding differences grow step by step (as between any two float implementations,
+        # or one run on 1 and on 2 threads): the first step at which the curves part.
+        summary["first_step_gap_above_1e-3"] = next((i + 1 for i, gap in enumerate(gaps) if gap > 1e-3), None)
     for result in results:
         line = (f"{result['implementation']}: {result['images_per_s']:.1f} img/s, step {result['step_ms_median']:.1f} ms, "
                 f"loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}, test accuracy {result['test_accuracy']:.3f}")

@@ -1,0 +1,228 @@
+"""The benchmark suite: bytes model by hand, providers computing the same thing, timing,
+the CLI on a tiny configuration, benchmarks/train.py, and 2-process DDP."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import shufflenet_ops
+from shufflenet_ops import reference
+from shufflenet_ops.bench import bytes_model
+from shufflenet_ops.bench.problem import LayerProblem, shufflenet_problems
+from shufflenet_ops.bench.providers import (
+    LAYER_PROVIDERS,
+    Setup,
+    dense_block_diagonal,
+    layer_providers,
+    make_layer_inputs,
+)
+from shufflenet_ops.bench.roofline import Roofline
+from shufflenet_ops.bench.timing import Timing, measure_many
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+requires_extension = pytest.mark.skipif(not shufflenet_ops._extension.available(), reason="C++ extension not built")
+
+# g=3, Stage 3 stride-1 unit's first GConv at batch 2: 480 -> 120 channels, 3 groups, 14x14.
+GCONV1 = LayerProblem(cin=480, cout=120, groups=3, size=14, batch=2, shuffle_groups=3, relu=True, bias=True,
+                      model_groups=3)
+GCONV2 = LayerProblem(cin=120, cout=480, groups=3, size=14, batch=2, shuffle_groups=1, relu=False, bias=True,
+                      model_groups=3)
+
+
+# ------------------------------------------------------------------------- bytes model
+def test_sizes_by_hand():
+    assert GCONV1.x_numel == 2 * 196 * 480 == 188160
+    assert GCONV1.y_numel == 2 * 196 * 120 == 47040
+    assert GCONV1.weight_numel == 120 * 160 == 19200
+    assert GCONV1.bias_numel == 120
+    assert GCONV1.macs() == 2 * 196 * 120 * 160 == 7526400
+    assert GCONV1.flops("forward_backward") == 3 * GCONV1.flops("forward") == 6 * 7526400
+
+
+def test_forward_bytes_by_hand():
+    X, Y, W, B = 188160, 47040, 19200, 120
+    fused = X + W + B + Y  # read x, W, b; write y
+    assert bytes_model.bytes_moved("fused", GCONV1, "forward", 4) == 4 * fused == 1018080
+    # eager: + conv output written and read by the shuffle, shuffled copy written (3 Y in
+    # all beyond x, W, b), + ReLU's read and write of y.
+    assert bytes_model.bytes_moved("eager", GCONV1, "forward", 4) == 4 * (fused + 2 * Y + 2 * Y) == 1770720
+    # compile: shuffle and ReLU in one pointwise pass.
+    assert bytes_model.bytes_moved("compile", GCONV1, "forward", 4) == 4 * (fused + 2 * Y)
+    # dense: g times the weight, no shuffle pass, ReLU pass.
+    assert bytes_model.bytes_moved("dense", GCONV1, "forward", 4) == 4 * (X + 3 * W + B + Y + 2 * Y)
+    # bf16 halves everything.
+    assert bytes_model.bytes_moved("fused", GCONV1, "forward", 2) == 2 * fused
+
+
+def test_layer_without_shuffle_or_relu_costs_the_same_unfused():
+    for kind in ("fused", "eager", "compile"):
+        assert bytes_model.bytes_moved(kind, GCONV2, "forward", 4) == 4 * (188160 + 19200 + 480 + 47040)
+
+
+def test_backward_bytes_by_hand():
+    X, Y, W, B = 188160, 47040, 19200, 120
+    conv = (Y + W + X) + (Y + X + W) + (Y + B)  # grad input, grad weight, grad bias
+    assert bytes_model.bytes_moved("fused", GCONV1, "backward", 4) == 4 * (3 * Y + conv)
+    assert bytes_model.bytes_moved("eager", GCONV1, "backward", 4) == 4 * (3 * Y + 2 * Y + conv)
+    assert bytes_model.bytes_moved("compile", GCONV1, "backward", 4) == 4 * (3 * Y + conv)
+    both = bytes_model.bytes_moved("eager", GCONV1, "forward", 4) + bytes_model.bytes_moved("eager", GCONV1, "backward", 4)
+    assert bytes_model.bytes_moved("eager", GCONV1, "forward_backward", 4) == both
+    with pytest.raises(ValueError, match="unknown traffic kind"):
+        bytes_model.bytes_moved("magic", GCONV1, "forward", 4)
+
+
+def test_roofline_fractions():
+    timing = Timing(1.0, 1.0, 1.0, 5)
+    roof = Roofline(copy_gbs=10.0, gemm_gflops=100.0, copy_timing=timing, gemm_timing=timing, copy_bytes=1, gemm_size=1)
+    assert roof.memory_fraction(5_000_000, 1e-3) == pytest.approx(0.5)  # 5 GB/s of 10
+    assert roof.compute_fraction(20_000_000, 1e-3) == pytest.approx(0.2)  # 20 GFLOP/s of 100
+
+
+# --------------------------------------------------------------------------- problems
+def test_problems_cover_every_distinct_layer():
+    problems = shufflenet_problems((3, 8), 1.0, 16)
+    assert len(problems) == 24
+    first = [p for p in problems if p.groups == 1]
+    # Stage 2's first conv is ungrouped, but the shuffle after it still uses the model's g.
+    assert [(p.cin, p.cout, p.shuffle_groups, p.relu) for p in first] == [(24, 60, 3, True), (24, 96, 8, True)]
+    assert sum(p.count for p in problems if p.model_groups == 3) == 2 * 16  # two 1x1 convs per unit
+
+
+# -------------------------------------------------------------------------- providers
+def test_dense_block_diagonal_is_conv_then_shuffle():
+    x = torch.randn(2, 12, 3, 3, dtype=torch.float64)
+    w = torch.randn(6, 4, 1, 1, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    dense_w, dense_b = dense_block_diagonal(w, b, 3, 3)
+    expected = reference.group_conv1x1_shuffle(x, w, 3, bias=b, shuffle_groups=3)
+    torch.testing.assert_close(torch.nn.functional.conv2d(x, dense_w, dense_b), expected)
+
+
+@requires_extension
+@pytest.mark.parametrize("problem", [GCONV1, GCONV2], ids=["gconv1", "gconv2"])
+def test_every_eager_provider_computes_the_layer(problem):
+    setup = Setup(torch.device("cpu"), torch.float32, torch.contiguous_format, "default")
+    expected = None
+    for provider in layer_providers(torch.device("cpu"), compile=False):
+        x, w, b = make_layer_inputs(problem, provider, setup, requires_grad=False)
+        with torch.no_grad():
+            y = provider.make(problem, setup)(x, w, b)
+        if expected is None:
+            x, w, b = make_layer_inputs(problem, LAYER_PROVIDERS[2], setup, requires_grad=False)  # eager inputs
+            expected = reference.group_conv1x1_shuffle(x.double(), w.double(), problem.groups, bias=b.double(),
+                                                       shuffle_groups=problem.shuffle_groups, relu=problem.relu)
+        torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4, msg=provider.name)
+
+
+def test_unknown_provider_is_rejected():
+    with pytest.raises(ValueError, match="unknown provider"):
+        layer_providers(torch.device("cpu"), ["fastest"])
+
+
+# ----------------------------------------------------------------------------- timing
+def test_measure_many_times_each_runner():
+    timings = measure_many({"sleep2ms": lambda: time.sleep(0.002), "noop": lambda: None},
+                           torch.device("cpu"), min_run_time=0.06)
+    sleep = timings["sleep2ms"]
+    assert sleep.samples >= 5
+    assert 1.9 <= sleep.median_ms < 20
+    assert sleep.p20_ms <= sleep.median_ms <= sleep.p80_ms
+    assert timings["noop"].median_ms < 0.5
+
+
+# -------------------------------------------------------------------------------- CLI
+@requires_extension
+def test_cli_quick_tiny(tmp_path, capsys):
+    from shufflenet_ops.bench.__main__ import main
+
+    out = tmp_path / "bench"
+    # 64x64 input: the Stage 3 layers run at 4x4, the unit at 8x8; g=3 only.
+    assert main(["--quick", "--groups", "3", "--batch", "2", "--input-size", "64", "--min-run-time", "0.01",
+                 "--no-progress", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "| g3 480->120/3 4x4 gconv1+shuffle | 7 | forward |" in stdout
+    assert "vs compile" in stdout and "vs dense" in stdout
+
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    layer_rows = [r for r in rows if r["level"] == "layer"]
+    assert {r["provider"] for r in layer_rows} == {"fused_cpp", "eager", "eager_channels_last", "compile", "dense"}
+    assert {r["mode"] for r in layer_rows} == {"forward", "backward", "forward_backward"}
+    assert len(layer_rows) == 2 * 5 * 3  # the two most frequent shapes x providers x modes
+    for r in layer_rows:
+        assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
+        expected_gbs = float(r["model_bytes"]) / (float(r["median_ms"]) * 1e-3) / 1e9
+        assert float(r["effective_gbs"]) == pytest.approx(expected_gbs)
+        if r["provider"] == "fused_cpp":
+            assert float(r["fused_speedup"]) == pytest.approx(1.0)
+    units = [r for r in rows if r["level"] == "unit"]
+    assert {(r["provider"], r["mode"]) for r in units} == {
+        (p, m) for p in ("fused", "naive") for m in ("eval", "train_step")
+    }
+
+    payload = json.load(open(out / "results.json"))
+    info = payload["provenance"]
+    for key in ("device", "cpu", "torch", "triton", "git_commit", "date", "load_average_start", "load_average_end"):
+        assert key in info
+    assert payload["roofline"]["copy_gbs"] > 0 and payload["roofline"]["gemm_gflops"] > 0
+    for name in ("speedup.png", "roofline.png", "networks.png", "results.md"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_console_script_help():
+    script = os.path.join(os.path.dirname(sys.executable), "shufflenet-bench")
+    command = [script] if os.path.exists(script) else [sys.executable, "-m", "shufflenet_ops.bench"]
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--quick" in result.stdout and "--no-compile" in result.stdout
+
+
+# ---------------------------------------------------------------------------- training
+def _train_module():
+    spec = importlib.util.spec_from_file_location("bench_train", os.path.join(ROOT, "benchmarks", "train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@requires_extension
+def test_train_fused_and_naive_track_each_other(tmp_path, capsys):
+    train = _train_module()
+    assert train.main(["--steps", "4", "--batch", "16", "--width", "0.25", "--no-progress", "--out", str(tmp_path)]) == 0
+    summary = json.load(open(tmp_path / "train_results.json"))
+    fused, naive = summary["results"]
+    assert (fused["implementation"], naive["implementation"]) == ("fused", "naive")
+    assert len(fused["losses"]) == len(naive["losses"]) == 4
+    # Same weights and batches: the first loss (same weights) and the second (after one
+    # SGD step from identical gradients) agree to float32 rounding. Later steps amplify
+    # rounding differences ~100x per step in this tiny, small-batch configuration (two naive
+    # runs with 1 vs 2 threads diverge as fast), so they are compared on the plot, not here.
+    gaps = [abs(a - b) for a, b in zip(fused["losses"], naive["losses"])]
+    assert summary["first_step_loss_gap"] == gaps[0] < 1e-5
+    assert gaps[1] < 1e-5
+    assert fused["images_per_s"] > 0 and 0 <= fused["test_accuracy"] <= 1
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@requires_extension
+def test_train_ddp_two_processes_stay_in_sync(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               os.path.join(ROOT, "benchmarks", "train.py"), "--ddp", "--fused", "--steps", "3", "--batch", "16",
+               "--width", "0.25", "--no-progress", "--device", "cpu", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.load(open(tmp_path / "train_results.json"))
+    assert summary["provenance"]["world_size"] == 2
+    (fused,) = summary["results"]
+    assert len(fused["losses"]) == 3
+    # DDP averages the gradients across ranks: the two replicas must hold identical weights.
+    assert fused["ranks_max_param_diff"] == 0.0
