@@ -24,10 +24,14 @@ template <typename scalar_t>
 void grad_weight_kernel(const at::Tensor& go, const RowMap& go_rows, const at::Tensor& x, const RowMap& x_rows,
                         Layout layout, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Planar gv = planar_of(go), xv = planar_of(x);
+  Planar gv = planar_of(go), xv = planar_of(x);
+  if (layout == Layout::kPixelMajor && can_fold_batch(gv) && can_fold_batch(xv)) {
+    gv = fold_batch(gv);
+    xv = fold_batch(xv);
+  }
   const int64_t groups = go_rows.groups, n = go_rows.rows_per_group, k = x_rows.rows_per_group;
-  const int64_t tiles = (gv.pixels + kPixelTile - 1) / kPixelTile;
-  const int64_t units = gv.batch * tiles;
+  const TilePlan plan(gv.batch, gv.pixels, tile_columns(n + k));
+  const int64_t units = plan.size();
   const int64_t chunks = std::min(units, kMaxChunks);
   std::vector<acc_t> partial(chunks * groups * n * k, acc_t(0));
   const scalar_t* go_data = go.const_data_ptr<scalar_t>();
@@ -39,14 +43,13 @@ void grad_weight_kernel(const at::Tensor& go, const RowMap& go_rows, const at::T
       const int64_t c = job / groups, i = job % groups;
       acc_t* acc = partial.data() + job * n * k;
       for (int64_t u = c * units / chunks; u < (c + 1) * units / chunks; ++u) {
-        const int64_t b = u / tiles, p0 = (u % tiles) * kPixelTile;
-        const int64_t cols = std::min(kPixelTile, gv.pixels - p0);
-        auto g = read_tile(go_data, gv, layout, go_rows, i, b, p0, cols, go_buffer);
-        auto xt = read_tile(x_data, xv, layout, x_rows, i, b, p0, cols, x_buffer);
+        const Tile t = plan[u];
+        auto g = read_tile(go_data, gv, layout, go_rows, i, t, go_buffer);
+        auto xt = read_tile(x_data, xv, layout, x_rows, i, t, x_buffer);
         if (layout == Layout::kChannelMajor) {  // (n x cols) @ (k x cols)^T
-          gemm_row_major<acc_t>(false, true, n, k, cols, 1, g.data, g.ld, xt.data, xt.ld, 1, acc, k);
+          gemm_row_major<acc_t>(false, true, n, k, t.cols(), 1, g.data, g.ld, xt.data, xt.ld, 1, acc, k);
         } else {  // (cols x n)^T @ (cols x k)
-          gemm_row_major<acc_t>(true, false, n, k, cols, 1, g.data, g.ld, xt.data, xt.ld, 1, acc, k);
+          gemm_row_major<acc_t>(true, false, n, k, t.cols(), 1, g.data, g.ld, xt.data, xt.ld, 1, acc, k);
         }
       }
     }

@@ -60,21 +60,25 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
                     const at::opmath_type<scalar_t>* bias, bool relu, const RowMap& dst_rows, at::Tensor& dst,
                     Layout layout) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Planar sv = planar_of(src), dv = planar_of(dst);
+  Planar sv = planar_of(src), dv = planar_of(dst);
+  if (layout == Layout::kPixelMajor && can_fold_batch(sv) && can_fold_batch(dv)) {
+    sv = fold_batch(sv);
+    dv = fold_batch(dv);
+  }
   const int64_t groups = src_rows.groups, m = w.m, kd = w.kd;
-  const int64_t tiles = (sv.pixels + kPixelTile - 1) / kPixelTile;
+  const TilePlan plan(sv.batch, sv.pixels, tile_columns(m + kd));
   const scalar_t* src_data = src.const_data_ptr<scalar_t>();
   scalar_t* dst_data = dst.mutable_data_ptr<scalar_t>();
 
-  at::parallel_for(0, sv.batch * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, plan.size(), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> src_buffer, dst_buffer;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / tiles, p0 = (task % tiles) * kPixelTile;
-      const int64_t cols = std::min(kPixelTile, sv.pixels - p0);
+      const Tile t = plan[task];
+      const int64_t cols = t.cols();
       for (int64_t i = 0; i < groups; ++i) {
-        auto s = read_tile(src_data, sv, layout, src_rows, i, b, p0, cols, src_buffer);
+        auto s = read_tile(src_data, sv, layout, src_rows, i, t, src_buffer);
         TileRef<acc_t> d;
-        if constexpr (std::is_same_v<scalar_t, acc_t>) d = direct_tile(dst_data, dv, layout, dst_rows, i, b, p0, cols);
+        if constexpr (std::is_same_v<scalar_t, acc_t>) d = direct_tile(dst_data, dv, layout, dst_rows, i, t);
         const bool scatter = d.data == nullptr;
         if (scatter) {
           dst_buffer.resize(m * cols);
@@ -86,7 +90,7 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
           gemm_row_major<acc_t>(false, !w.transposed, cols, m, kd, 1, s.data, s.ld, w.group(i), w.ld(), 0, d.data, d.ld);
         }
         bias_relu(d.data, d.ld, layout, m, cols, bias ? bias + i * m : nullptr, relu);
-        if (scatter) scatter_tile(d.data, dv, layout, b, p0, dst_rows.group_channels(i), m, cols, dst_data);
+        if (scatter) scatter_tile(d.data, dv, layout, t, dst_rows.group_channels(i), m, dst_data);
       }
     }
   });

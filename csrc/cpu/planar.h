@@ -50,43 +50,66 @@ inline at::Tensor empty_planar(const at::Tensor& like, int64_t channels, Layout 
                    like.options().memory_format(memory_format_of(layout)));
 }
 
-// One operand tile of a grouped 1x1 conv: `rows` channels (memory channels ch[r]) x `cols`
-// pixels starting at pixel p0 of batch item b. Channel-major tiles are stored rows x cols,
-// pixel-major tiles cols x rows (a pixel's channels contiguous), like the tensor itself.
+// Pixel-major tensors whose batch items follow each other without gaps (contiguous
+// channels_last) are one long row of B*H*W pixels: GEMM tiles then span batch items for free.
+inline bool can_fold_batch(const Planar& v) { return v.batch <= 1 || v.sb == v.pixels * v.sp; }
+
+inline Planar fold_batch(Planar v) {
+  v.pixels *= v.batch;
+  v.batch = v.batch > 0 ? 1 : 0;
+  return v;
+}
+
+// A block of the [batch][pixel] plane: `nb` batch items from b0, pixels [p0, p0 + np) of each.
+// Its columns are ordered batch item by batch item (cols = nb * np).
+struct Tile {
+  int64_t b0, nb, p0, np;
+  int64_t cols() const { return nb * np; }
+};
+
+// One operand tile of a grouped 1x1 conv: `rows` channels (memory channels ch[r]) x the
+// tile's columns. Channel-major tiles are stored rows x cols, pixel-major tiles cols x rows
+// (a pixel's channels contiguous), like the tensor itself.
 template <typename scalar_t, typename acc_t>
-inline void gather_tile(const scalar_t* base, const Planar& v, Layout layout, int64_t b, int64_t p0,
-                        const int64_t* ch, int64_t rows, int64_t cols, acc_t* out) {
-  const scalar_t* src = base + b * v.sb + p0 * v.sp;
-  if (layout == Layout::kChannelMajor) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const scalar_t* row = src + ch[r] * v.sc;
-      acc_t* o = out + r * cols;
-      for (int64_t p = 0; p < cols; ++p) o[p] = static_cast<acc_t>(row[p]);
-    }
-  } else {
-    for (int64_t p = 0; p < cols; ++p) {
-      const scalar_t* px = src + p * v.sp;
-      acc_t* o = out + p * rows;
-      for (int64_t r = 0; r < rows; ++r) o[r] = static_cast<acc_t>(px[ch[r]]);
+inline void gather_tile(const scalar_t* base, const Planar& v, Layout layout, const Tile& t, const int64_t* ch,
+                        int64_t rows, acc_t* out) {
+  const int64_t cols = t.cols();
+  for (int64_t bi = 0; bi < t.nb; ++bi) {
+    const scalar_t* src = base + (t.b0 + bi) * v.sb + t.p0 * v.sp;
+    if (layout == Layout::kChannelMajor) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* row = src + ch[r] * v.sc;
+        acc_t* o = out + r * cols + bi * t.np;
+        for (int64_t p = 0; p < t.np; ++p) o[p] = static_cast<acc_t>(row[p]);
+      }
+    } else {
+      for (int64_t p = 0; p < t.np; ++p) {
+        const scalar_t* px = src + p * v.sp;
+        acc_t* o = out + (bi * t.np + p) * rows;
+        for (int64_t r = 0; r < rows; ++r) o[r] = static_cast<acc_t>(px[ch[r]]);
+      }
     }
   }
 }
 
 template <typename scalar_t, typename acc_t>
-inline void scatter_tile(const acc_t* in, const Planar& v, Layout layout, int64_t b, int64_t p0, const int64_t* ch,
-                         int64_t rows, int64_t cols, scalar_t* base) {
-  scalar_t* dst = base + b * v.sb + p0 * v.sp;
-  if (layout == Layout::kChannelMajor) {
-    for (int64_t r = 0; r < rows; ++r) {
-      scalar_t* row = dst + ch[r] * v.sc;
-      const acc_t* i = in + r * cols;
-      for (int64_t p = 0; p < cols; ++p) row[p] = static_cast<scalar_t>(i[p]);
-    }
-  } else {
-    for (int64_t p = 0; p < cols; ++p) {
-      scalar_t* px = dst + p * v.sp;
-      const acc_t* i = in + p * rows;
-      for (int64_t r = 0; r < rows; ++r) px[ch[r]] = static_cast<scalar_t>(i[r]);
+inline void scatter_tile(const acc_t* in, const Planar& v, Layout layout, const Tile& t, const int64_t* ch,
+                         int64_t rows, scalar_t* base) {
+  const int64_t cols = t.cols();
+  for (int64_t bi = 0; bi < t.nb; ++bi) {
+    scalar_t* dst = base + (t.b0 + bi) * v.sb + t.p0 * v.sp;
+    if (layout == Layout::kChannelMajor) {
+      for (int64_t r = 0; r < rows; ++r) {
+        scalar_t* row = dst + ch[r] * v.sc;
+        const acc_t* i = in + r * cols + bi * t.np;
+        for (int64_t p = 0; p < t.np; ++p) row[p] = static_cast<scalar_t>(i[p]);
+      }
+    } else {
+      for (int64_t p = 0; p < t.np; ++p) {
+        scalar_t* px = dst + p * v.sp;
+        const acc_t* i = in + (bi * t.np + p) * rows;
+        for (int64_t r = 0; r < rows; ++r) px[ch[r]] = static_cast<scalar_t>(i[r]);
+      }
     }
   }
 }

@@ -3,6 +3,7 @@
 // from a small cache-resident buffer.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -12,8 +13,42 @@
 
 namespace shufflenet_ops::cpu {
 
-// Pixels per GEMM tile: a 256-pixel fp32 tile of 192 channels is ~200 KB, inside L2.
-constexpr int64_t kPixelTile = 256;
+// How the [batch][pixel] plane is cut into GEMM tiles of about `target_cols` columns.
+// Large images: tiles of one batch item, the pixels split evenly (no thin remainder tile).
+// Small images (the 7x7 and 14x14 stages): several whole batch items per tile, so the GEMM
+// is still wide; such tiles are gathered into a buffer. The plan depends only on the shape,
+// never on the thread count (grad weight's reduction order is defined by it).
+struct TilePlan {
+  int64_t batch = 0, pixels = 0;
+  int64_t batch_per_tile = 1, tiles_per_batch = 1, tile_pixels = 0;
+
+  TilePlan(int64_t batch_, int64_t pixels_, int64_t target_cols) : batch(batch_), pixels(pixels_) {
+    if (pixels >= target_cols / 2) {
+      tiles_per_batch = (pixels + target_cols - 1) / target_cols;
+      tile_pixels = (pixels + tiles_per_batch - 1) / tiles_per_batch;
+    } else {
+      const int64_t most = std::max<int64_t>(1, target_cols / std::max<int64_t>(pixels, 1));
+      const int64_t count = (batch + most - 1) / most;
+      batch_per_tile = std::max<int64_t>(1, (batch + count - 1) / std::max<int64_t>(count, 1));
+      tile_pixels = pixels;
+    }
+  }
+
+  int64_t size() const { return (batch + batch_per_tile - 1) / batch_per_tile * tiles_per_batch; }
+
+  Tile operator[](int64_t t) const {
+    const int64_t b0 = (t / tiles_per_batch) * batch_per_tile, p0 = (t % tiles_per_batch) * tile_pixels;
+    return {b0, std::min(batch_per_tile, batch - b0), p0, std::min(tile_pixels, pixels - p0)};
+  }
+};
+
+// Columns per GEMM tile for a GEMM whose tiles hold `rows` rows in all (inputs + outputs):
+// the tiles of one group stay inside ~512 KB of L2, and narrow groups (g=8 has 12 inputs per
+// group) get wide tiles so each BLAS call has enough work to amortise its packing.
+inline int64_t tile_columns(int64_t rows) {
+  constexpr int64_t kL2Floats = 128 * 1024;
+  return std::clamp<int64_t>(kL2Floats / std::max<int64_t>(rows, 1), 128, 4096);
+}
 
 template <typename T>
 struct TileRef {
@@ -21,12 +56,12 @@ struct TileRef {
   int64_t ld = 0;
 };
 
-// Group g's tile (rows = its channels, cols pixels from p0 of batch item b), in place.
+// Group g's tile (rows = its channels) in place, where a leading dimension can describe it.
 template <typename T>
-inline TileRef<T> direct_tile(T* base, const Planar& v, Layout layout, const RowMap& map, int64_t g, int64_t b,
-                              int64_t p0, int64_t cols) {
+inline TileRef<T> direct_tile(T* base, const Planar& v, Layout layout, const RowMap& map, int64_t g, const Tile& t) {
   const int64_t stride = map.group_stride[g];
-  if (stride == 0) return {};
+  if (stride == 0 || t.nb != 1) return {};
+  const int64_t cols = t.np;
   int64_t ld;
   if (layout == Layout::kChannelMajor) {
     ld = stride * v.sc;
@@ -37,21 +72,21 @@ inline TileRef<T> direct_tile(T* base, const Planar& v, Layout layout, const Row
     if (ld < map.rows_per_group) return {};
   }
   if (!fits_blas(ld)) return {};
-  return {base + b * v.sb + map.group_channels(g)[0] * v.sc + p0 * v.sp, ld};
+  return {base + t.b0 * v.sb + map.group_channels(g)[0] * v.sc + t.p0 * v.sp, ld};
 }
 
 // Reads group g's tile as acc_t: in place when possible, else gathered into `buffer`.
 template <typename scalar_t, typename acc_t>
 inline TileRef<const acc_t> read_tile(const scalar_t* base, const Planar& v, Layout layout, const RowMap& map, int64_t g,
-                                      int64_t b, int64_t p0, int64_t cols, std::vector<acc_t>& buffer) {
+                                      const Tile& t, std::vector<acc_t>& buffer) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    auto ref = direct_tile(base, v, layout, map, g, b, p0, cols);
+    auto ref = direct_tile(base, v, layout, map, g, t);
     if (ref.data) return {ref.data, ref.ld};
   }
   const int64_t rows = map.rows_per_group;
-  buffer.resize(rows * cols);
-  gather_tile(base, v, layout, b, p0, map.group_channels(g), rows, cols, buffer.data());
-  return {buffer.data(), layout == Layout::kChannelMajor ? cols : rows};
+  buffer.resize(rows * t.cols());
+  gather_tile(base, v, layout, t, map.group_channels(g), rows, buffer.data());
+  return {buffer.data(), layout == Layout::kChannelMajor ? t.cols() : rows};
 }
 
 }  // namespace shufflenet_ops::cpu
