@@ -5,23 +5,38 @@
 """
 
 from . import _extension, _ops  # noqa: F401  (loads the C++ ops and registers fakes/autograd)
-from .triton import register_cuda_kernels as _rc; _rc()  # noqa: E702  (Triton as the CUDA kernels; no-op without triton/CUDA/extension)
 from . import reference
+from .triton import register_cuda_kernels
 from ._backend import BACKENDS, backend
 from .autograd import ChannelShuffleFunction, GroupConv1x1ShuffleFunction, ShuffleGroupConv1x1Function
 from .functional import channel_shuffle, group_conv1x1_shuffle, shuffle_group_conv1x1
-from .modules import GroupConv1x1Shuffle, ShuffleUnit, fold_batchnorm
+from .modules import (
+    GroupConv1x1BNShuffle,
+    GroupConv1x1Shuffle,
+    ShuffleGroupConv1x1,
+    ShuffleGroupConv1x1BN,
+    ShuffleUnit,
+    fold_batchnorm,
+)
 from . import models
 from .flops import count_flops, count_params
-from .fuse import fuse
+from .fuse import FuseWarning, fuse
+
+# Triton becomes the CUDA implementation of the ops (a no-op without triton, CUDA or the
+# C++ extension that defines the schema).
+register_cuda_kernels()
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
     "ChannelShuffleFunction",
+    "FuseWarning",
+    "GroupConv1x1BNShuffle",
     "GroupConv1x1Shuffle",
     "GroupConv1x1ShuffleFunction",
+    "ShuffleGroupConv1x1",
+    "ShuffleGroupConv1x1BN",
     "ShuffleGroupConv1x1Function",
     "ShuffleUnit",
     "backend",
