@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
+
 
 import shufflenet_ops
+
+# CI (CI=true) explores a fixed sequence of examples so a submission's result is
+# reproducible; locally hypothesis keeps exploring new random examples.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 GROUPS = (1, 2, 3, 4, 8)
 

@@ -175,6 +175,9 @@ def test_cli_quick_tiny(tmp_path, capsys):
     assert payload["roofline"]["copy_gbs"] > 0 and payload["roofline"]["gemm_gflops"] > 0
     for name in ("speedup.png", "roofline.png", "networks.png", "results.md"):
         assert (out / name).stat().st_size > 1000
+    (out / "speedup.png").unlink()
+    assert main(["--replot", str(out)]) == 0  # redrawn from results.json alone
+    assert (out / "speedup.png").stat().st_size > 1000
 
 
 def test_console_script_help():
