@@ -58,4 +58,14 @@ inline void check_conv(const at::Tensor& x, const at::Tensor& weight, const std:
   }
 }
 
+inline void check_residual(const std::optional<at::Tensor>& residual, const at::Tensor& x, int64_t cout) {
+  if (!residual.has_value()) return;
+  const at::Tensor& r = *residual;
+  TORCH_CHECK_VALUE(r.dim() == 4 && r.size(0) == x.size(0) && r.size(1) == cout && r.size(2) == x.size(2) &&
+                        r.size(3) == x.size(3),
+                    "residual must have the output's shape (", x.size(0), ", ", cout, ", ", x.size(2), ", ", x.size(3),
+                    "), got ", r.sizes());
+  check_same(r, x, "residual");
+}
+
 }  // namespace shufflenet_ops

@@ -8,18 +8,20 @@
 //   in the forward pass (1 = no shuffle). Backward ops take the forward's values and read or
 //   write through the inverse permutation (shuffle(., C/s)).
 //   Outputs are in the memory format of the first tensor argument (NCHW or channels_last).
+//   residual: an optional tensor of the output's shape added (in output channel order) before
+//   the ReLU, e.g. a ShuffleNet unit's shortcut: relu(x + branch) in the conv's epilogue.
 #include <torch/library.h>
 
 TORCH_LIBRARY(shufflenet_ops, m) {
   m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
-  // y = act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups))
+  // y = act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)
   m.def(
       "group_conv1x1_shuffle(Tensor x, Tensor weight, Tensor? bias, int groups, "
-      "int shuffle_groups, bool relu) -> Tensor");
-  // y = act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias)
+      "int shuffle_groups, bool relu, Tensor? residual=None) -> Tensor");
+  // y = act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias + residual)
   m.def(
       "shuffle_group_conv1x1(Tensor x, Tensor weight, Tensor? bias, int groups, "
-      "int shuffle_groups, bool relu) -> Tensor");
+      "int shuffle_groups, bool relu, Tensor? residual=None) -> Tensor");
   // Backward of y = Pout(conv(Pin(x))), given grad_output = dL/dy (already ReLU-masked).
   m.def(
       "conv1x1_shuffle_grad_input(Tensor grad_output, Tensor weight, int groups, "

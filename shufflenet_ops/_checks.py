@@ -84,3 +84,18 @@ def check_conv1x1(
             raise TypeError(f"bias dtype {bias.dtype} does not match input dtype {x.dtype}")
         if bias.device != x.device:
             raise RuntimeError(f"bias is on {bias.device} but input is on {x.device}")
+
+
+def check_residual(residual: torch.Tensor | None, x: torch.Tensor, cout: int) -> None:
+    """The epilogue's residual: a tensor of the output's shape, dtype and device."""
+    if residual is None:
+        return
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"residual must be a torch.Tensor or None, got {type(residual).__name__}")
+    expected = (x.shape[0], cout, x.shape[2], x.shape[3])
+    if tuple(residual.shape) != expected:
+        raise ValueError(f"residual must have the output's shape {expected}, got {tuple(residual.shape)}")
+    if residual.dtype != x.dtype:
+        raise TypeError(f"residual dtype {residual.dtype} does not match input dtype {x.dtype}")
+    if residual.device != x.device:
+        raise RuntimeError(f"residual is on {residual.device} but input is on {x.device}")

@@ -27,7 +27,7 @@ def _register_fakes() -> None:
     def _(x, groups):
         return _empty_like_format(x, tuple(x.shape))
 
-    def conv_fake(x, weight, bias, groups, shuffle_groups, relu):
+    def conv_fake(x, weight, bias, groups, shuffle_groups, relu, residual=None):
         n, _, h, w = x.shape
         return _empty_like_format(x, (n, weight.shape[0], h, w))
 
@@ -65,14 +65,15 @@ def _register_autograd() -> None:
 
     def conv_setup(output_shuffled: bool):
         def setup(ctx, inputs, output):
-            x, weight, bias, groups, shuffle_groups, relu = inputs
+            x, weight, bias, groups, shuffle_groups, relu, residual = inputs
             in_shuffle, out_shuffle = (1, shuffle_groups) if output_shuffled else (shuffle_groups, 1)
-            autograd.save_conv(ctx, x, weight, bias, groups, in_shuffle, out_shuffle, relu, output, None)
+            autograd.save_conv(ctx, x, weight, bias, groups, in_shuffle, out_shuffle, relu, residual, output, None)
 
         return setup
 
     def conv_backward(ctx, grad):
-        return (*autograd.conv_backward(ctx, grad), None, None, None)
+        grad_x, grad_weight, grad_bias, grad_residual = autograd.conv_backward(ctx, grad)
+        return grad_x, grad_weight, grad_bias, None, None, None, grad_residual
 
     torch.library.register_autograd(
         f"{LIB}::group_conv1x1_shuffle", conv_backward, setup_context=conv_setup(True)

@@ -70,21 +70,22 @@ def save_conv(
     in_shuffle: int,
     out_shuffle: int,
     relu: bool,
+    residual: torch.Tensor | None,
     output: torch.Tensor,
     backend: str | None,
 ) -> None:
     ctx.save_for_backward(x, weight, output if relu else None)
     ctx.groups, ctx.in_shuffle, ctx.out_shuffle = groups, in_shuffle, out_shuffle
-    ctx.relu, ctx.has_bias, ctx.backend = relu, bias is not None, backend
+    ctx.relu, ctx.has_bias, ctx.has_residual, ctx.backend = relu, bias is not None, residual is not None, backend
 
 
 def conv_backward(ctx: Any, grad: torch.Tensor) -> tuple:
-    """(grad_x, grad_weight, grad_bias) of a fused conv saved by ``save_conv``."""
+    """(grad_x, grad_weight, grad_bias, grad_residual) of a fused conv saved by ``save_conv``."""
     x, weight, output = ctx.saved_tensors
     k = kernels(ctx.backend, grad.device)
     if ctx.relu:
         grad = k.relu_grad(grad, output)
-    grad_x = grad_weight = grad_bias = None
+    grad_x = grad_weight = grad_bias = grad_residual = None
     if ctx.needs_input_grad[0]:
         grad_x = k.conv1x1_shuffle_grad_input(grad, weight, ctx.groups, ctx.in_shuffle, ctx.out_shuffle)
     if ctx.needs_input_grad[1]:
@@ -92,38 +93,44 @@ def conv_backward(ctx: Any, grad: torch.Tensor) -> tuple:
         grad_weight = grad_weight.reshape(weight.shape)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = k.conv1x1_shuffle_grad_bias(grad, ctx.out_shuffle)
-    return grad_x, grad_weight, grad_bias
+    if ctx.has_residual and ctx.needs_input_grad[6]:
+        grad_residual = grad  # the residual is added in output order, after the shuffle
+    return grad_x, grad_weight, grad_bias, grad_residual
 
 
 class GroupConv1x1ShuffleFunction(torch.autograd.Function):
-    """``act(shuffle(conv1x1(x) + bias, shuffle_groups))``: the shuffle on the output."""
+    """``act(shuffle(conv1x1(x) + bias, shuffle_groups) + residual)``: the shuffle on the output."""
 
     @staticmethod
-    def forward(x, weight, bias, groups: int, shuffle_groups: int, relu: bool, backend: str | None):
-        return kernels(backend, x.device).group_conv1x1_shuffle(x, weight, bias, groups, shuffle_groups, relu)
+    def forward(x, weight, bias, groups: int, shuffle_groups: int, relu: bool, residual, backend: str | None):
+        k = kernels(backend, x.device)
+        return k.group_conv1x1_shuffle(x, weight, bias, groups, shuffle_groups, relu, residual)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        x, weight, bias, groups, shuffle_groups, relu, backend = inputs
-        save_conv(ctx, x, weight, bias, groups, 1, shuffle_groups, relu, output, backend)
+        x, weight, bias, groups, shuffle_groups, relu, residual, backend = inputs
+        save_conv(ctx, x, weight, bias, groups, 1, shuffle_groups, relu, residual, output, backend)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        return (*conv_backward(ctx, grad), None, None, None, None)
+        grad_x, grad_weight, grad_bias, grad_residual = conv_backward(ctx, grad)
+        return grad_x, grad_weight, grad_bias, None, None, None, grad_residual, None
 
 
 class ShuffleGroupConv1x1Function(torch.autograd.Function):
-    """``act(conv1x1(shuffle(x, shuffle_groups)) + bias)``: the shuffle on the input."""
+    """``act(conv1x1(shuffle(x, shuffle_groups)) + bias + residual)``: the shuffle on the input."""
 
     @staticmethod
-    def forward(x, weight, bias, groups: int, shuffle_groups: int, relu: bool, backend: str | None):
-        return kernels(backend, x.device).shuffle_group_conv1x1(x, weight, bias, groups, shuffle_groups, relu)
+    def forward(x, weight, bias, groups: int, shuffle_groups: int, relu: bool, residual, backend: str | None):
+        k = kernels(backend, x.device)
+        return k.shuffle_group_conv1x1(x, weight, bias, groups, shuffle_groups, relu, residual)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        x, weight, bias, groups, shuffle_groups, relu, backend = inputs
-        save_conv(ctx, x, weight, bias, groups, shuffle_groups, 1, relu, output, backend)
+        x, weight, bias, groups, shuffle_groups, relu, residual, backend = inputs
+        save_conv(ctx, x, weight, bias, groups, shuffle_groups, 1, relu, residual, output, backend)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        return (*conv_backward(ctx, grad), None, None, None, None)
+        grad_x, grad_weight, grad_bias, grad_residual = conv_backward(ctx, grad)
+        return grad_x, grad_weight, grad_bias, None, None, None, grad_residual, None

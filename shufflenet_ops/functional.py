@@ -26,21 +26,24 @@ def group_conv1x1_shuffle(
     bias: torch.Tensor | None = None,
     shuffle_groups: int | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups))`` in one pass.
+    """``act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)`` in one pass.
 
     ``shuffle_groups=None`` shuffles with ``groups`` (the paper's placement, right after the
     first GConv); ``shuffle_groups=1`` is a plain grouped 1x1 conv with a fused epilogue.
-    ``weight`` is ``(Cout, Cin/groups, 1, 1)`` or ``(Cout, Cin/groups)``.
+    ``weight`` is ``(Cout, Cin/groups, 1, 1)`` or ``(Cout, Cin/groups)``. ``residual`` (the
+    output's shape) is added before the ReLU: a ShuffleNet unit's ``relu(x + branch)``.
     """
     shuffle_groups = groups if shuffle_groups is None else shuffle_groups
     _checks.check_conv1x1(x, weight, bias, groups, 1, shuffle_groups)
+    _checks.check_residual(residual, x, weight.shape[0])
     backend = _backend.resolve(x.device)
     if backend == "reference":
         return reference.group_conv1x1_shuffle(
-            x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=relu
+            x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=relu, residual=residual
         )
-    return GroupConv1x1ShuffleFunction.apply(x, weight, bias, groups, shuffle_groups, relu, backend)
+    return GroupConv1x1ShuffleFunction.apply(x, weight, bias, groups, shuffle_groups, relu, residual, backend)
 
 
 def shuffle_group_conv1x1(
@@ -51,14 +54,18 @@ def shuffle_group_conv1x1(
     *,
     bias: torch.Tensor | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias)`` in one pass.
+    """``act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias + residual)`` in one pass.
 
     The placement where the shuffle precedes a grouped conv. The official ShuffleNet code's
     shuffle is the inverse permutation, i.e. ``shuffle_groups = Cin // groups`` here.
     """
     _checks.check_conv1x1(x, weight, bias, groups, shuffle_groups, 1)
+    _checks.check_residual(residual, x, weight.shape[0])
     backend = _backend.resolve(x.device)
     if backend == "reference":
-        return reference.shuffle_group_conv1x1(x, weight, groups, shuffle_groups, bias=bias, relu=relu)
-    return ShuffleGroupConv1x1Function.apply(x, weight, bias, groups, shuffle_groups, relu, backend)
+        return reference.shuffle_group_conv1x1(
+            x, weight, groups, shuffle_groups, bias=bias, relu=relu, residual=residual
+        )
+    return ShuffleGroupConv1x1Function.apply(x, weight, bias, groups, shuffle_groups, relu, residual, backend)

@@ -149,9 +149,11 @@ class GroupConv1x1Shuffle(_Conv1x1Base):
         module.weight, module.bias = conv.weight, conv.bias
         return module
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual`` (the output's shape) is added before the ReLU, in the same pass."""
         return functional.group_conv1x1_shuffle(
-            x, self.weight, self.groups, bias=self.bias, shuffle_groups=self.shuffle_groups, relu=self.relu
+            x, self.weight, self.groups, bias=self.bias, shuffle_groups=self.shuffle_groups, relu=self.relu,
+            residual=residual,
         )
 
 
@@ -189,9 +191,10 @@ class ShuffleGroupConv1x1(_Conv1x1Base):
         module.weight, module.bias = conv.weight, conv.bias
         return module
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual`` (the output's shape) is added before the ReLU, in the same pass."""
         return functional.shuffle_group_conv1x1(
-            x, self.weight, self.groups, self.shuffle_groups, bias=self.bias, relu=self.relu
+            x, self.weight, self.groups, self.shuffle_groups, bias=self.bias, relu=self.relu, residual=residual
         )
 
 
@@ -245,6 +248,12 @@ def _batch_norm_permuted(bn: nn.BatchNorm2d, z: torch.Tensor, index: torch.Tenso
             bn.running_mean.index_copy_(0, index, running_mean)
             bn.running_var.index_copy_(0, index, running_var)
     return out
+
+
+def _add_relu(y: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
 
 
 class _FoldedConvBNBase(nn.Module):
@@ -363,19 +372,21 @@ class GroupConv1x1BNShuffle(_FoldedConvBNBase):
             scale, shift = scale.index_select(0, inverse), shift.index_select(0, inverse)
         return scale, shift
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual`` (the output's shape) is added after the BN, before the ReLU: a
+        ShuffleNet unit's ``relu(shortcut + branch)`` in the conv's epilogue (eval mode)."""
         conv, groups, shuffle_groups = self.conv, self.conv.groups, self.shuffle_groups
         if self._can_fold():
             weight, bias = self.folded_weight_bias()
             return functional.group_conv1x1_shuffle(
-                x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=self.relu
+                x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=self.relu, residual=residual
             )
         z = functional.group_conv1x1_shuffle(x, conv.weight, groups, bias=conv.bias, shuffle_groups=shuffle_groups)
         if self.bn_after_shuffle or shuffle_groups == 1:
             y = self.bn(z)
         else:
             y = _batch_norm_permuted(self.bn, z, shuffle_permutation(conv.out_channels, shuffle_groups, z.device))
-        return F.relu(y) if self.relu else y
+        return _add_relu(y, residual, self.relu)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", bn_after_shuffle=True" if self.bn_after_shuffle else "")
@@ -388,13 +399,16 @@ class ShuffleGroupConv1x1BN(_FoldedConvBNBase):
         super().__init__(conv, bn, shuffle_groups, relu)
         _check_divisible(conv.in_channels, "conv.in_channels", self.shuffle_groups, "shuffle_groups")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual`` (the output's shape) is added after the BN, before the ReLU."""
         conv, groups, shuffle_groups = self.conv, self.conv.groups, self.shuffle_groups
         if self._can_fold():
             weight, bias = self.folded_weight_bias()
-            return functional.shuffle_group_conv1x1(x, weight, groups, shuffle_groups, bias=bias, relu=self.relu)
+            return functional.shuffle_group_conv1x1(
+                x, weight, groups, shuffle_groups, bias=bias, relu=self.relu, residual=residual
+            )
         y = self.bn(functional.shuffle_group_conv1x1(x, conv.weight, groups, shuffle_groups, bias=conv.bias))
-        return F.relu(y) if self.relu else y
+        return _add_relu(y, residual, self.relu)
 
 
 FUSED_MODULE_TYPES = (GroupConv1x1Shuffle, ShuffleGroupConv1x1, GroupConv1x1BNShuffle, ShuffleGroupConv1x1BN)
@@ -520,19 +534,20 @@ class ShuffleUnit(nn.Module):
             self.shuffle = nn.ChannelShuffle(groups) if groups > 1 else nn.Identity()
         self.depthwise = nn.Sequential(_conv_bn(bottleneck, bottleneck, 3, stride, bottleneck))
         if fused:
-            # Stride 2: relu(cat(pool, branch)) == cat(relu(pool), relu(branch)), so the
-            # branch's ReLU runs in the second conv's epilogue.
-            self.expand = GroupConv1x1BNShuffle(expand["conv"], expand["bn"], shuffle_groups=1, relu=stride == 2)
+            # The second conv's epilogue ends the unit: stride 1 adds the shortcut and applies
+            # the ReLU (relu(x + branch)); stride 2 applies the branch's ReLU, since
+            # relu(cat(pool, branch)) == cat(relu(pool), relu(branch)).
+            self.expand = GroupConv1x1BNShuffle(expand["conv"], expand["bn"], shuffle_groups=1, relu=True)
         else:
             self.expand = nn.Sequential(expand)
         self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            branch = self.expand(self.depthwise(self.compress(x)))
+            hidden = self.depthwise(self.compress(x))
             if self.stride == 1:
-                return F.relu(x + branch)
-            return torch.cat((F.relu(self.shortcut(x)), branch), dim=1)
+                return self.expand(hidden, residual=x)
+            return torch.cat((F.relu(self.shortcut(x)), self.expand(hidden)), dim=1)
         branch = self.expand(self.depthwise(self.shuffle(self.compress(x))))
         if self.stride == 1:
             return F.relu(x + branch)

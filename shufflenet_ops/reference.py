@@ -34,10 +34,17 @@ def group_conv1x1_shuffle(
     bias: torch.Tensor | None = None,
     shuffle_groups: int | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups))``, unfused."""
+    """``act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)``, unfused."""
     y = F.conv2d(x, _as_conv_weight(weight), bias, groups=groups)
     y = channel_shuffle(y, groups if shuffle_groups is None else shuffle_groups)
+    return _epilogue(y, residual, relu)
+
+
+def _epilogue(y: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    if residual is not None:
+        y = y + residual
     return F.relu(y) if relu else y
 
 
@@ -49,7 +56,8 @@ def shuffle_group_conv1x1(
     *,
     bias: torch.Tensor | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias)``, unfused."""
+    """``act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias + residual)``, unfused."""
     y = F.conv2d(channel_shuffle(x, shuffle_groups), _as_conv_weight(weight), bias, groups=groups)
-    return F.relu(y) if relu else y
+    return _epilogue(y, residual, relu)

@@ -39,3 +39,44 @@ def assert_close_to(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.d
     torch.testing.assert_close(
         actual.double(), expected.double(), rtol=tol["rtol"], atol=tol["atol"] * scale
     )
+
+
+def check_residual_epilogue(
+    placement: str,
+    groups: int,
+    cin: int,
+    cout: int,
+    shuffle_groups: int,
+    memory_format: torch.memory_format,
+    dtype: torch.dtype = torch.float64,
+    backend: str | None = None,
+    residual_format: torch.memory_format | None = None,
+) -> None:
+    """``act(... + residual)`` and the gradients of all four tensors vs the float64 reference."""
+    import contextlib
+
+    from shufflenet_ops import reference
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cin, 3, 5, generator=gen, dtype=torch.float64).to(memory_format=memory_format)
+    w = torch.randn(cout, cin // groups, 1, 1, generator=gen, dtype=torch.float64)
+    b = torch.randn(cout, generator=gen, dtype=torch.float64)
+    r = torch.randn(2, cout, 3, 5, generator=gen, dtype=torch.float64)
+    r = r.to(memory_format=residual_format or memory_format)
+    leaves = [t.to(dtype).requires_grad_() for t in (x, w, b, r)]
+    ref_leaves = [t.detach().clone().requires_grad_() for t in (x, w, b, r)]
+
+    def run(impl, x, w, b, r):
+        if placement == "output":
+            return impl.group_conv1x1_shuffle(x, w, groups, bias=b, shuffle_groups=shuffle_groups, relu=True, residual=r)
+        return impl.shuffle_group_conv1x1(x, w, groups, shuffle_groups, bias=b, relu=True, residual=r)
+
+    with shufflenet_ops.backend(backend) if backend else contextlib.nullcontext():
+        y = run(shufflenet_ops, *leaves)
+        y_ref = run(reference, *ref_leaves)
+        assert_close_to(y, y_ref, dtype)
+        go = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+        y.backward(go.to(dtype))
+    y_ref.backward(go)
+    for leaf, ref in zip(leaves, ref_leaves):
+        assert_close_to(leaf.grad, ref.grad, dtype)

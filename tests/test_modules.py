@@ -340,7 +340,17 @@ def test_shuffle_unit_structure_follows_the_paper():
     assert unit.compress.conv.out_channels == 60 and unit.compress.conv.groups == 3
     assert unit.compress.relu and unit.compress.shuffle_groups == 3
     assert unit.depthwise.conv.groups == 60 and unit.depthwise.conv.kernel_size == (3, 3)
-    assert not unit.expand.relu and unit.expand.shuffle_groups == 1  # no ReLU before the add
+    # No ReLU before the add: the expand conv's epilogue computes relu(shortcut + branch).
+    assert unit.expand.relu and unit.expand.shuffle_groups == 1
+    unit.eval()
+    x = torch.randn(1, 240, 4, 4)
+    hidden = unit.depthwise(unit.compress(x))
+    with torch.no_grad():
+        branch = F.batch_norm(
+            F.conv2d(hidden, unit.expand.conv.weight, groups=3), unit.expand.bn.running_mean,
+            unit.expand.bn.running_var, unit.expand.bn.weight, unit.expand.bn.bias, eps=unit.expand.bn.eps,
+        )
+        torch.testing.assert_close(unit(x), F.relu(x + branch), rtol=1e-4, atol=1e-4)
     first = ShuffleUnit(24, 240, 3, 2, grouped_first=False)
     assert first.compress.conv.groups == 1 and first.compress.shuffle_groups == 3
     assert first.expand.conv.out_channels == 216 and first.depthwise.conv.stride == (2, 2)

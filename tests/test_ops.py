@@ -12,7 +12,7 @@ import shufflenet_ops as so
 from shufflenet_ops import reference
 from shufflenet_ops.layer_shapes import shufflenet_v1_pointwise_layers
 
-from conftest import GROUPS, assert_close_to, requires_extension
+from conftest import GROUPS, assert_close_to, check_residual_epilogue, requires_extension
 
 pytestmark = requires_extension
 
@@ -171,6 +171,34 @@ def test_reduced_precision_dtypes(dtype, layout):
         x, w, b = case.tensors(batch=2, height=6, width=7)
         x, w, b = (t.to(dtype) for t in (x, w, b))
         check_against_reference(case, x.to(memory_format=layout), w, b, dtype=dtype)
+
+
+# --------------------------------------------------------- residual epilogue
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize(
+    "placement,groups,cin,cout,shuffle_groups",
+    [("output", 3, 12, 24, 3), ("output", 3, 12, 24, 8), ("output", 4, 16, 16, 1), ("input", 4, 16, 8, 4),
+     ("input", 3, 24, 12, 8), ("output", 1, 5, 7, 1)],
+)
+def test_residual_epilogue(placement, groups, cin, cout, shuffle_groups, layout):
+    check_residual_epilogue(placement, groups, cin, cout, shuffle_groups, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_residual_epilogue_mixed_layouts_and_dtypes(dtype):
+    for layout, residual_layout in ((torch.contiguous_format, torch.channels_last),
+                                    (torch.channels_last, torch.contiguous_format)):
+        check_residual_epilogue("output", 3, 12, 24, 3, layout, dtype=dtype, residual_format=residual_layout)
+
+
+def test_residual_gradcheck():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(12, 2, 1, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    r = (torch.randn(2, 12, 2, 3, generator=gen, dtype=torch.float64) + 3).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, w, r: so.group_conv1x1_shuffle(x, w, 3, relu=True, residual=r), (x, w, r), eps=1e-6, atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------ gradcheck

@@ -38,6 +38,8 @@ def _samples():
         yield ops.channel_shuffle, (x, 4)
         yield ops.group_conv1x1_shuffle, (x, w, b, 3, 3, True)
         yield ops.group_conv1x1_shuffle, (x, w, None, 3, 8, False)
+        yield ops.group_conv1x1_shuffle, (x, w, b, 3, 3, True, y.detach().clone().requires_grad_())
+        yield ops.shuffle_group_conv1x1, (x, w, None, 3, 4, True, go.detach().clone().requires_grad_())
         yield ops.shuffle_group_conv1x1, (x, w, b, 3, 4, True)
         yield ops.shuffle_group_conv1x1, (x, w.reshape(24, 4), None, 3, 3, False)
         # The backward ops are called on detached tensors (they raise on double backward).

@@ -41,6 +41,8 @@ with warnings.catch_warnings():
 from shufflenet_ops import reference
 from shufflenet_ops.triton import _configs
 
+from conftest import check_residual_epilogue
+
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -390,6 +392,15 @@ else:
         assert_close_scaled(gx, rx, torch.float64, "grad input")
         out = torch.randn(2, cout, 3, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(kernels.relu_grad(go, out), go * (out > 0), rtol=0, atol=0)
+
+    @pytest.mark.parametrize("fmt", list(FORMATS))
+    @pytest.mark.parametrize("path", list(PATH_TILES))
+    def test_residual_epilogue(fmt, path):
+        conv_tile, gw_tile = PATH_TILES[path]
+        with _common.forced_tile("conv", conv_tile), _common.forced_tile("grad_weight", gw_tile):
+            check_residual_epilogue("output", 3, 12, 24, 3, FORMATS[fmt], backend="triton")
+            check_residual_epilogue("input", 4, 16, 8, 4, FORMATS[fmt], backend="triton",
+                                    residual_format=torch.contiguous_format)
 
     def test_non_dense_input_forward():
         x = torch.randn(2, 48, 4, 10, dtype=torch.float64)[:, ::2, :, 1:8]  # 24 channels, 4x7, strided

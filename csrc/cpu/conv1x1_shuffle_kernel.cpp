@@ -5,8 +5,8 @@
 // Per (batch item, pixel tile) task and per group i: D_i (M x P) = op(W_i) (M x Kd) @ S_i (Kd x P),
 // where S_i are the source rows of group i (read through a channel map) and D_i the
 // destination rows (written through another). Evenly spaced rows go straight to BLAS as a
-// leading dimension; other shuffles gather/scatter a cache-resident tile. Bias and ReLU are
-// applied to the tile while it is in cache. Nothing shuffled is ever materialised.
+// leading dimension; other shuffles gather/scatter a cache-resident tile. Bias, residual and
+// ReLU are applied to the tile while it is in cache. Nothing shuffled is ever materialised.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -30,26 +30,43 @@ struct WeightOperand {
   int64_t ld() const { return transposed ? m : kd; }
 };
 
-// In-cache epilogue on a destination tile: rows = the group's m output rows.
-template <typename acc_t>
-void bias_relu(acc_t* d, int64_t ld, Layout layout, int64_t rows, int64_t cols, const acc_t* bias, bool relu) {
-  if (!bias && !relu) return;
+// The optional residual operand of the epilogue, read in output channel order.
+template <typename scalar_t>
+struct Residual {
+  const scalar_t* data = nullptr;  // null: none
+  Planar view;
+};
+
+// In-cache epilogue on a destination tile (rows = the group's conv output rows, which land in
+// output channels `channels[r]`): + bias, + residual, ReLU. One pass while the tile is hot.
+template <typename scalar_t, typename acc_t>
+void epilogue(acc_t* d, int64_t ld, Layout layout, const Tile& t, int64_t rows, const int64_t* channels,
+              const acc_t* bias, const Residual<scalar_t>& residual, bool relu) {
+  if (!bias && !relu && !residual.data) return;
   const acc_t zero = 0;
-  if (layout == Layout::kChannelMajor) {
-    for (int64_t r = 0; r < rows; ++r) {
-      acc_t* row = d + r * ld;
-      const acc_t add = bias ? bias[r] : zero;
-      for (int64_t p = 0; p < cols; ++p) {
-        const acc_t v = row[p] + add;
-        row[p] = relu && v < zero ? zero : v;
-      }
-    }
-  } else {
-    for (int64_t p = 0; p < cols; ++p) {
-      acc_t* px = d + p * ld;
+  const Planar& rv = residual.view;
+  for (int64_t bi = 0; bi < t.nb; ++bi) {
+    const scalar_t* res = residual.data ? residual.data + (t.b0 + bi) * rv.sb + t.p0 * rv.sp : nullptr;
+    if (layout == Layout::kChannelMajor) {
       for (int64_t r = 0; r < rows; ++r) {
-        const acc_t v = px[r] + (bias ? bias[r] : zero);
-        px[r] = relu && v < zero ? zero : v;
+        acc_t* row = d + r * ld + bi * t.np;
+        const acc_t add = bias ? bias[r] : zero;
+        const scalar_t* res_row = res ? res + channels[r] * rv.sc : nullptr;
+        for (int64_t p = 0; p < t.np; ++p) {
+          acc_t v = row[p] + add;
+          if (res_row) v += static_cast<acc_t>(res_row[p * rv.sp]);
+          row[p] = relu && v < zero ? zero : v;
+        }
+      }
+    } else {
+      for (int64_t p = 0; p < t.np; ++p) {
+        acc_t* px = d + (bi * t.np + p) * ld;
+        const scalar_t* res_px = res ? res + p * rv.sp : nullptr;
+        for (int64_t r = 0; r < rows; ++r) {
+          acc_t v = px[r] + (bias ? bias[r] : zero);
+          if (res_px) v += static_cast<acc_t>(res_px[channels[r] * rv.sc]);
+          px[r] = relu && v < zero ? zero : v;
+        }
       }
     }
   }
@@ -57,13 +74,17 @@ void bias_relu(acc_t* d, int64_t ld, Layout layout, int64_t rows, int64_t cols, 
 
 template <typename scalar_t>
 void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightOperand<at::opmath_type<scalar_t>>& w,
-                    const at::opmath_type<scalar_t>* bias, bool relu, const RowMap& dst_rows, at::Tensor& dst,
-                    Layout layout) {
+                    const at::opmath_type<scalar_t>* bias, const at::Tensor& residual_tensor, bool relu,
+                    const RowMap& dst_rows, at::Tensor& dst, Layout layout) {
   using acc_t = at::opmath_type<scalar_t>;
   Planar sv = planar_of(src), dv = planar_of(dst);
-  if (layout == Layout::kPixelMajor && can_fold_batch(sv) && can_fold_batch(dv)) {
+  Residual<scalar_t> residual;
+  if (residual_tensor.defined()) residual = {residual_tensor.const_data_ptr<scalar_t>(), planar_of(residual_tensor)};
+  if (layout == Layout::kPixelMajor && can_fold_batch(sv) && can_fold_batch(dv) &&
+      (!residual.data || can_fold_batch(residual.view))) {
     sv = fold_batch(sv);
     dv = fold_batch(dv);
+    residual.view = fold_batch(residual.view);
   }
   const int64_t groups = src_rows.groups, m = w.m, kd = w.kd;
   const TilePlan plan(sv.batch, sv.pixels, tile_columns(m + kd));
@@ -89,8 +110,9 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
         } else {  // D^T (cols x m) = S^T (cols x kd) @ op(W_i)^T
           gemm_row_major<acc_t>(false, !w.transposed, cols, m, kd, 1, s.data, s.ld, w.group(i), w.ld(), 0, d.data, d.ld);
         }
-        bias_relu(d.data, d.ld, layout, m, cols, bias ? bias + i * m : nullptr, relu);
-        if (scatter) scatter_tile(d.data, dv, layout, t, dst_rows.group_channels(i), m, dst_data);
+        const int64_t* channels = dst_rows.group_channels(i);
+        epilogue(d.data, d.ld, layout, t, m, channels, bias ? bias + i * m : nullptr, residual, relu);
+        if (scatter) scatter_tile(d.data, dv, layout, t, channels, m, dst_data);
       }
     }
   });
@@ -103,8 +125,10 @@ at::Tensor weight_matrix(const at::Tensor& weight) {
 }
 
 at::Tensor conv1x1_forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           int64_t groups, int64_t in_shuffle, int64_t out_shuffle, bool relu) {
+                           int64_t groups, int64_t in_shuffle, int64_t out_shuffle, bool relu,
+                           const std::optional<at::Tensor>& residual) {
   check_conv(x_in, weight, bias, groups, in_shuffle, out_shuffle);
+  check_residual(residual, x_in, weight.size(0));
   const Layout layout = layout_of(x_in);
   const at::Tensor x = as_planar(x_in, layout);
   const int64_t cin = x.size(1), cout = weight.size(0);
@@ -112,24 +136,27 @@ at::Tensor conv1x1_forward(const at::Tensor& x_in, const at::Tensor& weight, con
   if (y.numel() == 0) return y;
   const at::Tensor w = weight_matrix(weight);
   const at::Tensor b = bias.has_value() ? bias->to(w.scalar_type()).contiguous() : at::Tensor();
+  const at::Tensor res = residual.has_value() ? as_planar(*residual, layout) : at::Tensor();
   const RowMap src_rows = input_rows(cin, groups, in_shuffle), dst_rows = output_rows(cout, groups, out_shuffle);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "conv1x1_shuffle_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const WeightOperand<acc_t> op{w.const_data_ptr<acc_t>(), false, cout / groups, cin / groups};
-    pointwise_gemm<scalar_t>(x, src_rows, op, b.defined() ? b.const_data_ptr<acc_t>() : nullptr, relu, dst_rows, y,
-                             layout);
+    pointwise_gemm<scalar_t>(x, src_rows, op, b.defined() ? b.const_data_ptr<acc_t>() : nullptr, res, relu, dst_rows,
+                             y, layout);
   });
   return y;
 }
 
 at::Tensor group_conv1x1_shuffle(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                 int64_t groups, int64_t shuffle_groups, bool relu) {
-  return conv1x1_forward(x, weight, bias, groups, 1, shuffle_groups, relu);
+                                 int64_t groups, int64_t shuffle_groups, bool relu,
+                                 const std::optional<at::Tensor>& residual) {
+  return conv1x1_forward(x, weight, bias, groups, 1, shuffle_groups, relu, residual);
 }
 
 at::Tensor shuffle_group_conv1x1(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                 int64_t groups, int64_t shuffle_groups, bool relu) {
-  return conv1x1_forward(x, weight, bias, groups, shuffle_groups, 1, relu);
+                                 int64_t groups, int64_t shuffle_groups, bool relu,
+                                 const std::optional<at::Tensor>& residual) {
+  return conv1x1_forward(x, weight, bias, groups, shuffle_groups, 1, relu, residual);
 }
 
 at::Tensor conv1x1_shuffle_grad_input(const at::Tensor& grad_in, const at::Tensor& weight, int64_t groups,
@@ -151,7 +178,7 @@ at::Tensor conv1x1_shuffle_grad_input(const at::Tensor& grad_in, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "conv1x1_shuffle_grad_input", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const WeightOperand<acc_t> op{w.const_data_ptr<acc_t>(), true, cin / groups, cout / groups};
-    pointwise_gemm<scalar_t>(grad, src_rows, op, nullptr, false, dst_rows, grad_x, layout);
+    pointwise_gemm<scalar_t>(grad, src_rows, op, nullptr, at::Tensor(), false, dst_rows, grad_x, layout);
   });
   return grad_x;
 }

@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-run-time", type=float, help="seconds of timing per layer measurement "
                         "(default 0.1, --quick 0.04; units/models 3x)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--replot", metavar="DIR", help="only redraw the plots of a finished run from DIR/results.json")
     args = parser.parse_args(argv)
     for mode in args.modes:
         if mode not in MODES:
@@ -108,6 +109,9 @@ class _Progress:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.replot:
+        report.replot(args.replot)
+        return 0
     device = pick_device(args.device)
     if device.type == "cpu" and not _extension.available():
         raise SystemExit(f"shufflenet-bench: the C++ extension is not built ({_extension.LOAD_ERROR})")
@@ -165,10 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                            "results": rows}, os.path.join(args.out, "results.json"))
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(text)
-        if problems:
-            report.plot_speedups(rows, os.path.join(args.out, "speedup.png"))
-            report.plot_roofline(rows, roofline, os.path.join(args.out, "roofline.png"))
-        report.plot_networks(rows, os.path.join(args.out, "networks.png"))
+        report.write_plots(rows, roofline, args.out)
         print(f"wrote {args.out}: results.csv, results.json, results.md and plots ({info['elapsed_s']} s)",
               file=sys.stderr)
     return 0

@@ -299,6 +299,11 @@ def plot_roofline(rows: list[dict], roofline: Roofline, path: str, mode: str = "
                label="roof (copy, GEMM)")
     right.set_xscale("log")
     right.set_yscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    for axis in (right.xaxis, right.yaxis):  # plain numbers, no labels on minor ticks
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
     right.set_xlabel("useful FLOPs / model byte")
     right.set_ylabel("GFLOP/s")
     right.set_title("roofline")
@@ -332,3 +337,23 @@ def plot_networks(rows: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_plots(rows: list[dict], roofline: Roofline, out_dir: str) -> None:
+    if any(r["level"] == "layer" for r in rows):
+        plot_speedups(rows, os.path.join(out_dir, "speedup.png"))
+        plot_roofline(rows, roofline, os.path.join(out_dir, "roofline.png"))
+    plot_networks(rows, os.path.join(out_dir, "networks.png"))
+
+
+def replot(out_dir: str) -> None:
+    """Redraw the PNGs of a finished run from its results.json."""
+    from .timing import Timing
+
+    with open(os.path.join(out_dir, "results.json")) as f:
+        payload = json.load(f)
+    roof = payload["roofline"]
+    roofline = Roofline(roof["copy_gbs"], roof["gemm_gflops"], Timing(*roof["copy_ms"], -1),
+                        Timing(*roof["gemm_ms"], -1), roof["copy_bytes"], roof["gemm_size"])
+    rows = [{k: (float("nan") if v is None else v) for k, v in row.items()} for row in payload["results"]]
+    write_plots(rows, roofline, out_dir)

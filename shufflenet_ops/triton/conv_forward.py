@@ -26,6 +26,7 @@ def _permuted_group_conv1x1_kernel(
     x_ptr,  # (NB, GROUPS*RED, P) by strides; conv input channel c is x channel (c % in_a) * in_b + c // in_a
     w_ptr,  # group g's (ROWS, RED) matrix: w_ptr + g*stride_wg + row*stride_wr + k*stride_wk
     b_ptr,  # (GROUPS*ROWS,) bias in conv-output order; any pointer when HAS_BIAS is False
+    r_ptr,  # residual, laid out exactly like y (same strides); any pointer when HAS_RESIDUAL is False
     y_ptr,  # (NB, GROUPS*ROWS, P) by strides; conv output row r goes to y channel (r % out_a) * out_b + r // out_a
     P,  # pixels per batch item (N*H*W when the batch is folded)
     ROWS,  # output channels per group
@@ -36,6 +37,7 @@ def _permuted_group_conv1x1_kernel(
     stride_yb, stride_yc, stride_yp,
     stride_wg, stride_wr, stride_wk,
     HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,  # + residual (in output channel order) before the ReLU
     RELU: tl.constexpr,
     ALL_GROUPS: tl.constexpr,  # one program computes every group of its pixel tile (channels_last)
     INDEX_64: tl.constexpr,  # offsets in int64 (a tensor spans >= 2^31 elements)
@@ -72,6 +74,7 @@ def _permuted_group_conv1x1_kernel(
         batch = batch.to(tl.int64)
     x_pix = x_ptr + batch * stride_xb + offs_p * stride_xp  # [BLOCK_P] pointers, channel 0
     y_pix = y_ptr + batch * stride_yb + offs_p * stride_yp
+    r_pix = r_ptr + batch * stride_yb + offs_p * stride_yp
 
     for g in range(g_begin, g_end):
         if ACC_FP64:
@@ -108,11 +111,16 @@ def _permuted_group_conv1x1_kernel(
         rows = g * ROWS + offs_m  # conv output rows, in conv order
         if HAS_BIAS:
             acc += tl.load(b_ptr + rows, mask=mask_m, other=0.0).to(acc.dtype)[:, None]
-        if RELU:
-            acc = tl.where(acc > 0, acc, 0.0)
         yc = (rows % out_a) * out_b + rows // out_a  # the output shuffle, fused into the store
         if INDEX_64:
             yc = yc.to(tl.int64)
+        if HAS_RESIDUAL:
+            residual = tl.load(
+                r_pix[None, :] + yc[:, None] * stride_yc, mask=mask_m[:, None] & mask_p[None, :], other=0.0
+            )
+            acc += residual.to(acc.dtype)
+        if RELU:
+            acc = tl.where(acc > 0, acc, 0.0)
         tl.store(
             y_pix[None, :] + yc[:, None] * stride_yc,
             acc.to(y_ptr.dtype.element_ty),
@@ -143,7 +151,7 @@ def _tile_of(config) -> _configs.Tile:
 
 _permuted_group_conv1x1_tuned = triton.autotune(
     configs=[_triton_config(t) for t in _configs.CONV_TILES],
-    key=["ROWS", "RED", "GROUPS", "P", "stride_xp", "stride_yp", "in_a", "out_a", "HAS_BIAS", "RELU"],
+    key=["ROWS", "RED", "GROUPS", "P", "stride_xp", "stride_yp", "in_a", "out_a", "HAS_BIAS", "HAS_RESIDUAL", "RELU"],
     prune_configs_by={"early_config_prune": _prune},
 )(_permuted_group_conv1x1_kernel)
 
@@ -160,8 +168,11 @@ def permuted_group_conv1x1(
     in_perm: tuple[int, int],
     out_perm: tuple[int, int],
     relu: bool,
+    residual: torch.Tensor | None = None,
 ) -> None:
     """Launcher: writes ``y`` (dense, allocated by the caller) from dense ``x``.
+
+    ``residual``, if given, has exactly ``y``'s strides (the caller makes it so).
 
     ``w_strides`` = (group, row, k) strides of the per-group (rows x red) weight matrix, so a
     transposed weight (grad input) is a matter of strides. ``in_perm``/``out_perm`` are the
@@ -175,13 +186,14 @@ def permuted_group_conv1x1(
     # channels_last output: all groups of a pixel tile in one program (see kernel).
     all_groups = groups > 1 and syc == 1 and syp != 1
     args = (
-        x, w, bias if bias is not None else x, y,
+        x, w, bias if bias is not None else x, residual if residual is not None else y, y,
         geo.p, rows, red, groups,
         in_perm[0], in_perm[1], out_perm[0], out_perm[1],
         sxb, sxc, sxp, syb, syc, syp, *w_strides,
     )
     flags = dict(
         HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None,
         RELU=relu,
         ALL_GROUPS=all_groups,
         INDEX_64=_common.needs_int64(x, y),
@@ -214,17 +226,22 @@ def conv1x1_shuffle_forward(
     in_shuffle: int,
     out_shuffle: int,
     relu: bool,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``act(Pout(conv1x1(Pin(x), weight, groups) + bias))``, output in x's memory format."""
+    """``act(Pout(conv1x1(Pin(x), weight, groups) + bias) + residual)``, output in x's memory format."""
     x, fmt = _common.dense(x)
     n, cin, h, w = x.shape
     cout = weight.shape[0]
     y = torch.empty((n, cout, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=fmt)
+        if residual.stride() != y.stride():  # size-1 dims can leave other strides: copy into y's
+            residual = torch.empty_like(y).copy_(residual)
     rows, red = cout // groups, cin // groups
     # W_g[r, k] = weight[g*rows + r, k]
     w_strides = (rows * weight.stride(0), weight.stride(0), weight.stride(1))
     permuted_group_conv1x1(
         x, y, weight, w_strides, bias.contiguous() if bias is not None else None, groups, rows, red,
-        _common.shuffled_source(in_shuffle, cin), _common.shuffled_target(out_shuffle, cout), relu,
+        _common.shuffled_source(in_shuffle, cin), _common.shuffled_target(out_shuffle, cout), relu, residual,
     )
     return y

@@ -23,21 +23,35 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def group_conv1x1_shuffle(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, shuffle_groups: int, relu: bool
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
+    shuffle_groups: int,
+    relu: bool,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = act(shuffle(conv1x1(x) + bias, shuffle_groups))."""
+    """y = act(shuffle(conv1x1(x) + bias, shuffle_groups) + residual)."""
     _checks.check_conv1x1(x, weight, bias, groups, 1, shuffle_groups)
+    _checks.check_residual(residual, x, weight.shape[0])
     _common.check_device(x, "group_conv1x1_shuffle")
-    return conv_forward.conv1x1_shuffle_forward(x, weight, bias, groups, 1, shuffle_groups, relu)
+    return conv_forward.conv1x1_shuffle_forward(x, weight, bias, groups, 1, shuffle_groups, relu, residual)
 
 
 def shuffle_group_conv1x1(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, shuffle_groups: int, relu: bool
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
+    shuffle_groups: int,
+    relu: bool,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = act(conv1x1(shuffle(x, shuffle_groups)) + bias)."""
+    """y = act(conv1x1(shuffle(x, shuffle_groups)) + bias + residual)."""
     _checks.check_conv1x1(x, weight, bias, groups, shuffle_groups, 1)
+    _checks.check_residual(residual, x, weight.shape[0])
     _common.check_device(x, "shuffle_group_conv1x1")
-    return conv_forward.conv1x1_shuffle_forward(x, weight, bias, groups, shuffle_groups, 1, relu)
+    return conv_forward.conv1x1_shuffle_forward(x, weight, bias, groups, shuffle_groups, 1, relu, residual)
 
 
 def conv1x1_shuffle_grad_input(
