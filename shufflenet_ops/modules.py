@@ -267,11 +267,16 @@ class _FoldedConvBNBase(nn.Module):
 
     conv: nn.Conv2d
     bn: nn.BatchNorm2d
+    _pointwise_only = True  # the fused-op subclasses need a 1x1 conv
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, shuffle_groups: int, relu: bool) -> None:
         super().__init__()
-        if not is_pointwise_conv(conv):
+        if self._pointwise_only and not is_pointwise_conv(conv):
             raise ValueError(f"{type(self).__name__} needs a 1x1 nn.Conv2d with stride 1 and no padding, got {conv}")
+        if not self._pointwise_only and not (
+            isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward and conv.padding_mode == "zeros"
+        ):
+            raise ValueError(f"{type(self).__name__} needs an nn.Conv2d with zero padding, got {conv}")
         if not is_plain_batchnorm(bn):
             raise TypeError(f"{type(self).__name__} needs an nn.BatchNorm2d, got {type(bn).__name__}")
         if bn.num_features != conv.out_channels:
@@ -411,6 +416,28 @@ class ShuffleGroupConv1x1BN(_FoldedConvBNBase):
         return _add_relu(y, residual, self.relu)
 
 
+class Conv2dBN(_FoldedConvBNBase):
+    """``bn(conv(x))`` for any ``nn.Conv2d`` (the unit's 3x3 depthwise conv): in eval mode the
+    BN folds into the conv's weight and bias, saving a full pass over the activation; in
+    train mode it is exactly conv then BN. Children ``conv`` and ``bn``, as in
+    ``nn.Sequential(conv, bn)`` with those names, so state_dict keys are unchanged."""
+
+    _pointwise_only = False
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        super().__init__(conv, bn, shuffle_groups=1, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._can_fold():
+            weight, bias = self.folded_weight_bias()
+            conv = self.conv
+            return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return self.bn(self.conv(x))
+
+    def extra_repr(self) -> str:
+        return ""
+
+
 FUSED_MODULE_TYPES = (GroupConv1x1Shuffle, ShuffleGroupConv1x1, GroupConv1x1BNShuffle, ShuffleGroupConv1x1BN)
 
 
@@ -441,8 +468,13 @@ def _folded_replacement(module: _FoldedConvBNBase) -> nn.Module:
     conv = module.conv
     with torch.no_grad():
         weight, bias = module._compute_folded()
-    if isinstance(module, GroupConv1x1BNShuffle):
-        folded: nn.Module = GroupConv1x1Shuffle(
+    if isinstance(module, Conv2dBN):
+        folded: nn.Module = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            conv.groups, bias=True, device=weight.device, dtype=weight.dtype,
+        )
+    elif isinstance(module, GroupConv1x1BNShuffle):
+        folded = GroupConv1x1Shuffle(
             conv.in_channels, conv.out_channels, conv.groups, module.shuffle_groups, relu=module.relu,
             device=weight.device, dtype=weight.dtype,
         )
@@ -532,7 +564,9 @@ class ShuffleUnit(nn.Module):
             compress["relu"] = nn.ReLU(inplace=True)
             self.compress = nn.Sequential(compress)
             self.shuffle = nn.ChannelShuffle(groups) if groups > 1 else nn.Identity()
-        self.depthwise = nn.Sequential(_conv_bn(bottleneck, bottleneck, 3, stride, bottleneck))
+        depthwise = _conv_bn(bottleneck, bottleneck, 3, stride, bottleneck)
+        # Fused: the depthwise BN folds into the depthwise conv in eval mode (no ReLU follows it).
+        self.depthwise = Conv2dBN(depthwise["conv"], depthwise["bn"]) if fused else nn.Sequential(depthwise)
         if fused:
             # The second conv's epilogue ends the unit: stride 1 adds the shortcut and applies
             # the ReLU (relu(x + branch)); stride 2 applies the branch's ReLU, since

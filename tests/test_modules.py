@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import shufflenet_ops
 from shufflenet_ops.modules import (
+    Conv2dBN,
     GroupConv1x1BNShuffle,
     GroupConv1x1Shuffle,
     ShuffleGroupConv1x1,
@@ -396,3 +397,33 @@ def test_frozen_batchnorm_in_a_training_model_is_folded_like_the_unfused_model()
     y, gx = run_and_backward(fused, x)
     torch.testing.assert_close((y, gx), (y_ref, gx_ref))
     assert torch.equal(bn.running_mean, stats)
+
+
+def test_conv2d_bn_folds_any_conv_in_eval_and_is_exact_in_train():
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=12, bias=False).to(DOUBLE)
+    bn = nn.BatchNorm2d(12).to(DOUBLE)
+    with torch.no_grad():
+        bn.running_mean.normal_(generator=gen)
+        bn.running_var.uniform_(0.5, 2.0, generator=gen)
+        bn.weight.normal_(generator=gen)
+        bn.bias.normal_(generator=gen)
+    naive = nn.Sequential(copy.deepcopy(conv), copy.deepcopy(bn))
+    folded = Conv2dBN(conv, bn)
+    assert folded.state_dict().keys() == {k.replace("0.", "conv.", 1).replace("1.", "bn.", 1)
+                                          for k in naive.state_dict()}
+    x = torch.randn(2, 12, 9, 7, generator=gen, dtype=DOUBLE, requires_grad=True)
+    torch.testing.assert_close(folded(x), naive(x))  # train: batch statistics, running stats updated
+    for ours, theirs in zip(folded.bn.buffers(), naive[1].buffers()):
+        torch.testing.assert_close(ours, theirs)
+    folded.eval(), naive.eval()
+    conv_calls = []
+    handle = folded.conv.register_forward_hook(lambda *args: conv_calls.append(1))
+    torch.testing.assert_close(folded(x), naive(x))
+    assert conv_calls == []  # folded: one F.conv2d with the BN-scaled weight, no separate BN pass
+    handle.remove()
+    permanent = fold_batchnorm(folded)
+    assert type(permanent) is nn.Conv2d and permanent.bias is not None
+    torch.testing.assert_close(permanent(x), naive(x))
+    with pytest.raises(ValueError, match="zero padding"):
+        Conv2dBN(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(4))
