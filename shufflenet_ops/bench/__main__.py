@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--levels", type=_str_list, help="any of " + ",".join(LEVELS) + " (default: all; "
                         "--quick: layers,units)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peers")
+    parser.add_argument("--full", action="store_true",
+                        help="also torch.compile the whole models' training steps (Inductor needs minutes per "
+                             "network on a small CPU, so the default leaves them out)")
     parser.add_argument("--compile-mode", help="torch.compile mode (default: max-autotune on CUDA, "
                         "default on CPU and in --quick)")
     parser.add_argument("--min-run-time", type=float, help="seconds of timing per layer measurement "
@@ -134,12 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     # Compiling a training step takes 10-15 s per network on a 2-core CPU: --quick leaves
     # the compiled peers to the layer level.
     net_providers = network_providers(args.compile and not args.quick)
+    compiled_skipped = 0 if args.full else len(model_cases) * sum(p.compiled for p in net_providers)
     total = (len(problems) * len(providers) * len(args.modes)
-             + (len(unit_cases) + len(model_cases)) * len(net_providers) * len(networks.NETWORK_MODES))
+             + (len(unit_cases) + len(model_cases)) * len(net_providers) * len(networks.NETWORK_MODES)
+             - compiled_skipped)
 
     info = report.provenance(device, argv)
     info.update(batch=batch, model_batch=model_batch, dtype=args.dtype, layout=args.layout,
-                compile_mode=compile_mode if args.compile else None, quick=args.quick, min_run_time_s=min_run_time,
+                compile_mode=compile_mode if args.compile else None, quick=args.quick, full=args.full,
+                min_run_time_s=min_run_time,
                 groups=list(args.groups), width=args.width, input_size=args.input_size)
     started = time.perf_counter()
     from tqdm import tqdm
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += layers.run_layers(problems, providers, args.modes, setup, roofline, min_run_time, progress)
         if unit_cases or model_cases:
             rows += networks.run_networks(unit_cases + model_cases, net_providers, list(networks.NETWORK_MODES),
-                                          setup, 3 * min_run_time, progress)
+                                          setup, 3 * min_run_time, progress, compile_model_training=args.full)
         progress.finish()
     info["elapsed_s"] = round(time.perf_counter() - started, 1)
     info["load_average_end"] = report.load_average()
