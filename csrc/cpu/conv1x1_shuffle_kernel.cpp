@@ -12,8 +12,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "../channel_map.h"
 #include "../checks.h"
+#include "small_gemm.h"
 #include "tiles.h"
 
 namespace shufflenet_ops::cpu {
@@ -28,7 +32,34 @@ struct WeightOperand {
   int64_t m, kd;
   const acc_t* group(int64_t i) const { return data + i * m * kd; }
   int64_t ld() const { return transposed ? m : kd; }
+  // op(W_i)(r, k) = group(i)[r * row_stride() + k * col_stride()]
+  int64_t row_stride() const { return transposed ? 1 : kd; }
+  int64_t col_stride() const { return transposed ? m : 1; }
 };
+
+// Which GEMM runs the fp32 tiles: the register-blocked small_gemm where the CPU has it
+// (default), or BLAS. SHUFFLENET_OPS_CPU_GEMM=blas forces BLAS (for A/B benchmarks).
+inline bool use_small_gemm() {
+  static const bool use = [] {
+    const char* choice = std::getenv("SHUFFLENET_OPS_CPU_GEMM");
+    return small_gemm_available() && !(choice && std::string(choice) == "blas");
+  }();
+  return use;
+}
+
+// op(W_i)^T as a contiguous (kd x m) matrix per group: the row-contiguous B operand that
+// small_gemm needs in the pixel-major layout (tiny: the weights only).
+template <typename acc_t>
+std::vector<acc_t> pack_weight_transposed(const WeightOperand<acc_t>& w, int64_t groups) {
+  std::vector<acc_t> packed(groups * w.kd * w.m);
+  for (int64_t i = 0; i < groups; ++i) {
+    const acc_t* g = w.group(i);
+    acc_t* out = packed.data() + i * w.kd * w.m;
+    for (int64_t k = 0; k < w.kd; ++k)
+      for (int64_t r = 0; r < w.m; ++r) out[k * w.m + r] = g[r * w.row_stride() + k * w.col_stride()];
+  }
+  return packed;
+}
 
 // The optional residual operand of the epilogue, read in output channel order.
 template <typename scalar_t>
@@ -87,7 +118,16 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
     residual.view = fold_batch(residual.view);
   }
   const int64_t groups = src_rows.groups, m = w.m, kd = w.kd;
-  const TilePlan plan(sv.batch, sv.pixels, tile_columns(m + kd));
+  // Channel-major tiles hold one group's rows at a time; pixel-major tiles are whole pixel
+  // rows (every channel of the input and output), so those count against the cache.
+  const int64_t tile_rows = layout == Layout::kChannelMajor ? m + kd : sv.channels + dv.channels;
+  const TilePlan plan(sv.batch, sv.pixels, tile_columns(tile_rows));
+  bool small = false;
+  std::vector<acc_t> packed_w;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    small = use_small_gemm();
+    if (small && layout == Layout::kPixelMajor) packed_w = pack_weight_transposed(w, groups);
+  }
   const scalar_t* src_data = src.const_data_ptr<scalar_t>();
   scalar_t* dst_data = dst.mutable_data_ptr<scalar_t>();
 
@@ -105,13 +145,34 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
           dst_buffer.resize(m * cols);
           d = {dst_buffer.data(), layout == Layout::kChannelMajor ? cols : m};
         }
+        const acc_t* group_bias = bias ? bias + i * m : nullptr;
+        // small_gemm applies bias and ReLU in registers; a residual needs the separate pass.
+        SmallGemmEpilogue in_registers;
+        if (!residual.data) {
+          (layout == Layout::kChannelMajor ? in_registers.row_bias : in_registers.col_bias) =
+              reinterpret_cast<const float*>(group_bias);
+          in_registers.relu = relu;
+        }
+        bool done = false;
         if (layout == Layout::kChannelMajor) {  // D (m x cols) = op(W_i) @ S (kd x cols)
-          gemm_row_major<acc_t>(w.transposed, false, m, cols, kd, 1, w.group(i), w.ld(), s.data, s.ld, 0, d.data, d.ld);
+          done = small && small_gemm(m, cols, kd, reinterpret_cast<const float*>(w.group(i)), w.row_stride(),
+                                     w.col_stride(), reinterpret_cast<const float*>(s.data), s.ld,
+                                     reinterpret_cast<float*>(d.data), d.ld, in_registers);
+          if (!done) {
+            gemm_row_major<acc_t>(w.transposed, false, m, cols, kd, 1, w.group(i), w.ld(), s.data, s.ld, 0, d.data,
+                                  d.ld);
+          }
         } else {  // D^T (cols x m) = S^T (cols x kd) @ op(W_i)^T
-          gemm_row_major<acc_t>(false, !w.transposed, cols, m, kd, 1, s.data, s.ld, w.group(i), w.ld(), 0, d.data, d.ld);
+          done = small && small_gemm(cols, m, kd, reinterpret_cast<const float*>(s.data), s.ld, 1,
+                                     reinterpret_cast<const float*>(packed_w.data() + i * kd * m), m,
+                                     reinterpret_cast<float*>(d.data), d.ld, in_registers);
+          if (!done) {
+            gemm_row_major<acc_t>(false, !w.transposed, cols, m, kd, 1, s.data, s.ld, w.group(i), w.ld(), 0, d.data,
+                                  d.ld);
+          }
         }
         const int64_t* channels = dst_rows.group_channels(i);
-        epilogue(d.data, d.ld, layout, t, m, channels, bias ? bias + i * m : nullptr, residual, relu);
+        if (!done || residual.data) epilogue(d.data, d.ld, layout, t, m, channels, group_bias, residual, relu);
         if (scatter) scatter_tile(d.data, dv, layout, t, channels, m, dst_data);
       }
     }

@@ -1,0 +1,157 @@
+// AVX-512 implementation of small_gemm (see small_gemm.h), chosen at run time: the library
+// itself is built for baseline x86-64, and only these functions use AVX-512.
+#include "small_gemm.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SHUFFLENET_OPS_HAVE_AVX512_KERNEL 1
+#endif
+
+namespace shufflenet_ops::cpu {
+
+#ifdef SHUFFLENET_OPS_HAVE_AVX512_KERNEL
+namespace {
+
+// MR rows of A x NV vectors of 16 columns of B: MR * NV accumulators (at most 24 of the 32
+// zmm registers), each k step = NV vector loads of B, MR broadcasts of A, MR * NV FMAs.
+template <int MR, int NV>
+__attribute__((target("avx512f"))) inline void block(int64_t k, const float* a, int64_t a_row, int64_t a_col,
+                                                     const float* b, int64_t ldb, float* c, int64_t ldc,
+                                                     __mmask16 last_mask, const float* row_bias,
+                                                     const float* col_bias, bool relu) {
+  // Fully unrolled (the pragmas) so the accumulators live in registers, not on the stack.
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const float* brow = b + kk * ldb;
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last_mask, brow + 16 * v) : _mm512_loadu_ps(brow + 16 * v);
+    }
+    const float* acol = a + kk * a_col;
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(acol[r * a_row]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+  if (col_bias) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const __m512 bias = _mm512_maskz_loadu_ps(v == NV - 1 ? last_mask : __mmask16(0xFFFF), col_bias + 16 * v);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) acc[r][v] = _mm512_add_ps(acc[r][v], bias);
+    }
+  }
+  if (row_bias) {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 bias = _mm512_set1_ps(row_bias[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_add_ps(acc[r][v], bias);
+    }
+  }
+  if (relu) {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_max_ps(acc[r][v], _mm512_setzero_ps());
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* out = c + r * ldc + 16 * v;
+      if (v == NV - 1) {
+        _mm512_mask_storeu_ps(out, last_mask, acc[r][v]);
+      } else {
+        _mm512_storeu_ps(out, acc[r][v]);
+      }
+    }
+  }
+}
+
+template <int NV>
+__attribute__((target("avx512f"))) void column_panel(int64_t m, int64_t k, const float* a, int64_t a_row,
+                                                     int64_t a_col, const float* b, int64_t ldb, float* c,
+                                                     int64_t ldc, __mmask16 last_mask, const float* row_bias,
+                                                     const float* col_bias, bool relu) {
+  constexpr int kRows = NV >= 4 ? 6 : (NV == 3 ? 7 : 8);  // keep MR * NV <= 24 accumulators
+  int64_t i = 0;
+  for (; i + kRows <= m; i += kRows) {
+    block<kRows, NV>(k, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, last_mask,
+                     row_bias ? row_bias + i : nullptr, col_bias, relu);
+  }
+  switch (m - i) {  // remainder rows
+#define SHUFFLENET_OPS_REMAINDER(R)                                                                  \
+  case R:                                                                                            \
+    block<R, NV>(k, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, last_mask,               \
+                 row_bias ? row_bias + i : nullptr, col_bias, relu);                                 \
+    break;
+    SHUFFLENET_OPS_REMAINDER(1)
+    SHUFFLENET_OPS_REMAINDER(2)
+    SHUFFLENET_OPS_REMAINDER(3)
+    SHUFFLENET_OPS_REMAINDER(4)
+    SHUFFLENET_OPS_REMAINDER(5)
+    SHUFFLENET_OPS_REMAINDER(6)
+    SHUFFLENET_OPS_REMAINDER(7)
+#undef SHUFFLENET_OPS_REMAINDER
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
+bool small_gemm_available() { return __builtin_cpu_supports("avx512f"); }
+
+bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
+                int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue) {
+  static const bool available = small_gemm_available();
+  if (!available) return false;
+  // Panels of 64 columns (4 vectors) keep a K x 64 slice of B in L1/L2 while every row of A
+  // streams past it; the last panel takes 1-4 vectors, its last one masked.
+  for (int64_t j = 0; j < n; j += 64) {
+    const int64_t width = n - j < 64 ? n - j : 64;
+    const int vectors = static_cast<int>((width + 15) / 16);
+    const int tail = static_cast<int>(width - 16 * (vectors - 1));
+    const __mmask16 last_mask = static_cast<__mmask16>((1u << tail) - 1u);
+    switch (vectors) {
+      case 4:
+        column_panel<4>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
+                          epilogue.col_bias ? epilogue.col_bias + j : nullptr, epilogue.relu);
+        break;
+      case 3:
+        column_panel<3>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
+                          epilogue.col_bias ? epilogue.col_bias + j : nullptr, epilogue.relu);
+        break;
+      case 2:
+        column_panel<2>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
+                          epilogue.col_bias ? epilogue.col_bias + j : nullptr, epilogue.relu);
+        break;
+      default:
+        column_panel<1>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
+                          epilogue.col_bias ? epilogue.col_bias + j : nullptr, epilogue.relu);
+        break;
+    }
+  }
+  return true;
+}
+
+#else
+
+bool small_gemm_available() { return false; }
+
+bool small_gemm(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t,
+                const SmallGemmEpilogue&) {
+  return false;
+}
+
+#endif
+
+}  // namespace shufflenet_ops::cpu

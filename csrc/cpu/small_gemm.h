@@ -1,0 +1,29 @@
+// A register-blocked fp32 GEMM for the shapes grouped 1x1 convs produce: small K (12 to 320
+// inputs per group) and one operand read element by element through arbitrary strides.
+//
+//   C (M x N, ldc) = A (M x K; element (i, k) at a[i * a_row + k * a_col]) @ B (K x N, ldb)
+//
+// BLAS packs both operands on every call, which costs as much as the arithmetic when K is
+// a dozen channels; this kernel packs nothing: A is broadcast straight from memory (so
+// transposed or strided weights and channels_last pixel rows cost nothing) and B's rows are
+// read as vectors. Returns false where it has no code for this CPU (then use BLAS).
+#pragma once
+
+#include <cstdint>
+
+namespace shufflenet_ops::cpu {
+
+bool small_gemm_available();
+
+// The fused epilogue, applied in registers before C is stored: + a bias per row of C
+// (row_bias[i]) or per column (col_bias[j]), then max(., 0) if relu.
+struct SmallGemmEpilogue {
+  const float* row_bias = nullptr;
+  const float* col_bias = nullptr;
+  bool relu = false;
+};
+
+bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
+                int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue = {});
+
+}  // namespace shufflenet_ops::cpu
