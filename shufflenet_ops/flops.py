@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ._backend import backend
-from .modules import FUSED_MODULE_TYPES, Conv2dBN
+from .modules import FUSED_MODULE_TYPES, batchnorm_folding
 
 
 def _conv_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
@@ -39,13 +39,7 @@ def _linear_macs(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> int:
     return output.numel() * module.in_features
 
 
-def _folded_conv_macs(module: Conv2dBN, inputs: tuple, output: torch.Tensor) -> int:
-    return _conv_macs(module.conv, inputs, output)  # its conv child is not called once BN is folded
-
-
 def _macs_rule(module: nn.Module):
-    if isinstance(module, Conv2dBN):
-        return _folded_conv_macs
     if isinstance(module, FUSED_MODULE_TYPES):
         return _fused_macs
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -80,8 +74,7 @@ def _count(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     def hook(module, inputs, output):
         active.pop()
         if not active:
-            layer = module.conv if isinstance(module, Conv2dBN) else module  # counted as the conv it wraps
-            counts[type(layer).__name__] += int(_macs_rule(module)(module, inputs, output))
+            counts[type(module).__name__] += int(_macs_rule(module)(module, inputs, output))
 
     handles = []
     for module in model.modules():
@@ -91,7 +84,8 @@ def _count(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     training = {module: module.training for module in model.modules()}
     try:
         model.eval()
-        with torch.no_grad():
+        # Unfolded, so that every conv module runs (a folded BN calls F.conv2d directly).
+        with torch.no_grad(), batchnorm_folding(False):
             model(x)
     finally:
         for handle in handles:

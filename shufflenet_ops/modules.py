@@ -25,9 +25,12 @@ same state_dict keys.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import threading
 from collections import OrderedDict
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -250,6 +253,25 @@ def _batch_norm_permuted(bn: nn.BatchNorm2d, z: torch.Tensor, index: torch.Tenso
     return out
 
 
+_folding_enabled = threading.local()
+
+
+def folding_enabled() -> bool:
+    return getattr(_folding_enabled, "value", True)
+
+
+@contextlib.contextmanager
+def batchnorm_folding(enabled: bool) -> Iterator[None]:
+    """Turn eval-mode BN folding off (or on) inside a ``with`` block, e.g. so that hooks see
+    every conv module called (``count_flops``); the results are the same either way."""
+    previous = folding_enabled()
+    _folding_enabled.value = enabled
+    try:
+        yield
+    finally:
+        _folding_enabled.value = previous
+
+
 def _add_relu(y: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
     if residual is not None:
         y = y + residual
@@ -297,7 +319,12 @@ class _FoldedConvBNBase(nn.Module):
         # A BN in eval mode with running statistics is a fixed per-channel affine map. The
         # BN's own mode decides, as in the unfused model (a frozen BN in a training model
         # folds too).
-        return not self.bn.training and self.bn.running_mean is not None and self.bn.running_var is not None
+        return (
+            folding_enabled()
+            and not self.bn.training
+            and self.bn.running_mean is not None
+            and self.bn.running_var is not None
+        )
 
     def _bn_scale_shift_in_conv_order(self) -> tuple[torch.Tensor, torch.Tensor]:
         return batchnorm_scale_shift(self.bn)

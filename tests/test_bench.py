@@ -165,7 +165,7 @@ def test_cli_quick_tiny(tmp_path, capsys):
             assert float(r["fused_speedup"]) == pytest.approx(1.0)
     units = [r for r in rows if r["level"] == "unit"]
     assert {(r["provider"], r["mode"]) for r in units} == {
-        (p, m) for p in ("fused", "naive") for m in ("eval", "train_step")
+        (p, m) for p in ("fused", "naive", "naive_channels_last") for m in ("eval", "train_step")
     }
 
     payload = json.load(open(out / "results.json"))
@@ -207,9 +207,13 @@ def test_train_fused_and_naive_track_each_other(tmp_path, capsys):
     # SGD step from identical gradients) agree to float32 rounding. Later steps amplify
     # rounding differences ~100x per step in this tiny, small-batch configuration (two naive
     # runs with 1 vs 2 threads diverge as fast), so they are compared on the plot, not here.
+    # The fused network runs its activations in channels_last (other oneDNN algorithms for the
+    # depthwise and stem convs, other summation orders), so its float32 rounding differs from
+    # the naive network's by more than one layout's; after one SGD step that is ~2.5e-5
+    # relative. Exact equality of outputs and gradients is tested in float64 (test_models).
     gaps = [abs(a - b) for a, b in zip(fused["losses"], naive["losses"])]
     assert summary["first_step_loss_gap"] == gaps[0] < 1e-5
-    assert gaps[1] < 1e-5
+    assert gaps[1] < 2e-4
     assert fused["images_per_s"] > 0 and 0 <= fused["test_accuracy"] <= 1
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
     assert "test accuracy" in capsys.readouterr().out

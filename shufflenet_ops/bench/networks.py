@@ -64,11 +64,12 @@ def _prepare(case: NetworkCase, provider: NetworkProvider, mode: str, setup: Set
     module = case.build(provider.fused)
     if provider.fused:  # the naive network's weights, whatever the construction order
         module.load_state_dict(case.build(False).state_dict())
+    memory_format = torch.channels_last if provider.channels_last else setup.memory_format
     module = module.to(setup.device, setup.dtype)
-    module = module.to(memory_format=setup.memory_format)
+    module = module.to(memory_format=memory_format)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(case.input_shape, generator=generator).to(setup.device, setup.dtype)
-    x = x.contiguous(memory_format=setup.memory_format)
+    x = x.contiguous(memory_format=memory_format)
     if mode == "eval":
         module.eval()
         net = torch.compile(module, mode=setup.compile_mode) if provider.compiled else module

@@ -177,11 +177,14 @@ class NetworkProvider:
     description: str
     fused: bool
     compiled: bool
+    channels_last: bool = False  # weights and input in channels_last, whatever --layout says
 
 
 NETWORK_PROVIDERS: tuple[NetworkProvider, ...] = (
     NetworkProvider("fused", "fused modules (BN folded in eval)", fused=True, compiled=False),
     NetworkProvider("naive", "conv, BN, ReLU, nn.ChannelShuffle as separate modules", fused=False, compiled=False),
+    NetworkProvider("naive_channels_last", "the naive network with channels_last weights and input", fused=False,
+                    compiled=False, channels_last=True),
     NetworkProvider("compile_naive", "torch.compile of the naive network", fused=False, compiled=True),
     NetworkProvider("compile_fused", "torch.compile of the fused network", fused=True, compiled=True),
 )
