@@ -146,11 +146,19 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
           d = {dst_buffer.data(), layout == Layout::kChannelMajor ? cols : m};
         }
         const acc_t* group_bias = bias ? bias + i * m : nullptr;
-        // small_gemm applies bias and ReLU in registers; a residual needs the separate pass.
+        // small_gemm applies bias, residual and ReLU in registers when the residual tile is
+        // addressable like the output tile (it is whenever the output is written in place).
+        TileRef<const scalar_t> residual_tile;
+        if (residual.data && !scatter) {
+          residual_tile = direct_tile(residual.data, residual.view, layout, dst_rows, i, t);
+        }
+        const bool epilogue_in_registers = !residual.data || residual_tile.data;
         SmallGemmEpilogue in_registers;
-        if (!residual.data) {
+        if (epilogue_in_registers) {
           (layout == Layout::kChannelMajor ? in_registers.row_bias : in_registers.col_bias) =
               reinterpret_cast<const float*>(group_bias);
+          in_registers.residual = reinterpret_cast<const float*>(residual_tile.data);
+          in_registers.residual_ld = residual_tile.ld;
           in_registers.relu = relu;
         }
         bool done = false;
@@ -172,7 +180,7 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
           }
         }
         const int64_t* channels = dst_rows.group_channels(i);
-        if (!done || residual.data) epilogue(d.data, d.ld, layout, t, m, channels, group_bias, residual, relu);
+        if (!done || !epilogue_in_registers) epilogue(d.data, d.ld, layout, t, m, channels, group_bias, residual, relu);
         if (scatter) scatter_tile(d.data, dv, layout, t, channels, m, dst_data);
       }
     }

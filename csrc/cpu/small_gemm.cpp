@@ -18,7 +18,8 @@ template <int MR, int NV>
 __attribute__((target("avx512f"))) inline void block(int64_t k, const float* a, int64_t a_row, int64_t a_col,
                                                      const float* b, int64_t ldb, float* c, int64_t ldc,
                                                      __mmask16 last_mask, const float* row_bias,
-                                                     const float* col_bias, bool relu) {
+                                                     const float* col_bias, const float* residual,
+                                                     int64_t residual_ld, bool relu) {
   // Fully unrolled (the pragmas) so the accumulators live in registers, not on the stack.
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
@@ -56,6 +57,15 @@ __attribute__((target("avx512f"))) inline void block(int64_t k, const float* a, 
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_add_ps(acc[r][v], bias);
     }
   }
+  if (residual) {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        const float* res = residual + r * residual_ld + 16 * v;
+        acc[r][v] = _mm512_add_ps(acc[r][v], v == NV - 1 ? _mm512_maskz_loadu_ps(last_mask, res) : _mm512_loadu_ps(res));
+      }
+  }
   if (relu) {
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
@@ -80,18 +90,21 @@ template <int NV>
 __attribute__((target("avx512f"))) void column_panel(int64_t m, int64_t k, const float* a, int64_t a_row,
                                                      int64_t a_col, const float* b, int64_t ldb, float* c,
                                                      int64_t ldc, __mmask16 last_mask, const float* row_bias,
-                                                     const float* col_bias, bool relu) {
+                                                     const float* col_bias, const float* residual,
+                                                     int64_t residual_ld, bool relu) {
   constexpr int kRows = NV >= 4 ? 6 : (NV == 3 ? 7 : 8);  // keep MR * NV <= 24 accumulators
   int64_t i = 0;
   for (; i + kRows <= m; i += kRows) {
     block<kRows, NV>(k, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, last_mask,
-                     row_bias ? row_bias + i : nullptr, col_bias, relu);
+                     row_bias ? row_bias + i : nullptr, col_bias, residual ? residual + i * residual_ld : nullptr,
+                     residual_ld, relu);
   }
   switch (m - i) {  // remainder rows
 #define SHUFFLENET_OPS_REMAINDER(R)                                                                  \
   case R:                                                                                            \
     block<R, NV>(k, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, last_mask,               \
-                 row_bias ? row_bias + i : nullptr, col_bias, relu);                                 \
+                 row_bias ? row_bias + i : nullptr, col_bias,                                        \
+                 residual ? residual + i * residual_ld : nullptr, residual_ld, relu);                \
     break;
     SHUFFLENET_OPS_REMAINDER(1)
     SHUFFLENET_OPS_REMAINDER(2)
@@ -124,19 +137,23 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, 
     switch (vectors) {
       case 4:
         column_panel<4>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
-                          epilogue.col_bias ? epilogue.col_bias + j : nullptr, epilogue.relu);
+                          epilogue.col_bias ? epilogue.col_bias + j : nullptr,
+                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu);
         break;
       case 3:
         column_panel<3>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
-                          epilogue.col_bias ? epilogue.col_bias + j : nullptr, epilogue.relu);
+                          epilogue.col_bias ? epilogue.col_bias + j : nullptr,
+                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu);
         break;
       case 2:
         column_panel<2>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
-                          epilogue.col_bias ? epilogue.col_bias + j : nullptr, epilogue.relu);
+                          epilogue.col_bias ? epilogue.col_bias + j : nullptr,
+                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu);
         break;
       default:
         column_panel<1>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
-                          epilogue.col_bias ? epilogue.col_bias + j : nullptr, epilogue.relu);
+                          epilogue.col_bias ? epilogue.col_bias + j : nullptr,
+                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu);
         break;
     }
   }

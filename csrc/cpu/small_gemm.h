@@ -16,10 +16,13 @@ namespace shufflenet_ops::cpu {
 bool small_gemm_available();
 
 // The fused epilogue, applied in registers before C is stored: + a bias per row of C
-// (row_bias[i]) or per column (col_bias[j]), then max(., 0) if relu.
+// (row_bias[i]) or per column (col_bias[j]), + residual[i * residual_ld + j], then
+// max(., 0) if relu.
 struct SmallGemmEpilogue {
   const float* row_bias = nullptr;
   const float* col_bias = nullptr;
+  const float* residual = nullptr;
+  int64_t residual_ld = 0;
   bool relu = false;
 };
 
