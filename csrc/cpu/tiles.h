@@ -23,7 +23,10 @@ struct TilePlan {
   int64_t batch_per_tile = 1, tiles_per_batch = 1, tile_pixels = 0;
 
   TilePlan(int64_t batch_, int64_t pixels_, int64_t target_cols) : batch(batch_), pixels(pixels_) {
-    if (pixels >= target_cols / 2) {
+    // Folding batch items forces a gather and a scatter (a tile then spans two images): only
+    // worth it where one image's pixels make too narrow a GEMM.
+    constexpr int64_t kWideEnough = 128;
+    if (pixels >= std::min(target_cols / 2, kWideEnough)) {
       tiles_per_batch = (pixels + target_cols - 1) / target_cols;
       tile_pixels = (pixels + tiles_per_batch - 1) / tiles_per_batch;
     } else {
