@@ -64,12 +64,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "--quick: layers,units)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peers")
     parser.add_argument("--full", action="store_true",
-                        help="also torch.compile the whole models' training steps (Inductor needs minutes per "
-                             "network on a small CPU, so the default leaves them out)")
+                        help="also torch.compile(fused) of the whole models and the compiled whole-model training "
+                             "steps (Inductor needs minutes per network on a small CPU, so the default has only "
+                             "torch.compile(naive) in whole-model eval)")
     parser.add_argument("--compile-mode", help="torch.compile mode (default: max-autotune on CUDA, "
                         "default on CPU and in --quick)")
     parser.add_argument("--min-run-time", type=float, help="seconds of timing per layer measurement "
-                        "(default 0.1, --quick 0.04; units/models 3x)")
+                        "(default 0.05, --quick 0.04; units/models 3x)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--replot", metavar="DIR", help="only redraw the plots of a finished run from DIR/results.json")
     args = parser.parse_args(argv)
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (128 if device.type == "cuda" else 16)
     model_batch = args.model_batch or batch
     compile_mode = args.compile_mode or ("max-autotune" if device.type == "cuda" and not args.quick else "default")
-    min_run_time = args.min_run_time or (0.04 if args.quick else 0.1)
+    min_run_time = args.min_run_time or (0.04 if args.quick else 0.05)
     setup = Setup(device, DTYPES[args.dtype], LAYOUTS[args.layout], compile_mode)
     warnings.filterwarnings("ignore", module="torch._inductor")
 
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     # Compiling a training step takes 10-15 s per network on a 2-core CPU: --quick leaves
     # the compiled peers to the layer level.
     net_providers = network_providers(args.compile and not args.quick)
-    compiled_skipped = 0 if args.full else len(model_cases) * sum(p.compiled for p in net_providers)
+    compiled_skipped = 0 if args.full else len(model_cases) * (
+        sum(p.compiled for p in net_providers) + sum(p.compiled and p.fused for p in net_providers))
     total = (len(problems) * len(providers) * len(args.modes)
              + (len(unit_cases) + len(model_cases)) * len(net_providers) * len(networks.NETWORK_MODES)
              - compiled_skipped)

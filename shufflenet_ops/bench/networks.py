@@ -104,15 +104,20 @@ def run_networks(
     progress: Callable[[str], None],
     compile_model_training: bool = True,
 ) -> list[dict]:
-    """``compile_model_training=False`` skips the compiled peers of whole-model training
-    steps (Inductor needs minutes per network on a small CPU); units are always compiled."""
+    """``compile_model_training=False`` keeps only torch.compile(naive) in whole-model eval
+    (Inductor needs minutes for the other compiled whole-model peers on a small CPU); units
+    are always compiled."""
     rows = []
     for case in cases:
         torch._dynamo.reset()
         for mode in modes:
             runners, warmup_s = {}, {}
-            skip_compiled = case.level == "model" and mode == "train_step" and not compile_model_training
-            for provider in (p for p in providers if not (skip_compiled and p.compiled)):
+            def skipped(p: NetworkProvider) -> bool:
+                if not p.compiled or case.level != "model" or compile_model_training:
+                    return False
+                return mode == "train_step" or p.fused
+
+            for provider in (p for p in providers if not skipped(p)):
                 progress(f"{case.name} {mode} {provider.name}")
                 start = time.perf_counter()
                 run = _prepare(case, provider, mode, setup)
