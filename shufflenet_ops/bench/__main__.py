@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile-mode", help="torch.compile mode (default: max-autotune on CUDA, "
                         "default on CPU and in --quick)")
     parser.add_argument("--min-run-time", type=float, help="seconds of timing per layer measurement "
-                        "(default 0.05, --quick 0.04; units/models 3x)")
+                        "(default 0.05, --quick 0.04; units/models 2x)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--replot", metavar="DIR", help="only redraw the plots of a finished run from DIR/results.json")
     args = parser.parse_args(argv)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += layers.run_layers(problems, providers, args.modes, setup, roofline, min_run_time, progress)
         if unit_cases or model_cases:
             rows += networks.run_networks(unit_cases + model_cases, net_providers, list(networks.NETWORK_MODES),
-                                          setup, 3 * min_run_time, progress, compile_model_training=args.full)
+                                          setup, 2 * min_run_time, progress, compile_model_training=args.full)
         progress.finish()
     info["elapsed_s"] = round(time.perf_counter() - started, 1)
     info["load_average_end"] = report.load_average()
