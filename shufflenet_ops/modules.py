@@ -99,6 +99,16 @@ class _Conv1x1Base(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
+    def _sharing(cls, conv: nn.Conv2d, shuffle_groups: int | None, relu: bool):
+        cls._check_conv(conv)
+        module = cls(
+            conv.in_channels, conv.out_channels, conv.groups, shuffle_groups,
+            bias=conv.bias is not None, relu=relu, device="meta",
+        )
+        module.weight, module.bias = conv.weight, conv.bias
+        return module
+
+    @classmethod
     def _check_conv(cls, conv: nn.Module) -> None:
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"{cls.__name__}.from_conv needs an nn.Conv2d, got {type(conv).__name__}")
@@ -144,13 +154,7 @@ class GroupConv1x1Shuffle(_Conv1x1Base):
         cls, conv: nn.Conv2d, shuffle_groups: int | None = None, relu: bool = False
     ) -> "GroupConv1x1Shuffle":
         """A module that shares ``conv``'s parameters (no copy)."""
-        cls._check_conv(conv)
-        module = cls(
-            conv.in_channels, conv.out_channels, conv.groups, shuffle_groups,
-            bias=conv.bias is not None, relu=relu, device="meta",
-        )
-        module.weight, module.bias = conv.weight, conv.bias
-        return module
+        return cls._sharing(conv, shuffle_groups, relu)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``residual`` (the output's shape) is added before the ReLU, in the same pass."""
@@ -186,13 +190,7 @@ class ShuffleGroupConv1x1(_Conv1x1Base):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, shuffle_groups: int, relu: bool = False) -> "ShuffleGroupConv1x1":
         """A module that shares ``conv``'s parameters (no copy)."""
-        cls._check_conv(conv)
-        module = cls(
-            conv.in_channels, conv.out_channels, conv.groups, shuffle_groups,
-            bias=conv.bias is not None, relu=relu, device="meta",
-        )
-        module.weight, module.bias = conv.weight, conv.bias
-        return module
+        return cls._sharing(conv, shuffle_groups, relu)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``residual`` (the output's shape) is added before the ReLU, in the same pass."""

@@ -136,10 +136,7 @@ def run_networks(
                     "mode": mode,
                     "provider": provider.name,
                     "fused": provider.fused,
-                    "median_ms": timing.median_ms,
-                    "p20_ms": timing.p20_ms,
-                    "p80_ms": timing.p80_ms,
-                    "samples": timing.samples,
+                    **timing.columns(),
                     "images_per_s": batch / (timing.median_ms * 1e-3),
                     "warmup_s": round(warmup_s[provider.name], 3),
                 })

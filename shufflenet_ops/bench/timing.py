@@ -30,6 +30,10 @@ class Timing:
     p80_ms: float
     samples: int
 
+    def columns(self) -> dict:
+        """The result-row columns every level reports."""
+        return {"median_ms": self.median_ms, "p20_ms": self.p20_ms, "p80_ms": self.p80_ms, "samples": self.samples}
+
 
 def _summary(times_s: list[float]) -> Timing:
     median, p20, p80 = (float(v) * 1e3 for v in np.quantile(times_s, QUANTILES))
