@@ -16,12 +16,13 @@ void expect(bool ok, const std::string& what) {
 }
 
 at::Tensor call_conv(const char* name, const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
-                     int64_t groups, int64_t shuffle, bool relu) {
+                     int64_t groups, int64_t shuffle, bool relu,
+                     const std::optional<at::Tensor>& residual = std::nullopt) {
   auto& dispatcher = c10::Dispatcher::singleton();
   auto op = dispatcher.findSchemaOrThrow(name, "")
                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
-                                  int64_t, bool)>();
-  return op.call(x, w, b, groups, shuffle, relu);
+                                  int64_t, bool, const std::optional<at::Tensor>&)>();
+  return op.call(x, w, b, groups, shuffle, relu, residual);
 }
 
 at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b, int64_t groups) {
@@ -50,6 +51,11 @@ int main() {
                                           official, false);
     const at::Tensor expected_in = conv1x1(at::channel_shuffle(x, official), w, std::nullopt, groups);
     expect(at::allclose(fused_in, expected_in), "shuffle_group_conv1x1 matches channel_shuffle + conv2d" + tag);
+
+    const at::Tensor shortcut = at::randn({2, 48, 5, 7}, at::kDouble).contiguous(format);
+    const at::Tensor fused_res = call_conv("shufflenet_ops::group_conv1x1_shuffle", x, w, b, groups, 1, true, shortcut);
+    const at::Tensor expected_res = at::relu(conv1x1(x, w, b, groups) + shortcut);
+    expect(at::allclose(fused_res, expected_res), "residual epilogue matches relu(conv2d + shortcut)" + tag);
   }
 
   bool raised = false;
