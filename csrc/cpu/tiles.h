@@ -14,10 +14,10 @@
 namespace shufflenet_ops::cpu {
 
 // How the [batch][pixel] plane is cut into GEMM tiles of about `target_cols` columns.
-// Large images: tiles of one batch item, the pixels split evenly (no thin remainder tile).
-// Small images (the 7x7 and 14x14 stages): several whole batch items per tile, so the GEMM
-// is still wide; such tiles are gathered into a buffer. The plan depends only on the shape,
-// never on the thread count (grad weight's reduction order is defined by it).
+// Images of 128 pixels or more: tiles of one batch item, the pixels split evenly (no thin
+// remainder tile). Smaller ones (the 7x7 stage): several whole batch items per tile, so the
+// GEMM is still wide; such tiles are gathered into a buffer. The plan depends only on the
+// shape, never on the thread count (grad weight's reduction order is defined by it).
 struct TilePlan {
   int64_t batch = 0, pixels = 0;
   int64_t batch_per_tile = 1, tiles_per_batch = 1, tile_pixels = 0;
