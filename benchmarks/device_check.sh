@@ -9,14 +9,17 @@
 #   2. build + install against the torch that is there: pip install --no-build-isolation -e .
 #   3. CUDA tests: tests/test_cuda.py (the interpreter suite's cases on CUDA, every ShuffleNet V1
 #      1x1 layer, fp16/bf16, batch 128, >2^31 elements, compile, opcheck, determinism)
-#   4. GPU micro-benchmark: python -m shufflenet_ops.bench (if present) and
-#      benchmarks/gpu_bench.py (fused vs eager NCHW/channels_last vs torch.compile max-autotune)
-#   5. Nsight Compute: DRAM bytes moved by fused vs unfused forward on three layers, beside
-#      the analytic bytes model
+#   4. GPU micro-benchmark: benchmarks/gpu_bench.py (fused vs eager NCHW/channels_last vs
+#      torch.compile max-autotune; forward rows also timed as CUDA-graph replays)
+#   5. Nsight Compute: DRAM bytes and kernel time of fused vs unfused forward on three layers,
+#      beside the analytic bytes model
+#   6. the project's CLI on CUDA: python -m shufflenet_ops.bench --device cuda --quick
 # OUTDIR receives at most 8 files (what the device tool brings back): device_check.log,
 # summary.json, cuda_tests.xml, gpu_bench.{csv,json}, ncu_bytes.{csv,json}, extras.tar.gz.
 #
-# Knobs: PYTHON (default python3), DEVICE_CHECK_BUDGET_S (default 350),
+# Knobs: PYTHON (default python3), DEVICE_CHECK_BUDGET_S (default 350), GPU_BENCH_ARGS (extra
+# flags for gpu_bench.py, e.g. "--compile-mode default"), SHUFFLENET_OPS_TRITON_AUTOTUNE=0 (fixed
+# tiles: no autotuning compiles),
 # DEVICE_CHECK_SKIP="build tests bench ncu" (any subset), DEVICE_CHECK_ALLOW_CPU=1 (smoke-run
 # the steps a CPU can do: environment, build, test collection, benchmark CLI parsing).
 set -uo pipefail
@@ -111,15 +114,11 @@ else
 fi
 
 # -------------------------------------------------------------------------- 4. benchmark
-if "$PY" -c "import shufflenet_ops.bench.__main__" 2>/dev/null; then
-  step bench_cli 60 "$PY" -m shufflenet_ops.bench --device cuda --quick --out "$WORK/bench_cli"
-else
-  STATUS[bench_cli]="absent"; echo "== bench_cli: shufflenet_ops.bench not importable, skipped"
-fi
 if (( HAVE_GPU )); then
   # max-autotune compiles dominate: keep them only if there is time for them.
   COMPILE=(); (( $(left) < 200 )) && COMPILE=(--no-compile)
-  step bench 190 "$PY" benchmarks/gpu_bench.py --quick "${COMPILE[@]}" --out "$OUT"
+  # shellcheck disable=SC2086  # GPU_BENCH_ARGS is a list of flags
+  step bench 190 "$PY" benchmarks/gpu_bench.py --quick "${COMPILE[@]}" ${GPU_BENCH_ARGS:-} --out "$OUT"
 else
   step bench 60 "$PY" benchmarks/gpu_bench.py --help
 fi
@@ -130,7 +129,7 @@ run_ncu() {
   for layer in g3_gconv1_240to60 g8_gconv1_384to96 g8_gconv2_96to384; do
     for variant in fused unfused; do
       (( $(left) < 15 )) && { echo "ncu: out of time before $layer $variant"; return 1; }
-      ncu --profile-from-start off --metrics dram__bytes_read.sum,dram__bytes_write.sum \
+      ncu --profile-from-start off --clock-control none --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
         --csv --page raw --print-units base \
         "$PY" benchmarks/gpu_bench.py profile-once "$layer" "$variant" --precision bf16 \
         > "$WORK/ncu/ncu_${layer}__bf16__${variant}.csv" 2> "$WORK/ncu/ncu_${layer}__bf16__${variant}.err" \
@@ -145,6 +144,14 @@ if (( HAVE_GPU )) && command -v ncu >/dev/null; then
   (( ${#CSVS[@]} )) && "$PY" benchmarks/gpu_bench.py ncu-summary --out "$OUT" "${CSVS[@]}"
 else
   STATUS[ncu]="no GPU or no ncu"
+fi
+
+# ------------------------------------------------- 6. the README's main job on this GPU
+# Last: the project's own CLI on CUDA (the prepared micro-benchmark and ncu come first).
+if "$PY" -c "import shufflenet_ops.bench.__main__" 2>/dev/null; then
+  step bench_cli 90 "$PY" -m shufflenet_ops.bench --device cuda --quick --out "$WORK/bench_cli"
+else
+  STATUS[bench_cli]="absent"; echo "== bench_cli: shufflenet_ops.bench not importable, skipped"
 fi
 
 # ---------------------------------------------------------------------------- summary
