@@ -24,13 +24,31 @@ from . import _extension
 
 
 def kernels(backend: str | None, device: torch.device) -> Any:
-    """The kernel table for ``backend`` (None: the dispatcher) on ``device``."""
-    if backend == "triton" and not (device.type == "cuda" and _extension.available()):
+    """The kernel table for ``backend`` (None: the dispatcher) on ``device``.
+
+    Triton in eager mode is called directly, not through the dispatcher: the registered CUDA
+    kernel is the same function, but reaching it through ``torch.ops`` adds the Python
+    autograd and dynamo-disable wrappers to every launch, host time that a small GPU kernel
+    cannot hide. Under torch.compile the ops stay opaque dispatcher calls.
+    """
+    if backend == "triton" and (
+        not (device.type == "cuda" and _extension.available()) or not torch.compiler.is_compiling()
+    ):
         from .triton import kernels as triton_kernels
 
         return triton_kernels
     _extension.require()
     return torch.ops.shufflenet_ops
+
+
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call must record a graph: grad mode is on and an input requires grad.
+
+    When it need not, the public ops call the kernel table directly: ``Function.apply``
+    costs ~40 us of host time per call (it rebuilds ``inspect.signature(forward)`` on every
+    call), more than many of these kernels take on a GPU.
+    """
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # --------------------------------------------------------------------------- shuffle

@@ -1,12 +1,19 @@
 """The public fused ops. Each validates its arguments, picks a backend (see ``_backend``)
-and runs the matching torch.autograd.Function, or the pure-PyTorch reference."""
+and runs the matching torch.autograd.Function (the kernel directly when no graph is
+recorded), or the pure-PyTorch reference."""
 
 from __future__ import annotations
 
 import torch
 
 from . import _backend, _checks, reference
-from .autograd import ChannelShuffleFunction, GroupConv1x1ShuffleFunction, ShuffleGroupConv1x1Function
+from .autograd import (
+    ChannelShuffleFunction,
+    GroupConv1x1ShuffleFunction,
+    ShuffleGroupConv1x1Function,
+    kernels,
+    needs_autograd,
+)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -15,6 +22,8 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     backend = _backend.resolve(x.device)
     if backend == "reference":
         return reference.channel_shuffle(x, groups)
+    if not needs_autograd(x):
+        return kernels(backend, x.device).channel_shuffle(x, groups)
     return ChannelShuffleFunction.apply(x, groups, backend)
 
 
@@ -43,6 +52,8 @@ def group_conv1x1_shuffle(
         return reference.group_conv1x1_shuffle(
             x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=relu, residual=residual
         )
+    if not needs_autograd(x, weight, bias, residual):
+        return kernels(backend, x.device).group_conv1x1_shuffle(x, weight, bias, groups, shuffle_groups, relu, residual)
     return GroupConv1x1ShuffleFunction.apply(x, weight, bias, groups, shuffle_groups, relu, residual, backend)
 
 
@@ -68,4 +79,6 @@ def shuffle_group_conv1x1(
         return reference.shuffle_group_conv1x1(
             x, weight, groups, shuffle_groups, bias=bias, relu=relu, residual=residual
         )
+    if not needs_autograd(x, weight, bias, residual):
+        return kernels(backend, x.device).shuffle_group_conv1x1(x, weight, bias, groups, shuffle_groups, relu, residual)
     return ShuffleGroupConv1x1Function.apply(x, weight, bias, groups, shuffle_groups, relu, residual, backend)

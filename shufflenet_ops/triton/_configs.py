@@ -18,6 +18,7 @@ one of them by a fixed rule.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -135,6 +136,19 @@ def pick(tiles: list[Tile]) -> Tile:
         return (min(work, 64 * 128), -abs(work - 64 * 128), t.block_k, t.block_m)
 
     return max(tiles, key=score)
+
+
+@functools.lru_cache(maxsize=1024)
+def conv_tile(rows: int, red: int, pixels: int, is_fp64: bool) -> Tile:
+    """``pick(fit_conv(...))``, memoised: launches repeat a few shapes, and the fit costs
+    microseconds of host time per launch."""
+    return pick(fit_conv(rows, red, pixels, is_fp64))
+
+
+@functools.lru_cache(maxsize=1024)
+def grad_weight_tile(rows: int, red: int, is_fp64: bool) -> Tile:
+    """``pick(fit_grad_weight(...))``, memoised like ``conv_tile``."""
+    return pick(fit_grad_weight(rows, red, is_fp64))
 
 
 def grad_weight_block_p(is_fp64: bool, use_dot: bool) -> int:

@@ -234,12 +234,12 @@ def conv1x1_grad_weight(
     tile = _common.forced("grad_weight")
     tuned = tile is None and not _common.deterministic() and _common.autotune_enabled()
     if tile is None:
-        tile = _configs.pick(_configs.fit_grad_weight(rows, red, is_fp64))
+        tile = _configs.grad_weight_tile(rows, red, is_fp64)
     block_p = _configs.grad_weight_block_p(is_fp64, tile.use_dot)
     p_tiles = triton.cdiv(geo.p, block_p)
     num_tiles = geo.nb * p_tiles
     # Slices are sized from a nominal tile so they do not change with the tuned tile.
-    nominal = _configs.pick(_configs.fit_grad_weight(rows, red, is_fp64))
+    nominal = _configs.grad_weight_tile(rows, red, is_fp64)
     programs = groups * triton.cdiv(rows, nominal.block_m) * triton.cdiv(red, nominal.block_k)
     splits, per = _slices(num_tiles, programs, go.device)
     ws = torch.empty((splits, cout, red), dtype=acc, device=go.device)

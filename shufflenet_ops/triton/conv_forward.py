@@ -210,7 +210,7 @@ def permuted_group_conv1x1(
         _permuted_group_conv1x1_tuned[grid](*args, **flags)
         return
     if tile is None:
-        tile = _configs.pick(_configs.fit_conv(rows, red, geo.p, x.dtype == torch.float64))
+        tile = _configs.conv_tile(rows, red, geo.p, x.dtype == torch.float64)
     grid = (geo.nb * triton.cdiv(geo.p, tile.block_p), triton.cdiv(rows, tile.block_m) * group_programs)
     _permuted_group_conv1x1_kernel[grid](
         *args, **flags, **tile.meta(), num_warps=tile.num_warps, num_stages=tile.num_stages
