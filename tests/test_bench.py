@@ -139,6 +139,28 @@ def test_measure_many_times_each_runner():
     assert timings["noop"].median_ms < 0.5
 
 
+
+def test_timed_calls_use_torchs_thread_count():
+    """Every timed call, fast (blocked) or slow (one by one), runs at torch's thread count:
+    torch's Timer alone would pin the measurement to one thread."""
+    seen = {"fast": set(), "slow": set()}
+
+    def fast():
+        seen["fast"].add(torch.get_num_threads())
+
+    def slow():
+        seen["slow"].add(torch.get_num_threads())
+        time.sleep(0.002)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        timings = measure_many({"fast": fast, "slow": slow}, torch.device("cpu"), min_run_time=0.03)
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == {"fast": {2}, "slow": {2}}
+    assert timings["slow"].samples >= 5 and timings["fast"].samples >= 5
+
 # -------------------------------------------------------------------------------- CLI
 @requires_extension
 def test_cli_quick_tiny(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """Timing with the right tool per device.
 
-CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (each sample is the mean of a block
-of calls sized to beat timer overhead); GPU: ``triton.testing.do_bench`` with quantiles
+CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` at torch's thread count (each sample
+is the mean of a block of calls sized to beat timer overhead), or single calls timed with
+``perf_counter`` when one call takes a millisecond or more; GPU: ``triton.testing.do_bench`` with quantiles
 (0.5, 0.2, 0.8), which syncs and flushes the L2 between calls. Both report the median and
 the 20th/80th percentiles in milliseconds.
 
@@ -13,14 +14,18 @@ ratios honest.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 QUANTILES = (0.5, 0.2, 0.8)
 MIN_SAMPLES = 5  # percentiles of fewer samples say little
+SLOW_CALL_S = 1e-3  # calls at least this long are timed one by one (timer overhead < 0.1%)
 
 
 @dataclass(frozen=True)
@@ -40,15 +45,47 @@ def _summary(times_s: list[float]) -> Timing:
     return Timing(median, p20, p80, len(times_s))
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No garbage collection inside a timed region (as timeit and torch's Timer do)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _cpu_samples(fn: Callable[[], object], min_run_time: float, min_samples: int) -> list[float]:
-    """Seconds per call, one sample per block of calls."""
+    """Seconds per call: at least ``min_samples`` samples and ``min_run_time`` seconds, at
+    torch's current thread count (torch's Timer would default to one thread)."""
+    with _gc_paused():
+        start = time.perf_counter()
+        fn()
+        first = time.perf_counter() - start
+    if first >= SLOW_CALL_S:
+        # Timer overhead is negligible against the call: one call per sample. (Timer.timeit
+        # would also run two warm-up calls per extra sample, tripling the cost of slow rows.)
+        times, spent = [first], first
+        while len(times) < min_samples or spent < min_run_time:
+            with _gc_paused():
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            spent += times[-1]
+        return times
     from torch.utils.benchmark import Timer
 
-    timer = Timer(stmt="fn()", globals={"fn": fn})
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    times = list(measurement.times)
-    while len(times) < min_samples:  # slow calls: one block each, add blocks up to the minimum
-        times.extend(timer.timeit(measurement.number_per_run).times)
+    times, number = list(measurement.times), measurement.number_per_run
+    while len(times) < min_samples:  # one more block of the calibrated size
+        with _gc_paused():
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            times.append((time.perf_counter() - start) / number)
     return times
 
 
