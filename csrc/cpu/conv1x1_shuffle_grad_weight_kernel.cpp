@@ -5,6 +5,10 @@
 // Deterministic: the (batch, pixel tile) units are split into a FIXED number of chunks that
 // does not depend on the thread count; each chunk accumulates its own partial sum in a fixed
 // order and the partials are added in chunk order. Same bits for any thread count.
+//
+// fp32 on AVX-512 runs each tile through the small_gemm kernels (no packing): BLAS packs
+// both operands on every call, and with 12 to 48 channels per group (g=8) the packing costs
+// as much as the arithmetic.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -12,6 +16,7 @@
 
 #include "../channel_map.h"
 #include "../checks.h"
+#include "small_gemm.h"
 #include "tiles.h"
 
 namespace shufflenet_ops::cpu {
@@ -19,6 +24,21 @@ namespace {
 
 // Upper bound on partial sums (memory: chunks * Cout * K accumulators).
 constexpr int64_t kMaxChunks = 16;
+
+// acc (n x k) += G (n x cols) @ X (k x cols)^T for one fp32 tile without BLAS; false where
+// this CPU has no such kernel. Channel-major tiles are rows of pixels: dot products along
+// them. Pixel-major tiles are rows of channels: G^T read through strides against X's
+// contiguous channel rows, accumulated through small_gemm's residual epilogue.
+bool grad_weight_tile_small(Layout layout, int64_t n, int64_t k, int64_t cols, TileRef<const float> g,
+                            TileRef<const float> x, float* acc) {
+  if (layout == Layout::kChannelMajor) {
+    return small_gemm_nt_accumulate(n, k, cols, g.data, g.ld, x.data, x.ld, acc, k);
+  }
+  SmallGemmEpilogue accumulate;  // acc = G^T X + acc
+  accumulate.residual = acc;
+  accumulate.residual_ld = k;
+  return small_gemm(n, k, cols, g.data, 1, g.ld, x.data, x.ld, acc, k, accumulate);
+}
 
 template <typename scalar_t>
 void grad_weight_kernel(const at::Tensor& go, const RowMap& go_rows, const at::Tensor& x, const RowMap& x_rows,
@@ -37,6 +57,9 @@ void grad_weight_kernel(const at::Tensor& go, const RowMap& go_rows, const at::T
   const scalar_t* go_data = go.const_data_ptr<scalar_t>();
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
 
+  bool small = false;
+  if constexpr (std::is_same_v<acc_t, float>) small = use_small_gemm();
+
   at::parallel_for(0, chunks * groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> go_buffer, x_buffer;
     for (int64_t job = begin; job < end; ++job) {
@@ -46,6 +69,9 @@ void grad_weight_kernel(const at::Tensor& go, const RowMap& go_rows, const at::T
         const Tile t = plan[u];
         auto g = read_tile(go_data, gv, layout, go_rows, i, t, go_buffer);
         auto xt = read_tile(x_data, xv, layout, x_rows, i, t, x_buffer);
+        if constexpr (std::is_same_v<acc_t, float>) {
+          if (small && grad_weight_tile_small(layout, n, k, t.cols(), g, xt, acc)) continue;
+        }
         if (layout == Layout::kChannelMajor) {  // (n x cols) @ (k x cols)^T
           gemm_row_major<acc_t>(false, true, n, k, t.cols(), 1, g.data, g.ld, xt.data, xt.ld, 1, acc, k);
         } else {  // (cols x n)^T @ (cols x k)

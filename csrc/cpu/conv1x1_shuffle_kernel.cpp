@@ -12,9 +12,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
-
 #include "../channel_map.h"
 #include "../checks.h"
 #include "small_gemm.h"
@@ -36,16 +33,6 @@ struct WeightOperand {
   int64_t row_stride() const { return transposed ? 1 : kd; }
   int64_t col_stride() const { return transposed ? m : 1; }
 };
-
-// Which GEMM runs the fp32 tiles: the register-blocked small_gemm where the CPU has it
-// (default), or BLAS. SHUFFLENET_OPS_CPU_GEMM=blas forces BLAS (for A/B benchmarks).
-inline bool use_small_gemm() {
-  static const bool use = [] {
-    const char* choice = std::getenv("SHUFFLENET_OPS_CPU_GEMM");
-    return small_gemm_available() && !(choice && std::string(choice) == "blas");
-  }();
-  return use;
-}
 
 // op(W_i)^T as a contiguous (kd x m) matrix per group: the row-contiguous B operand that
 // small_gemm needs in the pixel-major layout (tiny: the weights only).

@@ -2,6 +2,9 @@
 // itself is built for baseline x86-64, and only these functions use AVX-512.
 #include "small_gemm.h"
 
+#include <cstdlib>
+#include <string>
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define SHUFFLENET_OPS_HAVE_AVX512_KERNEL 1
@@ -119,6 +122,54 @@ __attribute__((target("avx512f"))) void column_panel(int64_t m, int64_t k, const
   }
 }
 
+// One reduction step of dot_block: 16 elements (fewer where masked) of MR rows of A and NR
+// rows of B, MR + NR vector loads feeding MR * NR FMAs.
+template <int MR, int NR>
+__attribute__((target("avx512f"))) inline void dot_step(int64_t p, __mmask16 mask, const float* a, int64_t lda,
+                                                        const float* b, int64_t ldb, __m512 (&acc)[MR][NR]) {
+  __m512 av[MR], bv[NR];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) av[r] = _mm512_maskz_loadu_ps(mask, a + r * lda + p);
+#pragma GCC unroll 4
+  for (int j = 0; j < NR; ++j) bv[j] = _mm512_maskz_loadu_ps(mask, b + j * ldb + p);
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_fmadd_ps(av[r], bv[j], acc[r][j]);
+}
+
+// MR rows of A against NR rows of B over the whole reduction: vector accumulators, each
+// summed across its lanes once at the end (a fixed order, so fixed bits).
+template <int MR, int NR>
+__attribute__((target("avx512f"))) inline void dot_block(int64_t k, const float* a, int64_t lda, const float* b,
+                                                         int64_t ldb, float* c, int64_t ldc) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) acc[r][j] = _mm512_setzero_ps();
+  int64_t p = 0;
+  for (; p + 16 <= k; p += 16) dot_step<MR, NR>(p, __mmask16(0xFFFF), a, lda, b, ldb, acc);
+  if (p < k) dot_step<MR, NR>(p, static_cast<__mmask16>((1u << (k - p)) - 1u), a, lda, b, ldb, acc);
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) c[r * ldc + j] += _mm512_reduce_add_ps(acc[r][j]);
+}
+
+template <int MR>
+__attribute__((target("avx512f"))) void dot_row_panel(int64_t n, int64_t k, const float* a, int64_t lda,
+                                                      const float* b, int64_t ldb, float* c, int64_t ldc) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) dot_block<MR, 4>(k, a, lda, b + j * ldb, ldb, c + j, ldc);
+  switch (n - j) {
+    case 3: dot_block<MR, 3>(k, a, lda, b + j * ldb, ldb, c + j, ldc); break;
+    case 2: dot_block<MR, 2>(k, a, lda, b + j * ldb, ldb, c + j, ldc); break;
+    case 1: dot_block<MR, 1>(k, a, lda, b + j * ldb, ldb, c + j, ldc); break;
+    default: break;
+  }
+}
+
 }  // namespace
 
 bool small_gemm_available() { return __builtin_cpu_supports("avx512f"); }
@@ -160,6 +211,21 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, 
   return true;
 }
 
+bool small_gemm_nt_accumulate(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                              int64_t ldb, float* c, int64_t ldc) {
+  static const bool available = small_gemm_available();
+  if (!available) return false;
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) dot_row_panel<4>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc);
+  switch (m - i) {
+    case 3: dot_row_panel<3>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    case 2: dot_row_panel<2>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    case 1: dot_row_panel<1>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+    default: break;
+  }
+  return true;
+}
+
 #else
 
 bool small_gemm_available() { return false; }
@@ -169,6 +235,19 @@ bool small_gemm(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const
   return false;
 }
 
+bool small_gemm_nt_accumulate(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,
+                              int64_t) {
+  return false;
+}
+
 #endif
+
+bool use_small_gemm() {
+  static const bool use = [] {
+    const char* choice = std::getenv("SHUFFLENET_OPS_CPU_GEMM");
+    return small_gemm_available() && !(choice && std::string(choice) == "blas");
+  }();
+  return use;
+}
 
 }  // namespace shufflenet_ops::cpu

@@ -15,6 +15,10 @@ namespace shufflenet_ops::cpu {
 
 bool small_gemm_available();
 
+// Whether the fp32 kernels use small_gemm (default where available) or BLAS:
+// SHUFFLENET_OPS_CPU_GEMM=blas forces BLAS (for A/B benchmarks). Read once.
+bool use_small_gemm();
+
 // The fused epilogue, applied in registers before C is stored: + a bias per row of C
 // (row_bias[i]) or per column (col_bias[j]), + residual[i * residual_ld + j], then
 // max(., 0) if relu.
@@ -28,5 +32,12 @@ struct SmallGemmEpilogue {
 
 bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
                 int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue = {});
+
+// C (m x n, ldc) += A (m x k) @ B (n x k)^T where the rows of A and B are contiguous (lda,
+// ldb apart): the dot-product form of grad weight in the channel-major layout, where the
+// reduction (pixels) is the contiguous dimension of both operands. Fixed summation order.
+// Returns false where it has no code for this CPU.
+bool small_gemm_nt_accumulate(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                              int64_t ldb, float* c, int64_t ldc);
 
 }  // namespace shufflenet_ops::cpu
