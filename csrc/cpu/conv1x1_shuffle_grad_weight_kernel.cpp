@@ -27,16 +27,19 @@ constexpr int64_t kMaxChunks = 16;
 
 // acc (n x k) += G (n x cols) @ X (k x cols)^T for one fp32 tile without BLAS; false where
 // this CPU has no such kernel. Channel-major tiles are rows of pixels: dot products along
-// them. Pixel-major tiles are rows of channels: G^T read through strides against X's
-// contiguous channel rows, accumulated through small_gemm's residual epilogue.
-bool grad_weight_tile_small(Layout layout, int64_t n, int64_t k, int64_t cols, TileRef<const float> g,
-                            TileRef<const float> x, float* acc) {
+// them. Pixel-major tiles are rows of channels: one operand read through strides against
+// the other's contiguous channel rows, accumulated through small_gemm's residual epilogue;
+// `transposed` accumulates acc^T (k x n) instead, so that the wider of n and k fills the
+// vectors (g=8's second GConv has 12 inputs and 48 outputs per group).
+bool grad_weight_tile_small(Layout layout, bool transposed, int64_t n, int64_t k, int64_t cols,
+                            TileRef<const float> g, TileRef<const float> x, float* acc) {
   if (layout == Layout::kChannelMajor) {
     return small_gemm_nt_accumulate(n, k, cols, g.data, g.ld, x.data, x.ld, acc, k);
   }
-  SmallGemmEpilogue accumulate;  // acc = G^T X + acc
+  SmallGemmEpilogue accumulate;  // acc = product + acc
   accumulate.residual = acc;
-  accumulate.residual_ld = k;
+  accumulate.residual_ld = transposed ? n : k;
+  if (transposed) return small_gemm(k, n, cols, x.data, 1, x.ld, g.data, g.ld, acc, n, accumulate);
   return small_gemm(n, k, cols, g.data, 1, g.ld, x.data, x.ld, acc, k, accumulate);
 }
 
@@ -59,6 +62,8 @@ void grad_weight_kernel(const at::Tensor& go, const RowMap& go_rows, const at::T
 
   bool small = false;
   if constexpr (std::is_same_v<acc_t, float>) small = use_small_gemm();
+  // Whether each partial holds grad_W_i^T (k x n): see grad_weight_tile_small.
+  const bool transposed = small && layout == Layout::kPixelMajor && n > k;
 
   at::parallel_for(0, chunks * groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> go_buffer, x_buffer;
@@ -70,7 +75,10 @@ void grad_weight_kernel(const at::Tensor& go, const RowMap& go_rows, const at::T
         auto g = read_tile(go_data, gv, layout, go_rows, i, t, go_buffer);
         auto xt = read_tile(x_data, xv, layout, x_rows, i, t, x_buffer);
         if constexpr (std::is_same_v<acc_t, float>) {
-          if (small && grad_weight_tile_small(layout, n, k, t.cols(), g, xt, acc)) continue;
+          if (small) {
+            TORCH_INTERNAL_ASSERT(grad_weight_tile_small(layout, transposed, n, k, t.cols(), g, xt, acc));
+            continue;
+          }
         }
         if (layout == Layout::kChannelMajor) {  // (n x cols) @ (k x cols)^T
           gemm_row_major<acc_t>(false, true, n, k, t.cols(), 1, g.data, g.ld, xt.data, xt.ld, 1, acc, k);
@@ -86,8 +94,10 @@ void grad_weight_kernel(const at::Tensor& go, const RowMap& go_rows, const at::T
   const int64_t size = groups * n * k;
   at::parallel_for(0, size, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) {
-      acc_t sum = partial[e];
-      for (int64_t c = 1; c < chunks; ++c) sum += partial[c * size + e];
+      const int64_t within = e % (n * k);  // element (r, j) = (within / k, within % k) of its group
+      const int64_t src = transposed ? e - within + (within % k) * n + within / k : e;
+      acc_t sum = partial[src];
+      for (int64_t c = 1; c < chunks; ++c) sum += partial[c * size + src];
       out_data[e] = static_cast<scalar_t>(sum);
     }
   });
