@@ -124,7 +124,18 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
       const Tile t = plan[task];
       const int64_t cols = t.cols();
       for (int64_t i = 0; i < groups; ++i) {
-        auto s = read_tile(src_data, sv, layout, src_rows, i, t, src_buffer);
+        // Pixel-major source rows spread evenly by a shuffle (the official code's input
+        // shuffle reads every g-th channel): small_gemm reads them in place through a column
+        // stride instead of a gather.
+        TileRef<const acc_t> s;
+        int64_t s_col = 1;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (small && layout == Layout::kPixelMajor && t.nb == 1 && src_rows.group_stride[i] > 1) {
+            s = {src_data + t.b0 * sv.sb + src_rows.group_channels(i)[0] * sv.sc + t.p0 * sv.sp, sv.sp};
+            s_col = src_rows.group_stride[i] * sv.sc;
+          }
+        }
+        if (!s.data) s = read_tile(src_data, sv, layout, src_rows, i, t, src_buffer);
         TileRef<acc_t> d;
         if constexpr (std::is_same_v<scalar_t, acc_t>) d = direct_tile(dst_data, dv, layout, dst_rows, i, t);
         const bool scatter = d.data == nullptr;
@@ -158,10 +169,11 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
                                   d.ld);
           }
         } else {  // D^T (cols x m) = S^T (cols x kd) @ op(W_i)^T
-          done = small && small_gemm(cols, m, kd, reinterpret_cast<const float*>(s.data), s.ld, 1,
+          done = small && small_gemm(cols, m, kd, reinterpret_cast<const float*>(s.data), s.ld, s_col,
                                      reinterpret_cast<const float*>(packed_w.data() + i * kd * m), m,
                                      reinterpret_cast<float*>(d.data), d.ld, in_registers);
           if (!done) {
+            TORCH_INTERNAL_ASSERT(s_col == 1, "strided source rows need small_gemm");
             gemm_row_major<acc_t>(false, !w.transposed, cols, m, kd, 1, s.data, s.ld, w.group(i), w.ld(), 0, d.data,
                                   d.ld);
           }

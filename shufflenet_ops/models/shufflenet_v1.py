@@ -51,7 +51,8 @@ class _Stem(nn.Sequential):
     """3x3/2 conv, BN, ReLU, 3x3/2 max pool (keys ``0.*``, ``1.*`` as the plain Sequential).
 
     In the fused network with the BN in eval mode, the BN folds into the conv (its weights
-    are tiny, so they are folded on every call rather than cached)."""
+    are tiny, so they are folded on every call rather than cached) and the ReLU follows the
+    pool (same result, fewer elements)."""
 
     def __init__(self, stem: int, fold: bool) -> None:
         super().__init__(
@@ -69,7 +70,9 @@ class _Stem(nn.Sequential):
         scale, shift = batchnorm_scale_shift(bn)
         weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
         y = F.conv2d(x, weight, shift.to(conv.weight.dtype), conv.stride, conv.padding)
-        return pool(relu(y))
+        # ReLU is monotone, so it commutes with the max pool: applied after, it touches a
+        # quarter of the elements (a 19 MB pass fewer at batch 16, 224x224).
+        return relu(pool(y))
 
 
 class ShuffleNetV1(nn.Module):
