@@ -125,7 +125,9 @@ def run_networks(
                 run()
                 synchronize(setup.device)
                 runners[provider.name], warmup_s[provider.name] = run, time.perf_counter() - start
-            timings = measure_many(runners, setup.device, min_run_time)
+            # Calls of 5-500 ms: their medians need more samples, and finer interleaving,
+            # than the layer rows to keep a burst of other work off any one provider.
+            timings = measure_many(runners, setup.device, min_run_time, rounds=5, min_samples=10)
             batch = case.input_shape[0]
             for provider in (p for p in providers if p.name in timings):
                 timing = timings[provider.name]

@@ -114,16 +114,21 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure_many(
-    runners: dict[str, Callable[[], object]], device: torch.device, min_run_time: float, rounds: int = 3
+    runners: dict[str, Callable[[], object]],
+    device: torch.device,
+    min_run_time: float,
+    rounds: int = 3,
+    min_samples: int = MIN_SAMPLES,
 ) -> dict[str, Timing]:
-    """Time each runner (already warmed up) for about ``min_run_time`` seconds in total;
-    on CPU in ``rounds`` interleaved rounds (see the module docstring)."""
+    """Time each runner (already warmed up) for about ``min_run_time`` seconds and at least
+    ``min_samples`` samples in total; on CPU in ``rounds`` interleaved rounds (see the module
+    docstring)."""
     if device.type == "cuda":
         return {name: _cuda_time(fn, min_run_time) for name, fn in runners.items()}
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for round_index in range(rounds):
         for name, fn in runners.items():
-            # At least MIN_SAMPLES over all rounds, spread across them.
-            wanted = -(-MIN_SAMPLES * (round_index + 1) // rounds) - len(samples[name])
+            # At least min_samples over all rounds, spread evenly across them.
+            wanted = -(-min_samples * (round_index + 1) // rounds) - len(samples[name])
             samples[name].extend(_cpu_samples(fn, min_run_time / rounds, wanted))
     return {name: _summary(times) for name, times in samples.items()}
