@@ -51,6 +51,22 @@ def needs_autograd(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+class _PositionalFunction(torch.autograd.Function):
+    """An autograd.Function always applied with every argument positionally.
+
+    ``Function.apply`` binds each call to ``inspect.signature(forward)`` to fill in defaults:
+    ~25 us of host time per call, as much as a small GPU kernel. With nothing to fill in,
+    eager calls go straight to the C++ ``apply``; under torch.compile or functorch transforms
+    the full ``Function.apply`` runs as usual.
+    """
+
+    @classmethod
+    def apply(cls, *args):
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        return super(torch.autograd.Function, cls).apply(*args)
+
+
 # --------------------------------------------------------------------------- shuffle
 def save_shuffle(ctx: Any, x: torch.Tensor, groups: int, backend: str | None) -> None:
     ctx.inverse_groups = x.shape[1] // groups
@@ -63,7 +79,7 @@ def shuffle_backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
     return ChannelShuffleFunction.apply(grad, ctx.inverse_groups, ctx.backend)
 
 
-class ChannelShuffleFunction(torch.autograd.Function):
+class ChannelShuffleFunction(_PositionalFunction):
     @staticmethod
     def forward(x: torch.Tensor, groups: int, backend: str | None) -> torch.Tensor:
         return kernels(backend, x.device).channel_shuffle(x, groups)
@@ -116,7 +132,7 @@ def conv_backward(ctx: Any, grad: torch.Tensor) -> tuple:
     return grad_x, grad_weight, grad_bias, grad_residual
 
 
-class GroupConv1x1ShuffleFunction(torch.autograd.Function):
+class GroupConv1x1ShuffleFunction(_PositionalFunction):
     """``act(shuffle(conv1x1(x) + bias, shuffle_groups) + residual)``: the shuffle on the output."""
 
     @staticmethod
@@ -135,7 +151,7 @@ class GroupConv1x1ShuffleFunction(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None, grad_residual, None
 
 
-class ShuffleGroupConv1x1Function(torch.autograd.Function):
+class ShuffleGroupConv1x1Function(_PositionalFunction):
     """``act(conv1x1(shuffle(x, shuffle_groups)) + bias + residual)``: the shuffle on the input."""
 
     @staticmethod
