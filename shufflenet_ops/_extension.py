@@ -30,3 +30,10 @@ def require() -> None:
     """Raise a RuntimeError that says how to build the extension if it did not load."""
     if LOAD_ERROR is not None:
         raise RuntimeError(f"{BUILD_HINT} (import failed: {LOAD_ERROR})")
+
+
+def cpu_gemm() -> str | None:
+    """``'small_gemm'`` (the AVX-512 kernels) or ``'blas'``: the GEMM the fp32 CPU kernels
+    use on this machine (``SHUFFLENET_OPS_CPU_GEMM=blas`` forces BLAS); None without the
+    extension."""
+    return _C.cpu_gemm() if LOAD_ERROR is None else None

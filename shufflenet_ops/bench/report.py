@@ -14,6 +14,7 @@ from typing import Iterable
 
 import torch
 
+from .. import _extension
 from .roofline import Roofline
 
 
@@ -58,6 +59,7 @@ def provenance(device: torch.device, argv: list[str]) -> dict:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_gemm": _extension.cpu_gemm() if device.type == "cpu" else None,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
