@@ -2,9 +2,9 @@
 
 CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` at torch's thread count (each sample
 is the mean of a block of calls sized to beat timer overhead), or single calls timed with
-``perf_counter`` when one call takes a millisecond or more; GPU: ``triton.testing.do_bench`` with quantiles
-(0.5, 0.2, 0.8), which syncs and flushes the L2 between calls. Both report the median and
-the 20th/80th percentiles in milliseconds.
+``perf_counter`` when one call takes a millisecond or more; GPU: ``triton.testing.do_bench``
+with quantiles (0.5, 0.2, 0.8), which syncs and flushes the L2 between calls. Both report
+the median and the 20th/80th percentiles in milliseconds.
 
 ``measure_many`` times the implementations being compared in interleaved rounds on CPU
 (A B C, A B C, ...): the machine is shared, and a burst of someone else's work then lands
