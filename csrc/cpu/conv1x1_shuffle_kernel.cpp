@@ -108,7 +108,7 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
   // Channel-major tiles hold one group's rows at a time; pixel-major tiles are whole pixel
   // rows (every channel of the input and output), so those count against the cache.
   const int64_t tile_rows = layout == Layout::kChannelMajor ? m + kd : sv.channels + dv.channels;
-  const TilePlan plan(sv.batch, sv.pixels, tile_columns(tile_rows));
+  const TilePlan plan = balanced_plan(sv.batch, sv.pixels, tile_columns(tile_rows), at::get_num_threads());
   bool small = false;
   std::vector<acc_t> packed_w;
   if constexpr (std::is_same_v<acc_t, float>) {

@@ -45,6 +45,20 @@ struct TilePlan {
   }
 };
 
+// A plan whose tile count is a multiple of `threads` when there are few tiles (a plan of 15
+// tiles on 2 threads leaves one thread idle for a fifteenth of the run): the target width
+// shrinks until the count divides evenly. Only for kernels whose results do not depend on
+// the tiling (the forward/grad-input GEMMs; grad weight's reduction order does).
+inline TilePlan balanced_plan(int64_t batch, int64_t pixels, int64_t target_cols, int64_t threads) {
+  TilePlan plan(batch, pixels, target_cols);
+  if (threads <= 1 || plan.size() % threads == 0 || plan.size() >= 8 * threads) return plan;
+  for (int64_t cols = target_cols - 1; cols >= target_cols / 2; --cols) {
+    TilePlan candidate(batch, pixels, cols);
+    if (candidate.size() % threads == 0) return candidate;
+  }
+  return plan;
+}
+
 // Columns per GEMM tile for a GEMM whose tiles hold `rows` rows in all (inputs + outputs):
 // the tiles of one group stay inside ~512 KB of L2, and narrow groups (g=8 has 12 inputs per
 // group) get wide tiles so each BLAS call has enough work to amortise its packing.
