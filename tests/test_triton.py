@@ -484,3 +484,35 @@ else:
     def test_conv_random_shapes(g, k, m, hw, n, placement, convention, fmt, epilogue):
         check_conv(placement, g, g * k, g * m, convention, bias=epilogue[0], relu=epilogue[1], fmt=fmt,
                    dtype=torch.float64, device="cpu", n=n, h=hw[0], w=hw[1], backend="triton")
+
+
+def test_kernels_launch_on_the_input_device(monkeypatch):
+    """Triton launches on the current CUDA device: the kernel table switches to the input's
+    device first (checked with a stand-in tensor and device context, no GPU needed)."""
+    from shufflenet_ops.triton import kernels as table
+
+    entered = []
+
+    class FakeCudaTensor:
+        is_cuda = True
+        device = torch.device("cuda", 1)
+
+    class RecordingDevice:
+        def __init__(self, device):
+            entered.append(device)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", RecordingDevice)
+    seen = []
+    wrapped = table.on_input_device(lambda t, *args: seen.append(args) or "ran")
+    assert wrapped(FakeCudaTensor(), 3) == "ran"
+    assert entered == [torch.device("cuda", 1)] and seen == [(3,)]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert wrapped(FakeCudaTensor(), 4) == "ran"
+    assert entered == [torch.device("cuda", 1)], "no switch when the input is on the current device"

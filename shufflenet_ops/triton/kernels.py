@@ -10,18 +10,40 @@ conv_backward.py) -> this table.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, TypeVar
+
 import torch
 
 from .. import _checks
 from . import _common, conv_backward, conv_forward, shuffle
 
+_F = TypeVar("_F", bound=Callable)
 
+
+def on_input_device(fn: _F) -> _F:
+    """Run ``fn`` with the first tensor's GPU as the current device: Triton launches on the
+    current device, which is not necessarily the one the tensors live on."""
+
+    @functools.wraps(fn)
+    def launch(first, *args, **kwargs):
+        # Not a tensor: fn's own checks raise the error that names the problem.
+        if getattr(first, "is_cuda", False) and first.device.index != torch.cuda.current_device():
+            with torch.cuda.device(first.device):
+                return fn(first, *args, **kwargs)
+        return fn(first, *args, **kwargs)
+
+    return launch  # type: ignore[return-value]
+
+
+@on_input_device
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     _checks.check_channel_shuffle(x, groups)
     _common.check_device(x, "channel_shuffle")
     return shuffle.channel_shuffle(x, groups)
 
 
+@on_input_device
 def group_conv1x1_shuffle(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -38,6 +60,7 @@ def group_conv1x1_shuffle(
     return conv_forward.conv1x1_shuffle_forward(x, weight, bias, groups, 1, shuffle_groups, relu, residual)
 
 
+@on_input_device
 def shuffle_group_conv1x1(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -54,6 +77,7 @@ def shuffle_group_conv1x1(
     return conv_forward.conv1x1_shuffle_forward(x, weight, bias, groups, shuffle_groups, 1, relu, residual)
 
 
+@on_input_device
 def conv1x1_shuffle_grad_input(
     grad_output: torch.Tensor, weight: torch.Tensor, groups: int, in_shuffle: int, out_shuffle: int
 ) -> torch.Tensor:
@@ -64,6 +88,7 @@ def conv1x1_shuffle_grad_input(
     return conv_backward.conv1x1_grad_input(grad_output, weight, groups, in_shuffle, out_shuffle)
 
 
+@on_input_device
 def conv1x1_shuffle_grad_weight(
     grad_output: torch.Tensor, x: torch.Tensor, groups: int, in_shuffle: int, out_shuffle: int
 ) -> torch.Tensor:
@@ -82,12 +107,14 @@ def conv1x1_shuffle_grad_weight(
     return conv_backward.conv1x1_grad_weight(grad_output, x, groups, in_shuffle, out_shuffle)
 
 
+@on_input_device
 def conv1x1_shuffle_grad_bias(grad_output: torch.Tensor, out_shuffle: int) -> torch.Tensor:
     _check_grad_output(grad_output, None, out_shuffle)
     _common.check_device(grad_output, "conv1x1_shuffle_grad_bias")
     return conv_backward.conv1x1_grad_bias(grad_output, out_shuffle)
 
 
+@on_input_device
 def relu_grad(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     _checks._check_input(grad_output, "grad_output")
     _checks._check_input(output, "output")
