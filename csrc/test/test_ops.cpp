@@ -1,10 +1,13 @@
 // A C++ user's check of the ops through the dispatcher: each fused op against the unfused
-// ATen sequence (conv2d, channel_shuffle, relu), NCHW and channels_last, plus one bad input.
+// ATen sequence (conv2d, channel_shuffle, relu), NCHW and channels_last, plus one bad input;
+// and the forward kernels' tile plans (csrc/cpu/tiles.h).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <iostream>
 #include <optional>
+
+#include "cpu/tiles.h"
 
 namespace {
 
@@ -32,8 +35,23 @@ at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& w, const std::optional
 
 }  // namespace
 
+// The forward's tile plans: few tiles split evenly across threads, and no search at all where
+// a tile cannot be split (tiny inputs: the search once cost 20 us per call there).
+void check_balanced_plans() {
+  using shufflenet_ops::cpu::balanced_plan;
+  using shufflenet_ops::cpu::TilePlan;
+  const TilePlan fourteen = balanced_plan(1, 16 * 14 * 14, 218, 2);  // 15 tiles of 218 -> 16
+  expect(fourteen.size() == 16 && fourteen.tile_pixels >= 109, "balanced_plan splits 15 tiles into 16 on 2 threads");
+  expect(balanced_plan(1, 16 * 14 * 14, 218, 1).size() == TilePlan(1, 16 * 14 * 14, 218).size(),
+         "balanced_plan keeps the plan on 1 thread");
+  expect(balanced_plan(2, 4, 4096, 2).size() == TilePlan(2, 4, 4096).size(), "balanced_plan keeps a 1-tile plan");
+  expect(balanced_plan(16, 784, 512, 2).size() == TilePlan(16, 784, 512).size(),
+         "balanced_plan keeps a plan that already divides evenly");
+}
+
 int main() {
   at::manual_seed(0);
+  check_balanced_plans();
   const int64_t groups = 3;
   for (auto format : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
     const std::string tag = format == at::MemoryFormat::Contiguous ? " (NCHW)" : " (channels_last)";
