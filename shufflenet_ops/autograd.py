@@ -5,8 +5,9 @@ A kernel table is any object with the functions of the op schema (csrc/ops.cpp):
 ``conv1x1_shuffle_grad_input``, ``conv1x1_shuffle_grad_weight``,
 ``conv1x1_shuffle_grad_bias`` and ``relu_grad``. ``torch.ops.shufflenet_ops`` is one (the
 dispatcher picks C++ on CPU, Triton on CUDA); ``shufflenet_ops.triton.kernels`` is the
-other, used when Triton is forced on tensors the dispatcher would not send to it (CPU
-tensors under TRITON_INTERPRET=1).
+other, used for Triton in eager mode (the same functions the dispatcher would reach on
+CUDA, minus its Python wrappers; see ``kernels``) and where Triton is forced on tensors the
+dispatcher would not send to it (CPU tensors under TRITON_INTERPRET=1).
 
 The backward formulas (design notes): with y = Pout(conv(Pin(x), W)) and go = dL/dy,
 grad_x = Pin^-1(conv_transpose(Pout^-1(go), W)), grad_W = sum Pout^-1(go) @ Pin(x)^T,

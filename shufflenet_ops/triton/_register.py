@@ -1,8 +1,9 @@
 """Registers the Triton kernel table as the CUDA implementation of the C++-defined ops.
 
-CUDA tensors then take Triton through the dispatcher, under autograd (the Python autograd
-formulas call the backward ops, which dispatch to CUDA too) and torch.compile (the ops are
-opaque to Inductor, traced through their fake kernels). Triton is imported on the first
+``torch.ops.shufflenet_ops`` on CUDA tensors then runs Triton through the dispatcher, under
+autograd and torch.compile (the ops are opaque to Inductor, traced through their fake
+kernels). The package's own eager calls reach the same functions directly
+(``shufflenet_ops.autograd.kernels``), without the dispatcher's Python wrappers. Triton is imported on the first
 CUDA call, not at registration, so ``import shufflenet_ops`` stays fast.
 
 Why register_kernel and not ``torch.library.triton_op``: the schema lives in C++ (one schema
