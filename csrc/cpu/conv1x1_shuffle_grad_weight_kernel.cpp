@@ -94,8 +94,11 @@ void grad_weight_kernel(const at::Tensor& go, const RowMap& go_rows, const at::T
   const int64_t size = groups * n * k;
   at::parallel_for(0, size, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) {
-      const int64_t within = e % (n * k);  // element (r, j) = (within / k, within % k) of its group
-      const int64_t src = transposed ? e - within + (within % k) * n + within / k : e;
+      int64_t src = e;
+      if (transposed) {  // element (r, j) = (within / k, within % k) of its group, stored at (j, r)
+        const int64_t within = e % (n * k);
+        src = e - within + (within % k) * n + within / k;
+      }
       acc_t sum = partial[src];
       for (int64_t c = 1; c < chunks; ++c) sum += partial[c * size + src];
       out_data[e] = static_cast<scalar_t>(sum);

@@ -54,10 +54,7 @@ def group_conv1x1_shuffle(
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = act(shuffle(conv1x1(x) + bias, shuffle_groups) + residual)."""
-    _checks.check_conv1x1(x, weight, bias, groups, 1, shuffle_groups)
-    _checks.check_residual(residual, x, weight.shape[0])
-    _common.check_device(x, "group_conv1x1_shuffle")
-    return conv_forward.conv1x1_shuffle_forward(x, weight, bias, groups, 1, shuffle_groups, relu, residual)
+    return _fused_conv("group_conv1x1_shuffle", x, weight, bias, groups, 1, shuffle_groups, relu, residual)
 
 
 @on_input_device
@@ -71,10 +68,15 @@ def shuffle_group_conv1x1(
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = act(conv1x1(shuffle(x, shuffle_groups)) + bias + residual)."""
-    _checks.check_conv1x1(x, weight, bias, groups, shuffle_groups, 1)
+    return _fused_conv("shuffle_group_conv1x1", x, weight, bias, groups, shuffle_groups, 1, relu, residual)
+
+
+def _fused_conv(op, x, weight, bias, groups: int, in_shuffle: int, out_shuffle: int, relu: bool, residual):
+    """Both placements: the shared checks, then the one forward launcher."""
+    _checks.check_conv1x1(x, weight, bias, groups, in_shuffle, out_shuffle)
     _checks.check_residual(residual, x, weight.shape[0])
-    _common.check_device(x, "shuffle_group_conv1x1")
-    return conv_forward.conv1x1_shuffle_forward(x, weight, bias, groups, shuffle_groups, 1, relu, residual)
+    _common.check_device(x, op)
+    return conv_forward.conv1x1_shuffle_forward(x, weight, bias, groups, in_shuffle, out_shuffle, relu, residual)
 
 
 @on_input_device
