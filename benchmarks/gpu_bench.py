@@ -3,6 +3,7 @@
     python benchmarks/gpu_bench.py --out DIR [--quick]            # timings -> DIR/gpu_bench.{csv,json}
     python benchmarks/gpu_bench.py profile-once LAYER VARIANT      # one call, for ncu (see device_check.sh)
     python benchmarks/gpu_bench.py ncu-summary --out DIR CSV...    # ncu DRAM bytes beside the bytes model
+    python benchmarks/gpu_bench.py profile-step LAYER[,LAYER] --out DIR  # torch.profiler of fused fwd+bwd
 
 Layers: ShuffleNet V1 1x, Stage 2 (28x28), batch 128: the first GConv (output shuffle, BN
 folded into the bias, ReLU) and the second GConv (input shuffle in the official code's
@@ -244,14 +245,20 @@ def bench(args) -> None:
                         "variant": vname, "batch": batch, "ms_median": med, "ms_p20": lo, "ms_p80": hi,
                         "first_call_s": round(warm_s, 2), **model,
                     }
+                    if vname.startswith("compile") and "cudagraphs" not in args.compile_mode and \
+                            args.compile_mode.startswith(("max-autotune", "reduce-overhead")):
+                        # Inductor already replays its own CUDA graph (cudagraph trees), which
+                        # cannot be captured inside another: its wall time is its graph time.
+                        row["graph_ms"], row["graph_source"] = med, "inductor cudagraph trees (wall)"
+                    else:
+                        row["graph_ms"], row["graph_source"] = graph_ms(run, device), "captured"
                     if mode == "forward":
-                        row["graph_ms"] = graph_ms(run, device)
                         row["effective_gbs"] = model["fused_bytes"] / (med * 1e-3) / 1e9
                         row["roofline_fraction"] = row["effective_gbs"] / bw if bw == bw else float("nan")
                     rows.append(row)
                     print(f"{layer.name:20s} {prec} {FORMAT_NAMES[vfmt]:13s} {mode:16s} {vname:22s} "
                           f"{med:8.4f} ms [{lo:.4f}, {hi:.4f}]"
-                          + (f"  graph {row['graph_ms']:.4f} ms" if "graph_ms" in row else ""), flush=True)
+                          + f"  graph {row['graph_ms']:.4f} ms", flush=True)
             # Rewritten after every layer/precision: a run cut off by its time limit keeps its rows.
             write_results(args.out, info, layers, rows)
     print(f"wrote {args.out}/gpu_bench.csv and gpu_bench.json ({len(rows)} rows)")
@@ -275,6 +282,54 @@ def profile_once(args) -> None:
         torch.cuda.cudart().cudaProfilerStop()
     print(json.dumps({"layer": layer.name, "variant": args.variant, "precision": args.precision,
                       **bytes_model(layer, args.batch, x.element_size())}))
+
+
+def profile_step(args) -> None:
+    """Where a fused forward+backward spends its time: torch.profiler over ``--steps`` calls
+    (after warm-up) of each layer's fused op, per precision; tables of self CUDA and self CPU
+    time per op/kernel, and the wall time per step beside the CUDA-graph replay time (GPU
+    work alone) of the same step. Written to DIR/profile_step.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    lines = []
+
+    def emit(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    for name in args.layers.split(","):
+        layer = layer_by_name(name)
+        for prec, dtype, fmt in PRECISIONS:
+            fn = fused_fn(layer)
+            x, w, b = make_inputs(layer, args.batch, dtype, fmt, "cuda", grad=True)
+            go = torch.randn(args.batch, layer.cout, layer.h, layer.w, device="cuda", dtype=dtype)
+            go = go.contiguous(memory_format=fmt)
+            params = [t for t in (x, w, b) if t is not None]
+
+            def step():
+                return torch.autograd.grad(fn(x, w, b), params, go)
+
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - start) / args.steps * 1e3
+            graph = graph_ms(step, "cuda")
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(args.steps):
+                    step()
+                torch.cuda.synchronize()
+            emit(f"=== {layer.name} {prec} {FORMAT_NAMES[fmt]} batch {args.batch}: fused forward+backward, "
+                 f"wall {wall:.4f} ms/step (loop of {args.steps}), CUDA-graph replay {graph:.4f} ms/step")
+            table = prof.key_averages()
+            emit(table.table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=60))
+            emit(table.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=60))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "profile_step.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def _number(text: str) -> float | None:
@@ -341,6 +396,11 @@ def main(argv=None) -> None:
     p.add_argument("variant", choices=["fused", "unfused"])
     p.add_argument("--precision", default="bf16", choices=[p[0] for p in PRECISIONS])
     p.add_argument("--batch", type=int, default=128)
+    q = sub.add_parser("profile-step")
+    q.add_argument("layers", help="comma-separated layer names")
+    q.add_argument("--out", default="benchmarks/results/gpu")
+    q.add_argument("--batch", type=int, default=128)
+    q.add_argument("--steps", type=int, default=20)
     s = sub.add_parser("ncu-summary")
     s.add_argument("csvs", nargs="+")
     s.add_argument("--out", default="benchmarks/results/gpu")
@@ -348,6 +408,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.command == "profile-once":
         profile_once(args)
+    elif args.command == "profile-step":
+        profile_step(args)
     elif args.command == "ncu-summary":
         ncu_summary(args)
     else:
