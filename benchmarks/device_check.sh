@@ -4,21 +4,23 @@
 #
 #   bash benchmarks/device_check.sh OUTDIR          # from the repository root
 #
-# Steps (each time-boxed; the whole run stays under ~6 minutes):
+# Steps (each time-boxed; the whole run stays under ~7 minutes):
 #   1. environment: nvidia-smi, python/torch/triton/CUDA versions, ncu, git commit
 #   2. build + install against the torch that is there: pip install --no-build-isolation -e .
 #   3. CUDA tests: tests/test_cuda.py (the interpreter suite's cases on CUDA, every ShuffleNet V1
 #      1x1 layer, fp16/bf16, batch 128, >2^31 elements, compile, opcheck, determinism)
+#   3b. host time per call of each launcher: benchmarks/host_overhead.py --device cuda
 #   4. GPU micro-benchmark: benchmarks/gpu_bench.py (fused vs eager NCHW/channels_last vs
 #      torch.compile max-autotune; forward rows also timed as CUDA-graph replays)
-#   5. Nsight Compute: DRAM bytes and kernel time of fused vs unfused forward on three layers,
+#   5. the project's CLI on CUDA: python -m shufflenet_ops.bench --device cuda --quick
+#   6. Nsight Compute: DRAM bytes and kernel time of fused vs unfused forward on three layers,
 #      beside the analytic bytes model
-#   6. the project's CLI on CUDA: python -m shufflenet_ops.bench --device cuda --quick
 # OUTDIR receives at most 8 files (what the device tool brings back): device_check.log,
 # summary.json, cuda_tests.xml, gpu_bench.{csv,json}, ncu_bytes.{csv,json}, extras.tar.gz.
 #
-# Knobs: PYTHON (default python3), DEVICE_CHECK_BUDGET_S (default 350), GPU_BENCH_ARGS (extra
-# flags for gpu_bench.py, e.g. "--compile-mode default"), SHUFFLENET_OPS_TRITON_AUTOTUNE (default
+# Knobs: PYTHON (default python3), DEVICE_CHECK_BUDGET_S (default 420), GPU_BENCH_ARGS (extra
+# flags for gpu_bench.py, e.g. "--compile-mode default"), BENCH_CLI_ARGS (extra flags for the CLI step,
+# e.g. "--no-compile"), DEVICE_CHECK_XDIST (pytest-xdist workers, default 4), SHUFFLENET_OPS_TRITON_AUTOTUNE (default
 # 0 here: fixed tiles, no autotuning compiles; 1 to autotune),
 # DEVICE_CHECK_SKIP="build tests bench ncu" (any subset), DEVICE_CHECK_ALLOW_CPU=1 (smoke-run
 # the steps a CPU can do: environment, build, test collection, benchmark CLI parsing).
@@ -29,7 +31,7 @@ PY=${PYTHON:-python3}
 # Fixed tiles unless asked otherwise: on the first H100 run, autotuning compiles (seconds per
 # shape and config) used up the benchmark steps' whole budget.
 export SHUFFLENET_OPS_TRITON_AUTOTUNE=${SHUFFLENET_OPS_TRITON_AUTOTUNE:-0}
-BUDGET=${DEVICE_CHECK_BUDGET_S:-350}
+BUDGET=${DEVICE_CHECK_BUDGET_S:-420}
 SKIP=" ${DEVICE_CHECK_SKIP:-} "
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 2
@@ -107,13 +109,20 @@ print('triton registered on CUDA:', all(torch._C._dispatch_has_kernel_for_dispat
 
 # ------------------------------------------------------------------------------ 3. tests
 XDIST=()
-"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${DEVICE_CHECK_XDIST:-4}")
 if (( HAVE_GPU )); then
   # Fixed tiles inside the tests (see the fixture); autotuning has its own test.
   step tests 170 "$PY" -m pytest tests/test_cuda.py -q -rs "${XDIST[@]}" -p no:cacheprovider \
     --junitxml="$OUT/cuda_tests.xml" --durations=10
 else
   step tests 60 "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml"
+fi
+
+# ------------------------------------------------------------------- 3b. host overhead
+# Host time per call of each piece of a fused forward+backward (the H200's first run: fused
+# forward+backward took 1.1-1.4 ms of wall time for 0.14-0.6 ms of GPU work).
+if (( HAVE_GPU )); then
+  step host 60 "$PY" benchmarks/host_overhead.py --device cuda --out "$WORK/host_overhead_cuda.json"
 fi
 
 # -------------------------------------------------------------------------- 4. benchmark
@@ -126,7 +135,16 @@ else
   step bench 60 "$PY" benchmarks/gpu_bench.py --help
 fi
 
-# -------------------------------------------------------------------------------- 5. ncu
+# ------------------------------------------------- 5. the README's main job on this GPU
+# Before ncu: on the first H200 run (350 s budget) ncu used the time the CLI needed.
+if "$PY" -c "import shufflenet_ops.bench.__main__" 2>/dev/null; then
+  # shellcheck disable=SC2086  # BENCH_CLI_ARGS is a list of flags
+  step bench_cli 90 "$PY" -m shufflenet_ops.bench --device cuda --quick ${BENCH_CLI_ARGS:-} --out "$WORK/bench_cli"
+else
+  STATUS[bench_cli]="absent"; echo "== bench_cli: shufflenet_ops.bench not importable, skipped"
+fi
+
+# -------------------------------------------------------------------------------- 6. ncu
 run_ncu() {
   local layer
   for layer in g3_gconv1_240to60 g8_gconv1_384to96 g8_gconv2_96to384; do
@@ -149,14 +167,6 @@ else
   STATUS[ncu]="no GPU or no ncu"
 fi
 
-# ------------------------------------------------- 6. the README's main job on this GPU
-# Last: the project's own CLI on CUDA (the prepared micro-benchmark and ncu come first).
-if "$PY" -c "import shufflenet_ops.bench.__main__" 2>/dev/null; then
-  step bench_cli 90 "$PY" -m shufflenet_ops.bench --device cuda --quick --out "$WORK/bench_cli"
-else
-  STATUS[bench_cli]="absent"; echo "== bench_cli: shufflenet_ops.bench not importable, skipped"
-fi
-
 # ---------------------------------------------------------------------------- summary
 tar -czf "$OUT/extras.tar.gz" -C "$WORK" . 2>/dev/null
 {
@@ -166,7 +176,7 @@ tar -czf "$OUT/extras.tar.gz" -C "$WORK" . 2>/dev/null
   echo "  \"git_commit\": \"$(git rev-parse HEAD 2>/dev/null)\","
   echo "  \"steps\": {"
   first=1
-  for k in build tests bench_cli bench ncu; do
+  for k in build tests host bench bench_cli ncu; do
     [[ -n "${STATUS[$k]:-}" ]] || continue
     (( first )) || echo ","
     printf '    "%s": {"status": "%s", "seconds": %s}' "$k" "${STATUS[$k]}" "${DURATION[$k]:-null}"
@@ -180,5 +190,5 @@ cat "$OUT/summary.json"
 echo "== done in $(elapsed)s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 rm -rf "$WORK"
 FAILED=0
-for k in build tests bench ncu; do [[ "${STATUS[$k]:-ok}" == ok || "${STATUS[$k]}" == skipped ]] || FAILED=1; done
+for k in build tests host bench ncu; do [[ "${STATUS[$k]:-ok}" == ok || "${STATUS[$k]}" == skipped ]] || FAILED=1; done
 exit $FAILED

@@ -12,6 +12,14 @@ Measured on CPU tensors so that it runs anywhere:
 - Triton launcher: the Triton forward launcher with the compiled kernel replaced by a no-op
   (everything a CUDA call runs before Triton's own launch code).
 Medians of torch.utils.benchmark at torch's thread count.
+
+    python benchmarks/host_overhead.py --device cuda [--out FILE.json]
+
+On a GPU: host time per call of each piece of a fused forward+backward, on tensors small
+enough that the GPU work (a few us) hides behind the host path: N calls are issued without
+a synchronisation, so time per call = the host path (Python, dispatcher, launch). Beside
+them, an empty Triton kernel and an aten op (the floors), the whole fused step and the eager
+unfused step, and the same steps' GPU time replayed from a CUDA graph.
 """
 
 from __future__ import annotations
@@ -60,10 +68,84 @@ def triton_launcher_us() -> float | None:
             os.environ["SHUFFLENET_OPS_TRITON_AUTOTUNE"] = saved[1]
 
 
+def cuda_host_us(fn, calls: int = 300, repeats: int = 7) -> float:
+    """Median over ``repeats`` of (time to issue ``calls`` calls, then synchronise) / calls."""
+    import statistics
+    import time
+
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(samples)
+
+
+def cuda_results() -> dict:
+    import triton
+    import triton.testing
+    import triton.language as tl
+
+    from shufflenet_ops import reference
+    from shufflenet_ops.triton import kernels
+
+    @triton.jit
+    def _empty(x_ptr, n, BLOCK: tl.constexpr):
+        pass
+
+    dev = "cuda"
+    x = torch.randn(2, 240, 4, 4, device=dev).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(60, 80, 1, 1, device=dev), torch.randn(60, device=dev)
+    y = kernels.group_conv1x1_shuffle(x, w, b, 3, 3, True)
+    go = torch.randn_like(y)
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+
+    def fused_step():
+        return torch.autograd.grad(so.group_conv1x1_shuffle(xg, wg, 3, bias=bg, relu=True), (xg, wg, bg), go)
+
+    def eager_step():
+        out = reference.group_conv1x1_shuffle(xg, wg, 3, bias=bg, shuffle_groups=3, relu=True)
+        return torch.autograd.grad(out, (xg, wg, bg), go)
+
+    results = {
+        "empty Triton kernel (3 args)": cuda_host_us(lambda: _empty[(1,)](x, 16, BLOCK=16)),
+        "aten add_ (one kernel)": cuda_host_us(lambda: x.add_(0.0)),
+        "public op forward, no autograd": cuda_host_us(lambda: so.group_conv1x1_shuffle(x, w, 3, bias=b, relu=True)),
+        "public op forward, with autograd": cuda_host_us(
+            lambda: so.group_conv1x1_shuffle(xg, wg, 3, bias=bg, relu=True)),
+        "kernel table: forward": cuda_host_us(lambda: kernels.group_conv1x1_shuffle(x, w, b, 3, 3, True)),
+        "kernel table: relu_grad": cuda_host_us(lambda: kernels.relu_grad(go, y)),
+        "kernel table: grad_input": cuda_host_us(lambda: kernels.conv1x1_shuffle_grad_input(go, w, 3, 1, 3)),
+        "kernel table: grad_weight": cuda_host_us(lambda: kernels.conv1x1_shuffle_grad_weight(go, x, 3, 1, 3)),
+        "kernel table: grad_bias": cuda_host_us(lambda: kernels.conv1x1_shuffle_grad_bias(go, 3)),
+        "fused forward+backward step": cuda_host_us(fused_step),
+        "eager unfused forward+backward step": cuda_host_us(eager_step),
+    }
+    for name, fn in (("fused", fused_step), ("eager", eager_step)):
+        try:
+            results[f"{name} step, CUDA-graph replay (GPU time)"] = 1e3 * triton.testing.do_bench_cudagraph(
+                fn, return_mode="median")
+        except Exception as exc:  # a capture failure is itself a finding: record it
+            print(f"{name} step: CUDA graph capture failed: {type(exc).__name__}: {exc}")
+            results[f"{name} step, CUDA-graph replay (GPU time)"] = None
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    if args.device == "cuda":
+        os.environ.setdefault("SHUFFLENET_OPS_TRITON_AUTOTUNE", "0")
+        results = cuda_results()
+        write(results, args.out, device=torch.cuda.get_device_name())
+        return
     x, w, b = torch.randn(2, 6, 2, 2), torch.randn(6, 2, 1, 1), torch.randn(6)
     w_grad = w.clone().requires_grad_()
     results = {
@@ -73,16 +155,20 @@ def main() -> None:
             lambda: torch.ops.shufflenet_ops.group_conv1x1_shuffle(x, w, b, 3, 3, True)),
         "Triton launcher, launch stubbed": triton_launcher_us(),
     }
+    write(results, args.out, device="cpu")
+
+
+def write(results: dict, out: str | None, device: str) -> None:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = None
     info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "git_commit": commit}
+            "cpu": platform.processor() or platform.machine(), "device": device, "git_commit": commit}
     for name, us in results.items():
-        print(f"{name:34s} {'n/a' if us is None else f'{us:7.1f} us'}")
-    if args.out:
-        with open(args.out, "w") as f:
+        print(f"{name:44s} {'n/a' if us is None else f'{us:7.1f} us'}")
+    if out:
+        with open(out, "w") as f:
             json.dump({"provenance": info, "us_per_call": results}, f, indent=1)
 
 

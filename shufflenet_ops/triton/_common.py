@@ -11,6 +11,7 @@ at the end of each image.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -85,14 +86,33 @@ def check_device(t: torch.Tensor, op: str) -> None:
     )
 
 
+# Host-side integer helpers. triton.cdiv and triton.next_power_of_2 are constexpr functions
+# whose Python call costs ~5 us each: launchers call these instead (host time is what a small
+# GPU kernel waits behind).
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def sm_count(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     return 1  # interpreter: one "SM", so a few slices are still exercised
 
 
 def dense(t: torch.Tensor) -> tuple[torch.Tensor, torch.memory_format]:
     """``t`` dense in its own memory format (a copy only if it is not already), and the format."""
+    nchw, nhwc = t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
+    if nchw != nhwc:  # the common, unambiguous case, without suggest_memory_format's ~10 us
+        return t, torch.contiguous_format if nchw else torch.channels_last
     fmt = suggest_memory_format(t)
     return t.contiguous(memory_format=fmt), fmt
 

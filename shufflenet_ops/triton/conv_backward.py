@@ -191,8 +191,8 @@ def _slices(num_tiles: int, programs: int, device: torch.device) -> tuple[int, i
     forced = _common.splits_override()
     splits = forced if forced is not None else _configs.num_splits(num_tiles, programs, _common.sm_count(device))
     splits = max(1, min(splits, num_tiles))
-    per = triton.cdiv(num_tiles, splits)
-    return triton.cdiv(num_tiles, per), per
+    per = _common.cdiv(num_tiles, splits)
+    return _common.cdiv(num_tiles, per), per
 
 
 def conv1x1_grad_input(
@@ -236,11 +236,11 @@ def conv1x1_grad_weight(
     if tile is None:
         tile = _configs.grad_weight_tile(rows, red, is_fp64)
     block_p = _configs.grad_weight_block_p(is_fp64, tile.use_dot)
-    p_tiles = triton.cdiv(geo.p, block_p)
+    p_tiles = _common.cdiv(geo.p, block_p)
     num_tiles = geo.nb * p_tiles
     # Slices are sized from a nominal tile so they do not change with the tuned tile.
     nominal = _configs.grad_weight_tile(rows, red, is_fp64)
-    programs = groups * triton.cdiv(rows, nominal.block_m) * triton.cdiv(red, nominal.block_k)
+    programs = groups * _common.cdiv(rows, nominal.block_m) * _common.cdiv(red, nominal.block_k)
     splits, per = _slices(num_tiles, programs, go.device)
     ws = torch.empty((splits, cout, red), dtype=acc, device=go.device)
     args = (
@@ -257,11 +257,11 @@ def conv1x1_grad_weight(
     )
     if tuned:
         def grid(meta):
-            return (groups * triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(red, meta["BLOCK_K"]), splits)
+            return (groups * _common.cdiv(rows, meta["BLOCK_M"]) * _common.cdiv(red, meta["BLOCK_K"]), splits)
 
         _grad_weight_partial_tuned[grid](*args, **flags)
     else:
-        grid = (groups * triton.cdiv(rows, tile.block_m) * triton.cdiv(red, tile.block_k), splits)
+        grid = (groups * _common.cdiv(rows, tile.block_m) * _common.cdiv(red, tile.block_k), splits)
         _grad_weight_partial_kernel[grid](
             *args, **flags, BLOCK_M=tile.block_m, BLOCK_K=tile.block_k, USE_DOT=tile.use_dot,
             num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -277,13 +277,13 @@ def conv1x1_grad_bias(grad_output: torch.Tensor, out_shuffle: int) -> torch.Tens
     if go.numel() == 0:
         return torch.zeros((c,), dtype=go.dtype, device=go.device)
     geo = _common.Geometry.of(go)
-    block_c = min(32, triton.next_power_of_2(c))
+    block_c = min(32, _common.next_power_of_2(c))
     block_p = 128 if go.stride(3) == 1 else 32  # NCHW: long pixel rows; channels_last: short
-    p_tiles = triton.cdiv(geo.p, block_p)
+    p_tiles = _common.cdiv(geo.p, block_p)
     num_tiles = geo.nb * p_tiles
-    splits, per = _slices(num_tiles, triton.cdiv(c, block_c), go.device)
+    splits, per = _slices(num_tiles, _common.cdiv(c, block_c), go.device)
     ws = torch.empty((splits, c), dtype=_common.acc_dtype(go.dtype), device=go.device)
-    _grad_bias_partial_kernel[(triton.cdiv(c, block_c), splits)](
+    _grad_bias_partial_kernel[(_common.cdiv(c, block_c), splits)](
         go, ws, geo.p, c, p_tiles, num_tiles, per,
         *_common.shuffled_target(out_shuffle, c), *_common.strides(go),
         INDEX_64=_common.needs_int64(go), ACC_FP64=go.dtype == torch.float64,
@@ -304,7 +304,7 @@ def relu_grad(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     if numel == 0:
         return gi
     block = 1024
-    _relu_grad_kernel[(triton.cdiv(numel, block),)](
+    _relu_grad_kernel[(_common.cdiv(numel, block),)](
         go, out, gi, numel, INDEX_64=numel + block >= _common.INT32_LIMIT, BLOCK=block
     )
     return gi

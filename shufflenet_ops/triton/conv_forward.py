@@ -205,13 +205,13 @@ def permuted_group_conv1x1(
     tile = _common.forced("conv")
     if tile is None and _common.autotune_enabled():
         def grid(meta):
-            return (geo.nb * triton.cdiv(geo.p, meta["BLOCK_P"]), triton.cdiv(rows, meta["BLOCK_M"]) * group_programs)
+            return (geo.nb * _common.cdiv(geo.p, meta["BLOCK_P"]), _common.cdiv(rows, meta["BLOCK_M"]) * group_programs)
 
         _permuted_group_conv1x1_tuned[grid](*args, **flags)
         return
     if tile is None:
         tile = _configs.conv_tile(rows, red, geo.p, x.dtype == torch.float64)
-    grid = (geo.nb * triton.cdiv(geo.p, tile.block_p), triton.cdiv(rows, tile.block_m) * group_programs)
+    grid = (geo.nb * _common.cdiv(geo.p, tile.block_p), _common.cdiv(rows, tile.block_m) * group_programs)
     _permuted_group_conv1x1_kernel[grid](
         *args, **flags, **tile.meta(), num_warps=tile.num_warps, num_stages=tile.num_stages
     )

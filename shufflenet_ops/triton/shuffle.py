@@ -54,10 +54,10 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     n, c, h, w = x.shape
     geo = _common.Geometry.of(x, y)
     if x.stride(1) == 1 and c > 1:  # channels_last: channels are the contiguous axis
-        block_c, block_p = min(128, triton.next_power_of_2(c)), 32
+        block_c, block_p = min(128, _common.next_power_of_2(c)), 32
     else:
-        block_c, block_p = min(8, triton.next_power_of_2(c)), min(256, triton.next_power_of_2(geo.p))
-    grid = (geo.nb * triton.cdiv(geo.p, block_p), triton.cdiv(c, block_c))
+        block_c, block_p = min(8, _common.next_power_of_2(c)), min(256, _common.next_power_of_2(geo.p))
+    grid = (geo.nb * _common.cdiv(geo.p, block_p), _common.cdiv(c, block_c))
     _channel_shuffle_kernel[grid](
         x, y, geo.p, c, *_common.shuffled_source(groups, c), *_common.strides(x), *_common.strides(y),
         INDEX_64=_common.needs_int64(x), BLOCK_C=block_c, BLOCK_P=block_p,
