@@ -17,9 +17,10 @@ import torch
 import shufflenet_ops
 from shufflenet_ops import reference
 from shufflenet_ops.bench import bytes_model
-from shufflenet_ops.bench.problem import LayerProblem, shufflenet_problems
+from shufflenet_ops.bench.problem import MODES, LayerProblem, shufflenet_problems
 from shufflenet_ops.bench.providers import (
     LAYER_PROVIDERS,
+    NETWORK_PROVIDERS,
     Setup,
     dense_block_diagonal,
     layer_providers,
@@ -169,7 +170,7 @@ def test_cli_quick_tiny(tmp_path, capsys):
     out = tmp_path / "bench"
     # 64x64 input: the Stage 3 layers run at 4x4, the unit at 8x8; g=3 only.
     assert main(["--quick", "--groups", "3", "--batch", "2", "--input-size", "64", "--min-run-time", "0.01",
-                 "--no-progress", "--out", str(out)]) == 0
+                 "--precompile-workers", "1", "--no-progress", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "| g3 480->120/3 4x4 gconv1+shuffle | 7 | forward |" in stdout
     assert "vs compile" in stdout and "vs dense" in stdout
@@ -192,6 +193,9 @@ def test_cli_quick_tiny(tmp_path, capsys):
 
     payload = json.load(open(out / "results.json"))
     info = payload["provenance"]
+    # The compiled peers were compiled in worker processes first: 2 shapes x (inference graph,
+    # training graph); the unit's compiled peers are not in --quick.
+    assert info["precompile"]["workers"] == 1 and info["precompile"]["jobs"] == 4
     for key in ("device", "cpu", "torch", "triton", "git_commit", "date", "load_average_start", "load_average_end"):
         assert key in info
     assert payload["roofline"]["copy_gbs"] > 0 and payload["roofline"]["gemm_gflops"] > 0
@@ -200,6 +204,58 @@ def test_cli_quick_tiny(tmp_path, capsys):
     (out / "speedup.png").unlink()
     assert main(["--replot", str(out)]) == 0  # redrawn from results.json alone
     assert (out / "speedup.png").stat().st_size > 1000
+
+
+def test_compile_jobs_name_every_compiled_graph():
+    """One precompile job per graph the compiled peers build: forward's inference graph and
+    the training graph that backward and forward_backward share, per layer shape; each
+    compiled unit/model run the default suite times (models: torch.compile(naive) eval only)."""
+    from types import SimpleNamespace
+
+    from shufflenet_ops.bench import networks
+    from shufflenet_ops.bench.__main__ import compile_jobs
+
+    problems = shufflenet_problems((3,), 1.0, 2, 64)[:2]
+    providers = [p for p in LAYER_PROVIDERS if p.name in ("eager", "compile")]
+    cases = networks.unit_cases((3,), 1.0, 2, 64) + networks.model_cases((3,), 1.0, 2, 64)
+    runs = [(c, p, m) for c in cases for m in networks.NETWORK_MODES for p in NETWORK_PROVIDERS
+            if not networks.compiled_peer_skipped(c, p, m, False)]
+    args = SimpleNamespace(groups=(3,), width=1.0, input_size=64)
+    jobs = compile_jobs(problems, providers, list(MODES), runs, args, 2, 2)
+    layer_labels = {job.label for job in jobs if job.problem is not None}
+    assert layer_labels == {f"{p.name} {m} compile" for p in problems for m in ("forward", "backward")}
+    network_labels = [job.label for job in jobs if job.network is not None]
+    model = cases[-1].name
+    assert network_labels[0] == f"{model} eval compile_naive"  # the longest compile first
+    assert sorted(network_labels) == sorted(
+        [f"{c.name} {m} {p}" for c in cases[:-1] for m in networks.NETWORK_MODES
+         for p in ("compile_naive", "compile_fused")] + [f"{model} eval compile_naive"])
+    assert all(job.network[4] == 2 for job in jobs if job.network is not None)
+
+
+@requires_extension
+def test_precompile_fills_the_inductor_cache(tmp_path, monkeypatch):
+    """A worker process compiles a peer into the on-disk cache; the main process's compile of
+    the same graph then loads it (an FX graph cache hit, no new compile)."""
+    from torch._dynamo.utils import counters
+
+    from shufflenet_ops.bench import precompile
+    from shufflenet_ops.bench.layers import layer_runner
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    problem = LayerProblem(cin=12, cout=6, groups=3, size=4, batch=2, shuffle_groups=3, relu=True, bias=True)
+    setup = Setup(torch.device("cpu"), torch.float32, torch.contiguous_format, "default")
+    job = precompile.CompileJob("tiny forward compile", "forward", "compile", problem=problem)
+    spent = precompile.precompile([job], setup, workers=1)
+    assert spent["jobs"] == 1 and spent["seconds"]["tiny forward compile"] > 0
+    assert any((tmp_path / "inductor").rglob("*")), "the worker wrote nothing to the cache"
+
+    torch._dynamo.reset()
+    counters.clear()
+    provider = next(p for p in LAYER_PROVIDERS if p.name == "compile")
+    layer_runner(problem, provider, "forward", setup)()
+    assert counters["inductor"]["fxgraph_cache_hit"] == 1
+    assert counters["inductor"]["fxgraph_cache_miss"] == 0
 
 
 def test_console_script_help():

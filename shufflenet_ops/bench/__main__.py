@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from .. import _extension
-from . import layers, networks, report
+from . import layers, networks, precompile, report
 from .problem import MODES, shufflenet_problems
 from .providers import Setup, layer_providers, network_providers
 from .roofline import measure_roofline
@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "default on CPU and in --quick)")
     parser.add_argument("--min-run-time", type=float, help="seconds of timing per layer measurement "
                         "(default 0.05, --quick 0.04; units/models 2x)")
+    parser.add_argument("--precompile-workers", type=int, default=0,
+                        help="compile the torch.compile peers in this many worker processes before timing "
+                             "(fills Inductor's cache: shortens a first run on a machine with spare cores, "
+                             "lengthens a run whose cache is warm; default 0: off)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--replot", metavar="DIR", help="only redraw the plots of a finished run from DIR/results.json")
     args = parser.parse_args(argv)
@@ -110,6 +114,29 @@ class _Progress:
         self.running = False
 
 
+def compile_jobs(problems, providers, modes, network_runs, args, batch: int, model_batch: int) -> list:
+    """One ``precompile.CompileJob`` per graph the compiled peers will build, longest first
+    (whole models, then units, then layers) so the workers finish together."""
+    jobs = []
+    for case, provider, mode in network_runs:
+        if provider.compiled:
+            size = model_batch if case.level == "model" else batch
+            network = (case.level, case.name, tuple(args.groups), args.width, size, args.input_size)
+            jobs.append(precompile.CompileJob(f"{case.name} {mode} {provider.name}", mode, provider.name,
+                                              network=network))
+    jobs.sort(key=lambda job: job.network[0] != "model")
+    # forward runs the inference graph; backward and forward_backward share the training graph.
+    graph_modes = [m for m in ("forward", "backward") if m in modes] or []
+    if "forward_backward" in modes and "backward" not in modes:
+        graph_modes.append("forward_backward")
+    for problem in problems:
+        for provider in (p for p in providers if p.compiled):
+            for mode in graph_modes:
+                jobs.append(precompile.CompileJob(f"{problem.name} {mode} {provider.name}", mode, provider.name,
+                                                  problem=problem))
+    return jobs
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -138,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     # Compiling a training step takes 10-15 s per network on a 2-core CPU: --quick leaves
     # the compiled peers to the layer level.
     net_providers = network_providers(args.compile and not args.quick)
-    compiled_skipped = 0 if args.full else len(model_cases) * (
-        sum(p.compiled for p in net_providers) + sum(p.compiled and p.fused for p in net_providers))
-    total = (len(problems) * len(providers) * len(args.modes)
-             + (len(unit_cases) + len(model_cases)) * len(net_providers) * len(networks.NETWORK_MODES)
-             - compiled_skipped)
+    network_runs = [(case, provider, mode) for case in unit_cases + model_cases for mode in networks.NETWORK_MODES
+                    for provider in net_providers
+                    if not networks.compiled_peer_skipped(case, provider, mode, args.full)]
+    total = len(problems) * len(providers) * len(args.modes) + len(network_runs)
+    workers = args.precompile_workers
+    jobs = compile_jobs(problems, providers, args.modes, network_runs, args, batch, model_batch) if workers else []
 
     info = report.provenance(device, argv)
     info.update(batch=batch, model_batch=model_batch, dtype=args.dtype, layout=args.layout,
@@ -155,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(total=total, desc="shufflenet-bench", unit="run", file=sys.stderr, disable=args.no_progress,
               dynamic_ncols=True) as bar:
         progress = _Progress(bar)
+        if jobs:
+            info["precompile"] = precompile.precompile(jobs, setup, workers, lambda label: bar.set_postfix_str(
+                label, refresh=True))
         roofline = measure_roofline(device, setup.dtype, max(0.3, 3 * min_run_time))
         rows = []
         if problems:

@@ -9,7 +9,7 @@ import torch
 
 from . import bytes_model
 from .problem import LayerProblem, element_size
-from .providers import LayerProvider, Setup, make_layer_inputs
+from .providers import LayerFn, LayerProvider, Setup, make_layer_inputs
 from .roofline import Roofline
 from .timing import measure_many, synchronize
 
@@ -36,6 +36,15 @@ def _runner(fn, args: tuple, mode: str) -> Callable[[], object]:
         return torch.autograd.grad(fn(*args), params, grad_output)
 
     return forward_backward
+
+
+def layer_runner(
+    problem: LayerProblem, provider: LayerProvider, mode: str, setup: Setup, fn: LayerFn | None = None
+) -> Callable[[], object]:
+    """One provider's ``mode`` step on this problem's inputs (``fn``: the provider's function
+    for this problem, if already made; a compiled peer compiles on the first call)."""
+    args = make_layer_inputs(problem, provider, setup, requires_grad=mode != "forward")
+    return _runner(fn if fn is not None else provider.make(problem, setup), args, mode)
 
 
 def layer_row(
@@ -88,9 +97,8 @@ def run_layers(
             runners, warmup_s = {}, {}
             for provider in providers:
                 progress(f"{problem.name} {mode} {provider.name}")
-                args = make_layer_inputs(problem, provider, setup, requires_grad=mode != "forward")
                 start = time.perf_counter()
-                run = _runner(fns[provider.name], args, mode)
+                run = layer_runner(problem, provider, mode, setup, fns[provider.name])
                 run()  # compiles, autotunes, allocates outside the timing
                 run()
                 synchronize(setup.device)

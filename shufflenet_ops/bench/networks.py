@@ -60,7 +60,18 @@ def model_cases(groups: tuple[int, ...], width_mult: float, batch: int, input_si
     return cases
 
 
-def _prepare(case: NetworkCase, provider: NetworkProvider, mode: str, setup: Setup) -> Callable[[], object]:
+def compiled_peer_skipped(case: NetworkCase, provider: NetworkProvider, mode: str, compile_model_training: bool) -> bool:
+    """Whether the default run leaves this peer out: without ``--full``, a whole model's only
+    compiled peer is torch.compile(naive) in eval (Inductor needs minutes for the others on a
+    small CPU); units keep all theirs."""
+    if not provider.compiled or case.level != "model" or compile_model_training:
+        return False
+    return mode == "train_step" or provider.fused
+
+
+def prepare(case: NetworkCase, provider: NetworkProvider, mode: str, setup: Setup) -> Callable[[], object]:
+    """A zero-argument call: one eval forward or one SGD training step of ``case`` as
+    ``provider`` runs it (a compiled peer compiles on the first call)."""
     module = case.build(provider.fused)
     if provider.fused:  # the naive network's weights, whatever the construction order
         module.load_state_dict(case.build(False).state_dict())
@@ -112,15 +123,12 @@ def run_networks(
         torch._dynamo.reset()
         for mode in modes:
             runners, warmup_s = {}, {}
-            def skipped(p: NetworkProvider) -> bool:
-                if not p.compiled or case.level != "model" or compile_model_training:
-                    return False
-                return mode == "train_step" or p.fused
-
-            for provider in (p for p in providers if not skipped(p)):
+            for provider in providers:
+                if compiled_peer_skipped(case, provider, mode, compile_model_training):
+                    continue
                 progress(f"{case.name} {mode} {provider.name}")
                 start = time.perf_counter()
-                run = _prepare(case, provider, mode, setup)
+                run = prepare(case, provider, mode, setup)
                 run()  # compile outside the timing
                 run()
                 synchronize(setup.device)
