@@ -219,6 +219,19 @@ def test_pixel_tiles_fit_small_maps():
             assert all(_configs.use_fraction(p, t.block_p) >= 0.5 for t in tiles), p
 
 
+def test_host_integer_helpers_match_triton():
+    """The launchers' cdiv / next_power_of_2 (plain Python: triton's are constexpr functions
+    costing ~5 us per host call) give Triton's values for every positive size."""
+    import triton
+
+    from shufflenet_ops.triton import _common
+
+    for n in list(range(1, 300)) + [1023, 1024, 1025, 2**31 - 1, 2**31, 2**40 + 3]:
+        assert _common.next_power_of_2(n) == triton.next_power_of_2(n), n
+        for d in (1, 3, 16, 32, 128, 1000):
+            assert _common.cdiv(n, d) == triton.cdiv(n, d), (n, d)
+
+
 def test_reduction_slices_depend_on_shape_and_device_only():
     assert _configs.num_splits(1000, 10, 132) == _configs.num_splits(1000, 10, 132)
     assert 1 <= _configs.num_splits(3, 1000, 132) <= 3

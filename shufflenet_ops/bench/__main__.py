@@ -126,7 +126,7 @@ def compile_jobs(problems, providers, modes, network_runs, args, batch: int, mod
                                               network=network))
     jobs.sort(key=lambda job: job.network[0] != "model")
     # forward runs the inference graph; backward and forward_backward share the training graph.
-    graph_modes = [m for m in ("forward", "backward") if m in modes] or []
+    graph_modes = [m for m in ("forward", "backward") if m in modes]
     if "forward_backward" in modes and "backward" not in modes:
         graph_modes.append("forward_backward")
     for problem in problems:
