@@ -195,10 +195,21 @@ def test_reduced_precision_dtypes(dtype, layout):
 @pytest.mark.parametrize(
     "placement,groups,cin,cout,shuffle_groups",
     [("output", 3, 12, 24, 3), ("output", 3, 12, 24, 8), ("output", 4, 16, 16, 1), ("input", 4, 16, 8, 4),
-     ("input", 3, 24, 12, 8), ("output", 1, 5, 7, 1)],
+     ("input", 3, 24, 12, 8), ("output", 1, 5, 7, 1), ("output", 1, 6, 12, 3)],
 )
 def test_residual_epilogue(placement, groups, cin, cout, shuffle_groups, layout):
     check_residual_epilogue(placement, groups, cin, cout, shuffle_groups, layout)
+
+
+# An ungrouped conv's output shuffle is folded into its weight rows (the kernel then writes in
+# place): forward, grad input, grad weight and the residual's channel order, in float32 (the
+# AVX-512 path) and in both layouts, at a Stage-2-like 24 -> 60 with g = 3.
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_ungrouped_output_shuffle_folded_into_the_weight(layout):
+    check_residual_epilogue("output", 1, 24, 60, 3, layout, dtype=torch.float32)
+    case = Case("output", 24, 60, 1, 3, True, True)
+    x, w, b = case.tensors(batch=2, height=9, width=11, dtype=torch.float32)
+    check_against_reference(case, x.to(memory_format=layout), w, b, dtype=torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
