@@ -32,4 +32,8 @@ TORCH_LIBRARY(shufflenet_ops, m) {
   m.def("conv1x1_shuffle_grad_bias(Tensor grad_output, int out_shuffle) -> Tensor");
   // grad_output * (output > 0): the ReLU epilogue's backward, from the saved output.
   m.def("relu_grad(Tensor grad_output, Tensor output) -> Tensor");
+  // relu(max_pool2d(x, 3, stride=2, padding=1)) and relu(avg_pool2d(x, 3, stride=2, padding=1))
+  // (the average counts the padding): the stem's pool and the stride-2 units' shortcut.
+  m.def("max_pool3x3s2_relu(Tensor x) -> Tensor");
+  m.def("avg_pool3x3s2_relu(Tensor x) -> Tensor");
 }

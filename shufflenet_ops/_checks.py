@@ -32,6 +32,12 @@ def _check_groups(value: int, name: str, channels: int, channels_name: str) -> N
         raise ValueError(f"{channels_name} ({channels}) must be divisible by {name} ({value})")
 
 
+def check_pool_input(x: torch.Tensor, op: str) -> None:
+    _check_input(x, "x")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"shufflenet_ops {op}: x must have a non-empty spatial size, got {list(x.shape)}")
+
+
 def check_channel_shuffle(x: torch.Tensor, groups: int) -> None:
     _check_input(x)
     _check_groups(groups, "groups", x.shape[1], "channels")

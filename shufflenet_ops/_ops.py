@@ -51,6 +51,13 @@ def _register_fakes() -> None:
     def _(grad_output, output):
         return torch.empty_like(grad_output)
 
+    def pool_fake(x):
+        n, c, h, w = x.shape
+        return _empty_like_format(x, (n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1))
+
+    for name in POOL_OPS:
+        torch.library.register_fake(f"{LIB}::{name}", pool_fake)
+
 
 def _register_autograd() -> None:
     def shuffle_setup(ctx, inputs, output):
@@ -82,6 +89,24 @@ def _register_autograd() -> None:
         f"{LIB}::shuffle_group_conv1x1", conv_backward, setup_context=conv_setup(False)
     )
 
+    # The pools: ReLU-mask the gradient by the saved output, then aten's pool backward (the
+    # max pool's argmax indices recomputed from x: the forward does not store them).
+    def pool_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output)
+
+    def max_pool_backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        grad = grad * (y > 0)
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1])
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [3, 3], [2, 2], [1, 1], [1, 1], False, indices)
+
+    def avg_pool_backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        return torch.ops.aten.avg_pool2d_backward(grad * (y > 0), x, [3, 3], [2, 2], [1, 1], False, True, None)
+
+    torch.library.register_autograd(f"{LIB}::max_pool3x3s2_relu", max_pool_backward, setup_context=pool_setup)
+    torch.library.register_autograd(f"{LIB}::avg_pool3x3s2_relu", avg_pool_backward, setup_context=pool_setup)
+
     # The backward ops have no derivative of their own: double backward through the fused
     # convs fails loudly instead of silently returning zeros.
     def no_double_backward(ctx, *grads):
@@ -98,6 +123,18 @@ def _register_autograd() -> None:
         torch.library.register_autograd(f"{LIB}::{name}", no_double_backward, setup_context=setup)
 
 
+def _register_pool_fallbacks() -> None:
+    """The pools' C++ kernel is CPU-only: on CUDA the ops run aten's pool and ReLU (no
+    Triton kernel; the modules call them on CPU only, see ``functional``)."""
+    from . import reference
+
+    for name in POOL_OPS:
+        torch.library.impl(f"{LIB}::{name}", "CUDA")(getattr(reference, name))
+
+
+POOL_OPS = ("max_pool3x3s2_relu", "avg_pool3x3s2_relu")
+
 if _extension.available():
     _register_fakes()
     _register_autograd()
+    _register_pool_fallbacks()

@@ -82,3 +82,22 @@ def shuffle_group_conv1x1(
     if not needs_autograd(x, weight, bias, residual):
         return kernels(backend, x.device).shuffle_group_conv1x1(x, weight, bias, groups, shuffle_groups, relu, residual)
     return ShuffleGroupConv1x1Function.apply(x, weight, bias, groups, shuffle_groups, relu, residual, backend)
+
+
+def _pool3x3s2_relu(name: str, x: torch.Tensor) -> torch.Tensor:
+    _checks.check_pool_input(x, name)
+    if x.device.type == "cpu" and _backend.resolve(x.device) == "cpp":
+        return getattr(torch.ops.shufflenet_ops, name)(x)
+    return getattr(reference, name)(x)
+
+
+def max_pool3x3s2_relu(x: torch.Tensor) -> torch.Tensor:
+    """``relu(max_pool2d(x, 3, stride=2, padding=1))`` in one pass over x on CPU (the C++
+    kernel, channels_last; aten's pool and ReLU in other layouts and on other devices)."""
+    return _pool3x3s2_relu("max_pool3x3s2_relu", x)
+
+
+def avg_pool3x3s2_relu(x: torch.Tensor) -> torch.Tensor:
+    """``relu(avg_pool2d(x, 3, stride=2, padding=1))`` (padding counted, as ``nn.AvgPool2d``)
+    in one pass over x on CPU, as ``max_pool3x3s2_relu``."""
+    return _pool3x3s2_relu("avg_pool3x3s2_relu", x)

@@ -61,3 +61,14 @@ def shuffle_group_conv1x1(
     """``act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias + residual)``, unfused."""
     y = F.conv2d(channel_shuffle(x, shuffle_groups), _as_conv_weight(weight), bias, groups=groups)
     return _epilogue(y, residual, relu)
+
+
+def max_pool3x3s2_relu(x: torch.Tensor) -> torch.Tensor:
+    """relu(max_pool2d(x, 3, stride=2, padding=1)): the ShuffleNet stem's pool and ReLU."""
+    return F.relu(F.max_pool2d(x, 3, stride=2, padding=1))
+
+
+def avg_pool3x3s2_relu(x: torch.Tensor) -> torch.Tensor:
+    """relu(avg_pool2d(x, 3, stride=2, padding=1)) (padding counted, as nn.AvgPool2d): the
+    stride-2 unit's shortcut with the ReLU that follows its concat."""
+    return F.relu(F.avg_pool2d(x, 3, stride=2, padding=1))

@@ -49,6 +49,8 @@ def _samples():
         yield ops.conv1x1_shuffle_grad_weight, (go, x.detach(), 3, 3, 1)
         yield ops.conv1x1_shuffle_grad_bias, (go, 3)
         yield ops.relu_grad, (go, y)
+        yield ops.max_pool3x3s2_relu, (x,)
+        yield ops.avg_pool3x3s2_relu, (x,)
 
 
 @pytest.mark.parametrize("op,args", list(_samples()), ids=lambda v: getattr(v, "__name__", None))
@@ -59,7 +61,7 @@ def test_opcheck(op, args):
 def test_every_schema_op_is_opchecked():
     checked = {op._qualified_op_name for op, _ in _samples()}
     schema = {s.name for s in torch._C._jit_get_all_schemas() if s.name.startswith("shufflenet_ops::")}
-    assert len(schema) == 7 and schema == checked
+    assert len(schema) == 9 and schema == checked
 
 
 def test_torch_compile_fullgraph_forward_and_backward():
