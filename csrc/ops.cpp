@@ -1,5 +1,6 @@
 // The op schema, defined once. CPU kernels live in csrc/cpu/ (TORCH_LIBRARY_IMPL);
-// the CUDA kernels are Triton, registered from Python (shufflenet_ops/triton/);
+// the CUDA kernels are Triton, registered from Python (shufflenet_ops/triton/), except the
+// pools', which run aten's pool and ReLU on CUDA (shufflenet_ops/_ops.py);
 // fake kernels and autograd are registered from Python (shufflenet_ops/_ops.py).
 //
 // Conventions shared by every op:
