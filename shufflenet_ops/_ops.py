@@ -16,6 +16,7 @@ from torch._prims_common import suggest_memory_format
 from . import _extension, autograd
 
 LIB = "shufflenet_ops"
+POOL_OPS = ("max_pool3x3s2_relu", "avg_pool3x3s2_relu")  # C++ on CPU, aten on CUDA
 
 
 def _empty_like_format(reference: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -131,8 +132,6 @@ def _register_pool_fallbacks() -> None:
     for name in POOL_OPS:
         torch.library.impl(f"{LIB}::{name}", "CUDA")(getattr(reference, name))
 
-
-POOL_OPS = ("max_pool3x3s2_relu", "avg_pool3x3s2_relu")
 
 if _extension.available():
     _register_fakes()
