@@ -163,7 +163,7 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
         if (layout == Layout::kChannelMajor) {  // D (m x cols) = op(W_i) @ S (kd x cols)
           done = small && small_gemm(m, cols, kd, reinterpret_cast<const float*>(w.group(i)), w.row_stride(),
                                      w.col_stride(), reinterpret_cast<const float*>(s.data), s.ld,
-                                     reinterpret_cast<float*>(d.data), d.ld, in_registers);
+                                     reinterpret_cast<float*>(d.data), d.ld, in_registers, /*stream_b=*/true);
           if (!done) {
             gemm_row_major<acc_t>(w.transposed, false, m, cols, kd, 1, w.group(i), w.ld(), s.data, s.ld, 0, d.data,
                                   d.ld);

@@ -22,7 +22,7 @@ __attribute__((target("avx512f"))) inline void block(int64_t k, const float* a, 
                                                      const float* b, int64_t ldb, float* c, int64_t ldc,
                                                      __mmask16 last_mask, const float* row_bias,
                                                      const float* col_bias, const float* residual,
-                                                     int64_t residual_ld, bool relu) {
+                                                     int64_t residual_ld, bool relu, bool prefetch_next_panel) {
   // Fully unrolled (the pragmas) so the accumulators live in registers, not on the stack.
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
@@ -31,6 +31,13 @@ __attribute__((target("avx512f"))) inline void block(int64_t k, const float* a, 
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t kk = 0; kk < k; ++kk) {
     const float* brow = b + kk * ldb;
+    if (prefetch_next_panel) {
+      // B's rows are K separate streams (NCHW: one per input channel, a plane apart), too many
+      // for the hardware prefetcher: fetch the next 64-column panel's slice of this row while
+      // this one computes (+3-47% on the 28x28 and 56x56 layers, same-process A/B).
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) _mm_prefetch(reinterpret_cast<const char*>(brow + 64 + 16 * v), _MM_HINT_T0);
+    }
     __m512 bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
@@ -94,20 +101,22 @@ __attribute__((target("avx512f"))) void column_panel(int64_t m, int64_t k, const
                                                      int64_t a_col, const float* b, int64_t ldb, float* c,
                                                      int64_t ldc, __mmask16 last_mask, const float* row_bias,
                                                      const float* col_bias, const float* residual,
-                                                     int64_t residual_ld, bool relu) {
+                                                     int64_t residual_ld, bool relu, bool prefetch_next_panel) {
   constexpr int kRows = NV >= 4 ? 6 : (NV == 3 ? 7 : 8);  // keep MR * NV <= 24 accumulators
   int64_t i = 0;
+  // The first row block of the panel prefetches for the next panel; the others find B in L1.
   for (; i + kRows <= m; i += kRows) {
     block<kRows, NV>(k, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, last_mask,
                      row_bias ? row_bias + i : nullptr, col_bias, residual ? residual + i * residual_ld : nullptr,
-                     residual_ld, relu);
+                     residual_ld, relu, prefetch_next_panel && i == 0);
   }
   switch (m - i) {  // remainder rows
 #define SHUFFLENET_OPS_REMAINDER(R)                                                                  \
   case R:                                                                                            \
     block<R, NV>(k, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, last_mask,               \
                  row_bias ? row_bias + i : nullptr, col_bias,                                        \
-                 residual ? residual + i * residual_ld : nullptr, residual_ld, relu);                \
+                 residual ? residual + i * residual_ld : nullptr, residual_ld, relu,                 \
+                 prefetch_next_panel && i == 0);                                                     \
     break;
     SHUFFLENET_OPS_REMAINDER(1)
     SHUFFLENET_OPS_REMAINDER(2)
@@ -175,13 +184,14 @@ __attribute__((target("avx512f"))) void dot_row_panel(int64_t n, int64_t k, cons
 bool small_gemm_available() { return __builtin_cpu_supports("avx512f"); }
 
 bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
-                int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue) {
+                int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue, bool stream_b) {
   static const bool available = small_gemm_available();
   if (!available) return false;
   // Panels of 64 columns (4 vectors) keep a K x 64 slice of B in L1/L2 while every row of A
   // streams past it; the last panel takes 1-4 vectors, its last one masked.
   for (int64_t j = 0; j < n; j += 64) {
     const int64_t width = n - j < 64 ? n - j : 64;
+    const bool prefetch = stream_b && j + 64 < n;  // another panel follows
     const int vectors = static_cast<int>((width + 15) / 16);
     const int tail = static_cast<int>(width - 16 * (vectors - 1));
     const __mmask16 last_mask = static_cast<__mmask16>((1u << tail) - 1u);
@@ -189,22 +199,26 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, 
       case 4:
         column_panel<4>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
                           epilogue.col_bias ? epilogue.col_bias + j : nullptr,
-                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu);
+                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
+                          prefetch);
         break;
       case 3:
         column_panel<3>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
                           epilogue.col_bias ? epilogue.col_bias + j : nullptr,
-                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu);
+                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
+                          prefetch);
         break;
       case 2:
         column_panel<2>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
                           epilogue.col_bias ? epilogue.col_bias + j : nullptr,
-                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu);
+                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
+                          prefetch);
         break;
       default:
         column_panel<1>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
                           epilogue.col_bias ? epilogue.col_bias + j : nullptr,
-                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu);
+                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
+                          prefetch);
         break;
     }
   }
@@ -231,7 +245,7 @@ bool small_gemm_nt_accumulate(int64_t m, int64_t n, int64_t k, const float* a, i
 bool small_gemm_available() { return false; }
 
 bool small_gemm(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t,
-                const SmallGemmEpilogue&) {
+                const SmallGemmEpilogue&, bool) {
   return false;
 }
 
