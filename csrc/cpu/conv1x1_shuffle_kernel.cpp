@@ -136,6 +136,7 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
           }
         }
         if (!s.data) s = read_tile(src_data, sv, layout, src_rows, i, t, src_buffer);
+        const bool s_in_place = src_buffer.empty() || s.data != src_buffer.data();
         TileRef<acc_t> d;
         if constexpr (std::is_same_v<scalar_t, acc_t>) d = direct_tile(dst_data, dv, layout, dst_rows, i, t);
         const bool scatter = d.data == nullptr;
@@ -163,7 +164,8 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
         if (layout == Layout::kChannelMajor) {  // D (m x cols) = op(W_i) @ S (kd x cols)
           done = small && small_gemm(m, cols, kd, reinterpret_cast<const float*>(w.group(i)), w.row_stride(),
                                      w.col_stride(), reinterpret_cast<const float*>(s.data), s.ld,
-                                     reinterpret_cast<float*>(d.data), d.ld, in_registers, /*stream_b=*/true);
+                                     reinterpret_cast<float*>(d.data), d.ld, in_registers,
+                                     /*stream_rows=*/s_in_place && !scatter);
           if (!done) {
             gemm_row_major<acc_t>(w.transposed, false, m, cols, kd, 1, w.group(i), w.ld(), s.data, s.ld, 0, d.data,
                                   d.ld);

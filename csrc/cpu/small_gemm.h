@@ -30,10 +30,11 @@ struct SmallGemmEpilogue {
   bool relu = false;
 };
 
-// stream_b: B's rows are long rows of memory read once (the channel-major layout's pixel
-// planes), so each 64-column panel prefetches the next one's slice of every row of B.
+// stream_rows: B's and C's rows are long rows of memory, read and written in place (the
+// channel-major layout's pixel planes), so each 64-column panel prefetches the next one's
+// slice of every row of B, and of C for writing. Leave it false for operands in a buffer.
 bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
-                int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue = {}, bool stream_b = false);
+                int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue = {}, bool stream_rows = false);
 
 // C (m x n, ldc) += A (m x k) @ B (n x k)^T where the rows of A and B are contiguous (lda,
 // ldb apart): the dot-product form of grad weight in the channel-major layout, where the
