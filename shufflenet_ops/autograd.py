@@ -3,9 +3,10 @@
 A kernel table is any object with the shuffle and conv functions of the op schema
 (csrc/ops.cpp): ``channel_shuffle``, ``group_conv1x1_shuffle``, ``shuffle_group_conv1x1``,
 ``conv1x1_shuffle_grad_input``, ``conv1x1_shuffle_grad_weight``,
-``conv1x1_shuffle_grad_bias`` and ``relu_grad``. (The schema's two pool ops have a C++ CPU
-kernel only; ``functional`` calls them on CPU and aten's pools elsewhere.) ``torch.ops.shufflenet_ops`` is one (the
-dispatcher picks C++ on CPU, Triton on CUDA); ``shufflenet_ops.triton.kernels`` is the
+``conv1x1_shuffle_grad_bias`` and ``relu_grad`` (the schema's two pool ops have a C++ CPU
+kernel only: ``functional`` calls them on CPU, aten's pools elsewhere).
+``torch.ops.shufflenet_ops`` is one table (the dispatcher picks C++ on CPU, Triton on
+CUDA); ``shufflenet_ops.triton.kernels`` is the
 other, used for Triton in eager mode (the same functions the dispatcher would reach on
 CUDA, minus its Python wrappers; see ``kernels``) and where Triton is forced on tensors the
 dispatcher would not send to it (CPU tensors under TRITON_INTERPRET=1).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend, _checks, reference
+from . import _backend, _checks, _extension, reference
 from .autograd import (
     ChannelShuffleFunction,
     GroupConv1x1ShuffleFunction,
@@ -86,7 +86,8 @@ def shuffle_group_conv1x1(
 
 def _pool3x3s2_relu(name: str, x: torch.Tensor) -> torch.Tensor:
     _checks.check_pool_input(x, name)
-    if x.device.type == "cpu" and _backend.resolve(x.device) == "cpp":
+    if _backend.resolve(x.device) == "cpp":  # the C++ kernel; Triton has no pool kernel
+        _extension.require()
         return getattr(torch.ops.shufflenet_ops, name)(x)
     return getattr(reference, name)(x)
 

@@ -213,7 +213,7 @@ def test_compile_jobs_name_every_compiled_graph():
     from types import SimpleNamespace
 
     from shufflenet_ops.bench import networks
-    from shufflenet_ops.bench.__main__ import compile_jobs
+    from shufflenet_ops.bench.precompile import compile_jobs
 
     problems = shufflenet_problems((3,), 1.0, 2, 64)[:2]
     providers = [p for p in LAYER_PROVIDERS if p.name in ("eager", "compile")]

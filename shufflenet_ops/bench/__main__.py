@@ -114,29 +114,6 @@ class _Progress:
         self.running = False
 
 
-def compile_jobs(problems, providers, modes, network_runs, args, batch: int, model_batch: int) -> list:
-    """One ``precompile.CompileJob`` per graph the compiled peers will build, longest first
-    (whole models, then units, then layers) so the workers finish together."""
-    jobs = []
-    for case, provider, mode in network_runs:
-        if provider.compiled:
-            size = model_batch if case.level == "model" else batch
-            network = (case.level, case.name, tuple(args.groups), args.width, size, args.input_size)
-            jobs.append(precompile.CompileJob(f"{case.name} {mode} {provider.name}", mode, provider.name,
-                                              network=network))
-    jobs.sort(key=lambda job: job.network[0] != "model")
-    # forward runs the inference graph; backward and forward_backward share the training graph.
-    graph_modes = [m for m in ("forward", "backward") if m in modes]
-    if "forward_backward" in modes and "backward" not in modes:
-        graph_modes.append("forward_backward")
-    for problem in problems:
-        for provider in (p for p in providers if p.compiled):
-            for mode in graph_modes:
-                jobs.append(precompile.CompileJob(f"{problem.name} {mode} {provider.name}", mode, provider.name,
-                                                  problem=problem))
-    return jobs
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -170,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                     if not networks.compiled_peer_skipped(case, provider, mode, args.full)]
     total = len(problems) * len(providers) * len(args.modes) + len(network_runs)
     workers = args.precompile_workers
-    jobs = compile_jobs(problems, providers, args.modes, network_runs, args, batch, model_batch) if workers else []
+    jobs = []
+    if workers:
+        jobs = precompile.compile_jobs(problems, providers, args.modes, network_runs, args, batch, model_batch)
 
     info = report.provenance(device, argv)
     info.update(batch=batch, model_batch=model_batch, dtype=args.dtype, layout=args.layout,

@@ -60,7 +60,9 @@ def model_cases(groups: tuple[int, ...], width_mult: float, batch: int, input_si
     return cases
 
 
-def compiled_peer_skipped(case: NetworkCase, provider: NetworkProvider, mode: str, compile_model_training: bool) -> bool:
+def compiled_peer_skipped(
+    case: NetworkCase, provider: NetworkProvider, mode: str, compile_model_training: bool
+) -> bool:
     """Whether the default run leaves this peer out: without ``--full``, a whole model's only
     compiled peer is torch.compile(naive) in eval (Inductor needs minutes for the others on a
     small CPU); units keep all theirs."""

@@ -41,6 +41,29 @@ class CompileJob:
     network: tuple | None = None  # a unit/model job: (level, name, groups, width, batch, input_size)
 
 
+def compile_jobs(
+    problems, providers, modes, network_runs, args, batch: int, model_batch: int
+) -> list[CompileJob]:
+    """One ``CompileJob`` per graph the compiled peers will build, longest first
+    (whole models, then units, then layers) so the workers finish together."""
+    jobs = []
+    for case, provider, mode in network_runs:
+        if provider.compiled:
+            size = model_batch if case.level == "model" else batch
+            network = (case.level, case.name, tuple(args.groups), args.width, size, args.input_size)
+            jobs.append(CompileJob(f"{case.name} {mode} {provider.name}", mode, provider.name, network=network))
+    jobs.sort(key=lambda job: job.network[0] != "model")
+    # forward runs the inference graph; backward and forward_backward share the training graph.
+    graph_modes = [m for m in ("forward", "backward") if m in modes]
+    if "forward_backward" in modes and "backward" not in modes:
+        graph_modes.append("forward_backward")
+    for problem in problems:
+        for provider in (p for p in providers if p.compiled):
+            for mode in graph_modes:
+                jobs.append(CompileJob(f"{problem.name} {mode} {provider.name}", mode, provider.name, problem=problem))
+    return jobs
+
+
 def _run_job(job: CompileJob, setup: Setup) -> tuple[str, float]:
     """In a worker: build the peer exactly as the timed run does and call it once."""
     from . import layers, networks
