@@ -51,6 +51,7 @@ def check_residual_epilogue(
     dtype: torch.dtype = torch.float64,
     backend: str | None = None,
     residual_format: torch.memory_format | None = None,
+    spatial: tuple[int, int] = (3, 5),
 ) -> None:
     """``act(... + residual)`` and the gradients of all four tensors vs the float64 reference."""
     import contextlib
@@ -58,10 +59,10 @@ def check_residual_epilogue(
     from shufflenet_ops import reference
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, cin, 3, 5, generator=gen, dtype=torch.float64).to(memory_format=memory_format)
+    x = torch.randn(2, cin, *spatial, generator=gen, dtype=torch.float64).to(memory_format=memory_format)
     w = torch.randn(cout, cin // groups, 1, 1, generator=gen, dtype=torch.float64)
     b = torch.randn(cout, generator=gen, dtype=torch.float64)
-    r = torch.randn(2, cout, 3, 5, generator=gen, dtype=torch.float64)
+    r = torch.randn(2, cout, *spatial, generator=gen, dtype=torch.float64)
     r = r.to(memory_format=residual_format or memory_format)
     leaves = [t.to(dtype).requires_grad_() for t in (x, w, b, r)]
     ref_leaves = [t.detach().clone().requires_grad_() for t in (x, w, b, r)]

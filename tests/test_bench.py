@@ -26,7 +26,7 @@ from shufflenet_ops.bench.providers import (
     layer_providers,
     make_layer_inputs,
 )
-from shufflenet_ops.bench.roofline import Roofline
+from shufflenet_ops.bench.roofline import Roofline, same_flops_gemm
 from shufflenet_ops.bench.timing import Timing, measure_many
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +86,37 @@ def test_roofline_fractions():
     roof = Roofline(copy_gbs=10.0, gemm_gflops=100.0, copy_timing=timing, gemm_timing=timing, copy_bytes=1, gemm_size=1)
     assert roof.memory_fraction(5_000_000, 1e-3) == pytest.approx(0.5)  # 5 GB/s of 10
     assert roof.compute_fraction(20_000_000, 1e-3) == pytest.approx(0.2)  # 20 GFLOP/s of 100
+
+
+def test_same_flops_gemm_is_a_square_mm_of_the_layers_flops():
+    problem = next(p for p in shufflenet_problems((8,), 1.0, 16) if p.cin == 768 and p.cout == 192)
+    flops = problem.flops("forward")
+    run, gemm_flops = same_flops_gemm(flops, torch.device("cpu"), torch.float32)
+    out = run()
+    n = out.shape[0]
+    assert out.shape == (n, n) and gemm_flops == 2 * n**3
+    assert abs(gemm_flops - flops) / flops < 3 / n  # the nearest cube
+
+
+def test_gemm_rate_weights_each_layer_by_its_time():
+    from shufflenet_ops.bench.report import gemm_rates, weighted_table
+
+    def row(provider, fused, mode, ms, count, rate=None):
+        r = {"level": "layer", "model_groups": 8, "provider": provider, "fused": fused, "mode": mode,
+             "median_ms": ms, "count": count}
+        if rate is not None:
+            r["gemm_rate"] = rate
+        return r
+
+    rows = [row("fused_cpp", True, "forward", 1.0, 3, rate=0.5),  # 3 ms at half the mm's rate
+            row("fused_cpp", True, "forward", 2.0, 1, rate=1.0),  # 2 ms at its rate
+            row("eager", False, "forward", 4.0, 3, rate=0.1),     # peers do not count
+            row("fused_cpp", True, "backward", 1.0, 1)]
+    # The dense GEMMs would take 3 * 0.5 + 2 * 1.0 = 3.5 ms for the fused layers' 5 ms.
+    assert gemm_rates(rows) == {8: pytest.approx(0.7)}
+    table = weighted_table(rows)
+    assert "GEMM rate (vs same-FLOPs mm)" in table and "| g8 | forward | 5.00 | 2.40x | 70% |" in table
+    assert "| g8 | backward | 1.00 | - | - |" in table
 
 
 # --------------------------------------------------------------------------- problems
@@ -186,6 +217,10 @@ def test_cli_quick_tiny(tmp_path, capsys):
         assert float(r["effective_gbs"]) == pytest.approx(expected_gbs)
         if r["provider"] == "fused_cpp":
             assert float(r["fused_speedup"]) == pytest.approx(1.0)
+        if r["mode"] == "forward":  # timed beside a dense mm of the same FLOPs
+            assert float(r["gemm_rate"]) == pytest.approx(float(r["gflops"]) / float(r["same_flops_gemm_gflops"]))
+        else:
+            assert r["gemm_rate"] == ""
     units = [r for r in rows if r["level"] == "unit"]
     assert {(r["provider"], r["mode"]) for r in units} == {
         (p, m) for p in ("fused", "naive", "naive_channels_last") for m in ("eval", "train_step")
@@ -199,6 +234,7 @@ def test_cli_quick_tiny(tmp_path, capsys):
     for key in ("device", "cpu", "torch", "triton", "git_commit", "date", "load_average_start", "load_average_end"):
         assert key in info
     assert payload["roofline"]["copy_gbs"] > 0 and payload["roofline"]["gemm_gflops"] > 0
+    assert payload["gemm_rate"]["3"] > 0 and "GEMM rate (vs same-FLOPs mm)" in stdout
     for name in ("speedup.png", "roofline.png", "networks.png", "results.md"):
         assert (out / name).stat().st_size > 1000
     (out / "speedup.png").unlink()

@@ -110,6 +110,23 @@ def test_shufflenet_v1_layers_float32(case, layout):
     check_against_reference(case, x.to(memory_format=layout), w, b, dtype=torch.float32)
 
 
+# NCHW planes of whole 64-byte lines, where the fp32 kernel streams its output rows to memory
+# (non-temporal stores; forward and grad input): 16x16 (whole 64-pixel panels), 12x12 (a
+# 16-pixel tail panel stored the ordinary way) and 72x72 (two tiles per image, the second
+# starting mid-plane on a line boundary); with bias/ReLU and with a residual.
+@pytest.mark.parametrize("height,width", [(16, 16), (12, 12), (72, 72)])
+@pytest.mark.parametrize("case", [Case("output", 24, 48, 8, 8), Case("input", 48, 24, 8, 8),
+                                  Case("output", 6, 6, 3, 3, relu=False)], ids=str)
+def test_streamed_output_planes(case, height, width):
+    x, w, b = case.tensors(batch=2, height=height, width=width, dtype=torch.float32)
+    check_against_reference(case, x, w, b, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("spatial", [(16, 16), (72, 72)])
+def test_streamed_output_planes_with_residual(spatial):
+    check_residual_epilogue("output", 3, 12, 24, 3, torch.contiguous_format, dtype=torch.float32, spatial=spatial)
+
+
 # ------------------------------------------------------ layouts and odd shapes
 SMALL_CASES = [
     Case(p, cin, cout, g, s, bias, relu)

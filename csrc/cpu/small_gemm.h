@@ -32,7 +32,9 @@ struct SmallGemmEpilogue {
 
 // stream_rows: B's and C's rows are long rows of memory, read and written in place (the
 // channel-major layout's pixel planes), so each 64-column panel prefetches the next one's
-// slice of every row of B, and of C for writing. Leave it false for operands in a buffer.
+// slice of every row of B, and C is streamed to memory with non-temporal stores where its
+// rows are whole 64-byte lines (else prefetched for writing). Leave it false for operands in
+// a buffer (they stay in cache for their next use).
 bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
                 int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue = {}, bool stream_rows = false);
 

@@ -29,6 +29,12 @@ struct TilePlan {
     if (pixels >= std::min(target_cols / 2, kWideEnough)) {
       tiles_per_batch = (pixels + target_cols - 1) / target_cols;
       tile_pixels = (pixels + tiles_per_batch - 1) / tiles_per_batch;
+      // Whole 64-byte lines per tile row where the image is split (fp32: 16 pixels), so the
+      // channel-major output can be streamed to memory (small_gemm) from every tile.
+      if (tiles_per_batch > 1) {
+        tile_pixels = (tile_pixels + 15) / 16 * 16;
+        tiles_per_batch = (pixels + tile_pixels - 1) / tile_pixels;
+      }
     } else {
       const int64_t most = std::max<int64_t>(1, target_cols / std::max<int64_t>(pixels, 1));
       const int64_t count = (batch + most - 1) / most;

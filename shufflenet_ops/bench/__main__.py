@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                            "providers": {p.name: p.description for p in providers}
                            | {p.name: p.description for p in net_providers},
                            "network_weighted": report.network_weighted_speedups(rows),
+                           "gemm_rate": report.gemm_rates(rows),
                            "results": rows}, os.path.join(args.out, "results.json"))
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(text)

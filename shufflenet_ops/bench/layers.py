@@ -10,8 +10,11 @@ import torch
 from . import bytes_model
 from .problem import LayerProblem, element_size
 from .providers import LayerFn, LayerProvider, Setup, make_layer_inputs
-from .roofline import Roofline
+from .roofline import Roofline, same_flops_gemm
 from .timing import measure_many, synchronize
+
+# The runner name of the per-layer dense GEMM yardstick (not a provider: it computes no layer).
+SAME_FLOPS_GEMM = "same_flops_gemm"
 
 
 def _runner(fn, args: tuple, mode: str) -> Callable[[], object]:
@@ -103,10 +106,19 @@ def run_layers(
                 run()
                 synchronize(setup.device)
                 runners[provider.name], warmup_s[provider.name] = run, time.perf_counter() - start
+            gemm_flops = 0
+            if mode == "forward":
+                # The grouped GEMM's yardstick: a dense torch.mm of the same FLOPs, in the same rounds.
+                runners[SAME_FLOPS_GEMM], gemm_flops = same_flops_gemm(problem.flops(mode), setup.device, setup.dtype)
+                runners[SAME_FLOPS_GEMM]()
             timings = measure_many(runners, setup.device, min_run_time)
             for provider in providers:
                 row = layer_row(problem, provider, mode, timings[provider.name], roofline, setup.dtype)
                 row["warmup_s"] = round(warmup_s[provider.name], 3)
+                if gemm_flops:
+                    gemm_gflops = gemm_flops / (timings[SAME_FLOPS_GEMM].median_ms * 1e-3) / 1e9
+                    row["same_flops_gemm_gflops"] = gemm_gflops
+                    row["gemm_rate"] = row["gflops"] / gemm_gflops
                 rows.append(row)
     add_speedups(rows, key=("name", "mode"))
     return rows

@@ -170,13 +170,29 @@ def network_weighted_speedups(rows: list[dict]) -> list[dict]:
     return out
 
 
+def gemm_rates(rows: list[dict]) -> dict[int, float]:
+    """Per g: the fused forward's FLOP rate over all 1x1 layers of the network (each shape
+    times its count) as a share of the same-run, same-FLOPs dense ``torch.mm`` rates, i.e.
+    (time the dense GEMMs would take for the same FLOPs) / (time the fused layers take)."""
+    dense_ms: dict[int, float] = defaultdict(float)
+    fused_ms: dict[int, float] = defaultdict(float)
+    for r in rows:
+        if r["level"] == "layer" and r["fused"] and r["mode"] == "forward" and r.get("gemm_rate") is not None:
+            fused_ms[r["model_groups"]] += r["count"] * r["median_ms"]
+            dense_ms[r["model_groups"]] += r["count"] * r["median_ms"] * r["gemm_rate"]
+    return {g: dense_ms[g] / fused_ms[g] for g in fused_ms}
+
+
 def weighted_table(rows: list[dict]) -> str:
     summary = network_weighted_speedups(rows)
     if not summary:
         return ""
+    rates = gemm_rates(rows)
     fused_name = summary[0]["fused_provider"]
     peers = list(dict.fromkeys(s["provider"] for s in summary if s["provider"] != fused_name))
     head = ["all 1x1 layers (x count)", "mode", f"{fused_name} ms", *[f"vs {p}" for p in peers]]
+    if rates:
+        head.append("GEMM rate (vs same-FLOPs mm)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     grouped: dict[tuple, dict[str, dict]] = {}
     for s in summary:
@@ -187,6 +203,8 @@ def weighted_table(rows: list[dict]) -> str:
             continue
         cells = [f"g{g}", mode, f"{fused['total_ms']:.2f}",
                  *[_ratio(by_provider[p]["fused_speedup"]) if p in by_provider else "-" for p in peers]]
+        if rates:
+            cells.append(f"{100 * rates[g]:.0f}%" if mode == "forward" and g in rates else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

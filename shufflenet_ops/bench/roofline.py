@@ -4,6 +4,10 @@ Memory: the bandwidth of a large tensor copy (256 MiB into a preallocated tensor
 read + bytes written per second), the most a memory-bound kernel can hope for. (A
 ``clone`` would time the page faults of a fresh allocation too: 5x slower on CPU.) Compute: the FLOP rate
 of a large ``torch.mm`` in the run's dtype, the most a GEMM-shaped kernel can hope for.
+
+Per layer, ``same_flops_gemm`` gives the reference the grouped GEMM's rate is judged
+against: a dense square ``torch.mm`` of (nearly) the layer's FLOPs, timed interleaved with
+the layer's providers, so drift in the machine's speed within a run lands on both.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from typing import Callable
 
 from .timing import Timing, measure
 
@@ -55,3 +61,18 @@ def measure_roofline(
         copy_bytes=copy_bytes,
         gemm_size=gemm_size,
     )
+
+
+def same_flops_gemm(flops: int, device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], object], int]:
+    """A dense ``torch.mm`` of (nearly) ``flops`` floating-point operations, and its exact
+    FLOP count: square n x n x n with 2 n^3 closest to ``flops`` (the shape a dense GEMM runs
+    best at for its size; operands preallocated, the output written in place)."""
+    n = max(1, round((flops / 2) ** (1 / 3)))
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+
+    def run():
+        return torch.mm(a, b, out=out)
+
+    return run, 2 * n**3
