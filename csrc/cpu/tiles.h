@@ -53,16 +53,19 @@ struct TilePlan {
 
 // A plan whose tile count is a multiple of `threads` when there are few tiles (a plan of 15
 // tiles on 2 threads leaves one thread idle for a fifteenth of the run): the next few tile
-// counts that divide evenly are tried, never with tiles under half the target width. Only
+// counts that divide evenly are tried, with tiles no narrower than half the target width
+// unless there are fewer tiles than threads (g=8's 384->768 at 7x7 made one tile of all 16
+// images in NCHW, and ran on one of two cores). Only
 // for kernels whose results do not depend on the tiling (the forward/grad-input GEMMs;
 // grad weight's reduction order does).
 inline TilePlan balanced_plan(int64_t batch, int64_t pixels, int64_t target_cols, int64_t threads) {
+  constexpr int64_t kMinSplitCols = 64;  // one GEMM panel: a narrower split costs more than it saves
   TilePlan plan(batch, pixels, target_cols);
   const int64_t count = plan.size();
   if (threads <= 1 || count % threads == 0 || count >= 8 * threads) return plan;
   for (int64_t want = (count / threads + 1) * threads; want <= count + 2 * threads; want += threads) {
     const int64_t cols = (batch * pixels + want - 1) / want;
-    if (cols < target_cols / 2) break;
+    if (cols < target_cols / 2 && (count >= threads || cols < kMinSplitCols)) break;
     const TilePlan candidate(batch, pixels, cols);
     if (candidate.size() % threads == 0) return candidate;
   }

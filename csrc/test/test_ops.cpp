@@ -40,8 +40,12 @@ at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& w, const std::optional
 void check_balanced_plans() {
   using shufflenet_ops::cpu::balanced_plan;
   using shufflenet_ops::cpu::TilePlan;
-  const TilePlan fourteen = balanced_plan(1, 16 * 14 * 14, 218, 2);  // 15 tiles of 218 -> 16
-  expect(fourteen.size() == 16 && fourteen.tile_pixels >= 109, "balanced_plan splits 15 tiles into 16 on 2 threads");
+  const TilePlan fourteen = balanced_plan(1, 16 * 14 * 14, 300, 2);  // 11 tiles of 288 -> 12
+  expect(TilePlan(1, 16 * 14 * 14, 300).size() == 11, "TilePlan cuts 3136 pixels into 11 tiles of 288");
+  expect(fourteen.size() == 12 && fourteen.tile_pixels >= 150, "balanced_plan splits 11 tiles into 12 on 2 threads");
+  expect(fourteen.tile_pixels % 16 == 0, "split images get tiles of whole 64-byte lines");
+  // One tile of all 16 7x7 images would leave a thread idle: split below half the target.
+  expect(balanced_plan(16, 49, 910, 2).size() == 2, "balanced_plan gives each of 2 threads a tile");
   expect(balanced_plan(1, 16 * 14 * 14, 218, 1).size() == TilePlan(1, 16 * 14 * 14, 218).size(),
          "balanced_plan keeps the plan on 1 thread");
   expect(balanced_plan(2, 4, 4096, 2).size() == TilePlan(2, 4, 4096).size(), "balanced_plan keeps a 1-tile plan");
