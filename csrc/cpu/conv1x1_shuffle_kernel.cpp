@@ -173,7 +173,8 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
         } else {  // D^T (cols x m) = S^T (cols x kd) @ op(W_i)^T
           done = small && small_gemm(cols, m, kd, reinterpret_cast<const float*>(s.data), s.ld, s_col,
                                      reinterpret_cast<const float*>(packed_w.data() + i * kd * m), m,
-                                     reinterpret_cast<float*>(d.data), d.ld, in_registers);
+                                     reinterpret_cast<float*>(d.data), d.ld, in_registers, /*stream_rows=*/false,
+                                     /*prefetch_rows=*/s_in_place);
           if (!done) {
             TORCH_INTERNAL_ASSERT(s_col == 1, "strided source rows need small_gemm");
             gemm_row_major<acc_t>(false, !w.transposed, cols, m, kd, 1, s.data, s.ld, w.group(i), w.ld(), 0, d.data,

@@ -35,8 +35,11 @@ struct SmallGemmEpilogue {
 // slice of every row of B, and C is streamed to memory with non-temporal stores where its
 // rows are whole 64-byte lines (else prefetched for writing). Leave it false for operands in
 // a buffer (they stay in cache for their next use).
+// prefetch_rows: A's rows (and C's) are rows of a larger tensor read in place (the
+// channels_last layout's pixels), so each row block prefetches the next block's rows.
 bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
-                int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue = {}, bool stream_rows = false);
+                int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue = {}, bool stream_rows = false,
+                bool prefetch_rows = false);
 
 // C (m x n, ldc) += A (m x k) @ B (n x k)^T where the rows of A and B are contiguous (lda,
 // ldb apart): the dot-product form of grad weight in the channel-major layout, where the
