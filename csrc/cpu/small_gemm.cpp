@@ -23,23 +23,22 @@ __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const flo
                                                      __mmask16 last_mask, const float* row_bias,
                                                      const float* col_bias, const float* residual,
                                                      int64_t residual_ld, bool relu, bool prefetch_next_panel,
-                                                     bool prefetch_c, bool stream_c, int64_t pf_rows) {
-  if (pf_rows > 0) {
-    // Rows of A and C that are pixel rows in place (channels_last): the rows pf_rows ahead,
+                                                     bool prefetch_c, bool stream_c, int64_t rows_ahead) {
+  if (rows_ahead > 0) {
+    // Rows of A and C that are pixel rows in place (channels_last): the rows rows_ahead on,
     // A's for reading and C's for writing. Each pixel's slice of a group is a short piece of
     // a long row, a stride the hardware prefetcher follows poorly (+18-62% on the 28x28 and
     // 56x56 layers and g=8's expand GConvs, same-process A/B; neutral at 7x7).
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) _m_prefetchw(c + (r + pf_rows) * ldc + 16 * v);
+      for (int v = 0; v < NV; ++v) _m_prefetchw(c + (r + rows_ahead) * ldc + 16 * v);
       if (a_col == 1) {
-        const float* next = a + (r + pf_rows) * a_row;
+        const float* next = a + (r + rows_ahead) * a_row;
         for (int64_t u = 0; u < k; u += 16) _mm_prefetch(reinterpret_cast<const char*>(next + u), _MM_HINT_T0);
       }
     }
   }
-  // Fully unrolled (the pragmas) so the accumulators live in registers, not on the stack.
   if (prefetch_c) {
     // This block's rows of C in the next panel, for writing: a store to a line not in cache
     // waits for it to be read first, and C's rows are as many plane-apart streams as B's
@@ -49,6 +48,7 @@ __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const flo
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) _m_prefetchw(c + r * ldc + 64 + 16 * v);
   }
+  // Fully unrolled (the pragmas) so the accumulators live in registers, not on the stack.
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -129,14 +129,15 @@ __attribute__((target("avx512f,prfchw"))) void column_panel(int64_t m, int64_t k
                                                      int64_t ldc, __mmask16 last_mask, const float* row_bias,
                                                      const float* col_bias, const float* residual,
                                                      int64_t residual_ld, bool relu, bool prefetch_next_panel,
-                                                     bool stream_c, int64_t pf_blocks) {
+                                                     bool stream_c, bool prefetch_rows) {
   constexpr int kRows = NV >= 4 ? 6 : (NV == 3 ? 7 : 8);  // keep MR * NV <= 24 accumulators
   int64_t i = 0;
   // The first row block of the panel prefetches for the next panel; the others find B in L1.
   for (; i + kRows <= m; i += kRows) {
     block<kRows, NV>(k, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, last_mask,
                      row_bias ? row_bias + i : nullptr, col_bias, residual ? residual + i * residual_ld : nullptr,
-                     residual_ld, relu, prefetch_next_panel && i == 0, prefetch_next_panel && !stream_c, stream_c, pf_blocks * kRows);
+                     residual_ld, relu, prefetch_next_panel && i == 0, prefetch_next_panel && !stream_c, stream_c,
+                     prefetch_rows ? kRows : 0);
   }
   switch (m - i) {  // remainder rows
 #define SHUFFLENET_OPS_REMAINDER(R)                                                                  \
@@ -216,15 +217,14 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, 
                 bool prefetch_rows) {
   static const bool available = small_gemm_available();
   if (!available) return false;
-  // Panels of 64 columns (4 vectors) keep a K x 64 slice of B in L1/L2 while every row of A
-  // streams past it; the last panel takes 1-4 vectors, its last one masked.
   // In-place channel-major output whose rows are whole 64-byte lines: stream it to memory
   // (non-temporal stores) instead of reading each line in before overwriting it. The output
   // of a layer is as large as its input or 4x it, so the reads cost as much as the writes:
   // +4-50% on the 28x28 and 56x56 layers (same-process A/B), none at 14x14 and 7x7, whose
   // planes (196 and 49 pixels) do not fill whole lines and keep the write prefetch.
   const bool stream = stream_rows && (reinterpret_cast<uintptr_t>(c) & 63) == 0 && ldc % 16 == 0;
-  const int64_t pf_blocks = prefetch_rows ? 1 : 0;
+  // Panels of 64 columns (4 vectors) keep a K x 64 slice of B in L1/L2 while every row of A
+  // streams past it; the last panel takes 1-4 vectors, its last one masked.
   for (int64_t j = 0; j < n; j += 64) {
     const int64_t width = n - j < 64 ? n - j : 64;
     const bool prefetch = stream_rows && j + 64 < n;  // another panel follows
@@ -237,25 +237,25 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, 
         column_panel<4>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
                           epilogue.col_bias ? epilogue.col_bias + j : nullptr,
                           epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
-                          prefetch, stream_c, pf_blocks);
+                          prefetch, stream_c, prefetch_rows);
         break;
       case 3:
         column_panel<3>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
                           epilogue.col_bias ? epilogue.col_bias + j : nullptr,
                           epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
-                          prefetch, stream_c, pf_blocks);
+                          prefetch, stream_c, prefetch_rows);
         break;
       case 2:
         column_panel<2>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
                           epilogue.col_bias ? epilogue.col_bias + j : nullptr,
                           epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
-                          prefetch, stream_c, pf_blocks);
+                          prefetch, stream_c, prefetch_rows);
         break;
       default:
         column_panel<1>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
                           epilogue.col_bias ? epilogue.col_bias + j : nullptr,
                           epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
-                          prefetch, stream_c, pf_blocks);
+                          prefetch, stream_c, prefetch_rows);
         break;
     }
   }

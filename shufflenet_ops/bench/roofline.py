@@ -13,10 +13,9 @@ the layer's providers, so drift in the machine's speed within a run lands on bot
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-
-from typing import Callable
 
 from .timing import Timing, measure
 
