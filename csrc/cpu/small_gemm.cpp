@@ -114,7 +114,7 @@ __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const flo
       float* out = c + r * ldc + 16 * v;
       if (v == NV - 1 && last_mask != __mmask16(0xFFFF)) {
         _mm512_mask_storeu_ps(out, last_mask, acc[r][v]);
-      } else if (stream_c) {
+      } else if (stream_c) {  // a whole vector of an aligned row: one whole line
         _mm512_stream_ps(out, acc[r][v]);
       } else {
         _mm512_storeu_ps(out, acc[r][v]);
@@ -228,36 +228,16 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, 
   for (int64_t j = 0; j < n; j += 64) {
     const int64_t width = n - j < 64 ? n - j : 64;
     const bool prefetch = stream_rows && j + 64 < n;  // another panel follows
-    const bool stream_c = stream && j + 64 <= n;  // a whole panel: whole lines
     const int vectors = static_cast<int>((width + 15) / 16);
     const int tail = static_cast<int>(width - 16 * (vectors - 1));
     const __mmask16 last_mask = static_cast<__mmask16>((1u << tail) - 1u);
-    switch (vectors) {
-      case 4:
-        column_panel<4>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
-                          epilogue.col_bias ? epilogue.col_bias + j : nullptr,
-                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
-                          prefetch, stream_c, prefetch_rows);
-        break;
-      case 3:
-        column_panel<3>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
-                          epilogue.col_bias ? epilogue.col_bias + j : nullptr,
-                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
-                          prefetch, stream_c, prefetch_rows);
-        break;
-      case 2:
-        column_panel<2>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
-                          epilogue.col_bias ? epilogue.col_bias + j : nullptr,
-                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
-                          prefetch, stream_c, prefetch_rows);
-        break;
-      default:
-        column_panel<1>(m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
-                          epilogue.col_bias ? epilogue.col_bias + j : nullptr,
-                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
-                          prefetch, stream_c, prefetch_rows);
-        break;
-    }
+    // One instantiation per panel width in vectors (the accumulator block is a template).
+    using Panel = decltype(&column_panel<1>);
+    static constexpr Panel kPanels[] = {column_panel<1>, column_panel<2>, column_panel<3>, column_panel<4>};
+    kPanels[vectors - 1](m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
+                         epilogue.col_bias ? epilogue.col_bias + j : nullptr,
+                         epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
+                         prefetch, stream, prefetch_rows);
   }
   if (stream) _mm_sfence();  // streamed stores are weakly ordered: drain before other threads read C
   return true;
