@@ -20,7 +20,7 @@ from .modules import (
 )
 from . import models
 from .flops import count_flops, count_params
-from .fuse import FuseWarning, fuse
+from .fuse import FuseWarning, fuse, fused_convs
 
 # Triton becomes the CUDA implementation of the ops (a no-op without triton, CUDA or the
 # C++ extension that defines the schema).
@@ -45,6 +45,7 @@ __all__ = [
     "count_params",
     "fold_batchnorm",
     "fuse",
+    "fused_convs",
     "group_conv1x1_shuffle",
     "models",
     "reference",

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ._backend import backend
+from .fuse import original_forwards
 from .modules import FUSED_MODULE_TYPES, batchnorm_folding
 
 
@@ -84,8 +85,9 @@ def _count(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     training = {module: module.training for module in model.modules()}
     try:
         model.eval()
-        # Unfolded, so that every conv module runs (a folded BN calls F.conv2d directly).
-        with torch.no_grad(), batchnorm_folding(False):
+        # Unfolded and with fuse()'s rewritten forwards off, so that every conv module runs
+        # (a folded BN calls F.conv2d directly; a fuse()d forward reads the conv's weights).
+        with torch.no_grad(), batchnorm_folding(False), original_forwards():
             model(x)
     finally:
         for handle in handles:

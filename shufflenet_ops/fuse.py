@@ -1,65 +1,87 @@
-"""``fuse(model)``: run the 1x1 convs of an existing model next to a channel shuffle as
-fused ``shufflenet_ops`` modules, by torch.fx graph rewriting.
+"""``fuse(model)``: run the 1x1 convs of an existing model next to a channel shuffle on the
+fused ``shufflenet_ops`` kernels, by torch.fx graph rewriting, keeping the model as it is.
 
 What is rewritten, for every plain 1x1 ``nn.Conv2d`` (stride 1, no padding) of the model:
 
 - output shuffle: the conv followed by a chain of BatchNorm2d, ReLU and one channel
-  shuffle, in any order with BN before ReLU, each value used only by the next ->
-  ``GroupConv1x1Shuffle`` (no BN) or ``GroupConv1x1BNShuffle`` (with BN; a BN after the
-  shuffle is indexed in shuffled order and is folded through the inverse permutation);
+  shuffle, in any order with BN before ReLU, each value used only by the next (a BN after
+  the shuffle is indexed in shuffled order and is folded through the inverse permutation);
 - input shuffle: the conv's input is a channel shuffle (its output may be used elsewhere
-  too), the conv optionally followed by BN and/or ReLU -> ``ShuffleGroupConv1x1`` or
-  ``ShuffleGroupConv1x1BN``;
+  too), the conv optionally followed by BN and/or ReLU;
 - otherwise a grouped (groups > 1) 1x1 conv with its BN/ReLU also runs on the fused
-  kernels (shuffle_groups=1). Ungrouped 1x1 convs without a shuffle are left alone.
+  kernels (no shuffle). Ungrouped 1x1 convs without a shuffle are left alone;
+- epilogues: a residual add after such a conv (``x + branch``, ``branch + x``,
+  ``torch.add``, ``.add``), with or without a ReLU after it, moves into the conv's
+  epilogue (when the conv has no ReLU of its own); so does the ReLU after a concat of the
+  conv's output with a 3x3/2 average-pooled shortcut (a stride-2 ShuffleNet unit), the
+  pool then running as ``avg_pool3x3s2_relu``.
 
 A channel shuffle is recognised by what it computes, not by how it is written: any chain
 of layout operations (``nn.ChannelShuffle``, ``torch.channel_shuffle``,
 ``F.channel_shuffle``, ``view``/``reshape``/``flatten``, ``transpose``/``permute``,
-``contiguous``, ...) whose sizes depend only on its input is run on probe tensors whose
-elements are all distinct; if it returns ``torch.channel_shuffle(x, g)`` for some
-``1 < g < C``, it is that shuffle (either convention: the official code's reshape to
-(C/g, g) is found as ``g' = C/g``).
+``contiguous``, einops' ``Rearrange`` layer and ``rearrange`` function, ...) whose sizes
+depend only on its input is run on probe tensors whose elements are all distinct; if it
+returns ``torch.channel_shuffle(x, g)`` for some ``1 < g < C``, it is that shuffle (either
+convention: the official code's reshape to (C/g, g) is found as ``g' = C/g``).
+
+**The model stays the user's model.** Nothing in the module tree changes: no module is
+added, moved or renamed, so ``state_dict()`` keys, checkpoints (both ways), indexing of
+``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict``, ``.train()``, ``.eval()``
+and ``.to()`` behave as before. What changes is the ``forward`` of each module whose own
+trace contained a pattern: it is replaced, on that instance, by the rewritten code
+(``FusedForward``), in which each fused conv is one call of ``fused_conv1x1(x, conv,
+bn, ...)`` reading the conv's and BN's live parameters. Every traceable module gets the
+rewrite of its own subtree, so ``model.features(x)`` is fused as well as ``model(x)``.
+Eval-mode BN folds into the conv (the ReLU and residual into the epilogue); train mode
+computes exactly the original conv -> BN -> ReLU -> shuffle (see ``modules.conv1x1_bn``).
+``fused_convs(model)`` lists what ``model(x)`` runs fused.
 
 Modules that torch.fx cannot trace (data-dependent control flow, ...) keep their own code
 and are searched submodule by submodule instead. Everything that could not be traced or
 fused is listed in one ``FuseWarning``.
-
-The fused conv+BN modules fold their BN (and put the ReLU in the kernel's epilogue) in
-eval mode by themselves and compute exactly the unfused conv -> BN -> ReLU -> shuffle in
-train mode; see ``shufflenet_ops.modules``.
 """
 
 from __future__ import annotations
 
 import builtins
-import collections
+import contextlib
 import copy
 import dis
+import functools
+import hashlib
+import importlib
 import inspect
+import linecache
 import math
 import operator
+import threading
 import types
 import warnings
+import weakref
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import reference
+from . import functional, reference
 from .modules import (
     FUSED_MODULE_TYPES,
-    GroupConv1x1BNShuffle,
-    GroupConv1x1Shuffle,
-    ShuffleGroupConv1x1,
-    ShuffleGroupConv1x1BN,
+    FoldCache,
+    conv1x1_bn,
+    conv2d_bn,
+    is_foldable_conv,
     is_plain_batchnorm,
     is_pointwise_conv,
 )
 
-__all__ = ["FuseWarning", "fuse"]
+__all__ = [
+    "FuseWarning", "FusedConv", "FusedForward", "fuse", "fused_conv1x1", "fused_conv_bn", "fused_convs",
+    "original_forwards",
+]
 
 
 class FuseWarning(UserWarning):
@@ -77,6 +99,9 @@ _LAYOUT_FUNCTIONS = frozenset(
     }
 )
 _LAYOUT_MODULES = (nn.ChannelShuffle, nn.Flatten, nn.Unflatten)
+# A residual add that can move into the epilogue (no alpha, no out=).
+_ADD_FUNCTIONS = frozenset({operator.add, torch.add})
+_CONCAT_FUNCTIONS = frozenset({torch.cat, torch.concat, torch.concatenate})
 _EXPLICIT_SHUFFLE_FUNCTIONS = frozenset({torch.channel_shuffle, torch.native_channel_shuffle, F.channel_shuffle})
 # A layout chain with one of these next to a 1x1 conv looks like a hand-written shuffle.
 _TRANSPOSE_METHODS = frozenset({"transpose", "permute", "swapaxes", "swapdims", "movedim"})
@@ -93,6 +118,29 @@ _SIZE_ARITHMETIC = frozenset(
 _MAX_LAYOUT_CHAIN = 8
 # Probe shapes (N, H, W): two, so a rearrangement that only happens to match one fails.
 _PROBE_SHAPES = ((2, 3, 5), (3, 1, 4))
+
+
+
+
+@functools.cache
+def _einops() -> tuple[types.ModuleType | None, tuple[type, ...], frozenset]:
+    """einops (optional): the module, its layout layers and its layout functions. Its
+    layers are fx leaves and its functions fx-wrapped calls (einops cannot run on fx
+    proxies); the probe then runs them on real tensors like any other layout op."""
+    try:
+        import einops
+        from einops.layers.torch import Rearrange
+    except ImportError:
+        return None, (), frozenset()
+    return einops, (Rearrange,), frozenset({einops.rearrange})
+
+
+def _layout_modules() -> tuple[type, ...]:
+    return _LAYOUT_MODULES + _einops()[1]
+
+
+def _layout_functions() -> frozenset:
+    return _LAYOUT_FUNCTIONS | _einops()[2]
 
 
 # ------------------------------------------------------------------------------ report
@@ -153,18 +201,34 @@ class _Tracer(fx.Tracer):
         return super().to_bool(obj)
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, FUSED_MODULE_TYPES) or super().is_leaf_module(module, qualified_name)
+        return (
+            isinstance(module, FUSED_MODULE_TYPES)
+            or type(module).__module__.startswith("einops.")
+            or super().is_leaf_module(module, qualified_name)
+        )
 
 
-def _trace(module: nn.Module) -> fx.GraphModule:
-    tracer = _Tracer()
-    graph = tracer.trace(module)
-    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+def _tracer() -> _Tracer:
+    einops = _einops()[0]
+    return _Tracer(autowrap_modules=(math,) if einops is None else (math, einops))
+
+
+def _trace(module: nn.Module) -> tuple[fx.Graph, dict[str, Any]]:
+    """The graph of ``type(module).forward`` (the class's own code, also when ``fuse``
+    installed a rewritten forward on the instance before), submodules inlined, and the
+    plain tensor constants the tracer stored on the module for it. They are taken off the
+    module here; ``_install`` puts them back when the rewritten forward needs them."""
+    before = set(vars(module))
+    try:
+        graph = _tracer().trace(module)
+    finally:
+        added = {name: vars(module).pop(name) for name in set(vars(module)) - before}
+    return graph, added
 
 
 # ------------------------------------------------------------------------ node helpers
-def _submodule(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
+def _submodule(root: nn.Module, node: fx.Node) -> nn.Module | None:
+    return root.get_submodule(node.target) if node.op == "call_module" else None
 
 
 def _is_shape_query(node: fx.Node) -> bool:
@@ -186,9 +250,9 @@ def _first_argument_is(node: fx.Node, source: fx.Node) -> bool:
     return bool(node.args) and node.args[0] is source
 
 
-def _is_relu_of(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> bool:
+def _is_relu_of(root: nn.Module, node: fx.Node, source: fx.Node) -> bool:
     if node.op == "call_module":
-        module = _submodule(gm, node)
+        module = _submodule(root, node)
         return type(module) is nn.ReLU and node.args == (source,) and not node.kwargs
     if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
         return _first_argument_is(node, source) and len(node.args) <= 2 and set(node.kwargs) <= {"inplace"}
@@ -197,37 +261,37 @@ def _is_relu_of(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> bool:
     return False
 
 
-def _batchnorm_of(gm: fx.GraphModule, node: fx.Node, source: fx.Node, channels: int) -> nn.BatchNorm2d | None:
-    module = _submodule(gm, node)
+def _batchnorm_of(root: nn.Module, node: fx.Node, source: fx.Node, channels: int) -> nn.BatchNorm2d | None:
+    module = _submodule(root, node)
     if module is not None and is_plain_batchnorm(module) and module.num_features == channels:
         if node.args == (source,) and not node.kwargs:
             return module
     return None
 
 
-def _pointwise_conv(gm: fx.GraphModule, node: fx.Node) -> nn.Conv2d | None:
-    module = _submodule(gm, node)
+def _pointwise_conv(root: nn.Module, node: fx.Node) -> nn.Conv2d | None:
+    module = _submodule(root, node)
     if module is not None and is_pointwise_conv(module) and len(node.args) == 1 and not node.kwargs:
         if isinstance(node.args[0], fx.Node):
             return module
     return None
 
 
-def _is_layout_op(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _is_layout_op(root: nn.Module, node: fx.Node) -> bool:
     if not node.args or not isinstance(node.args[0], fx.Node):
         return False
     if node.op == "call_method":
         return node.target in _LAYOUT_METHODS
     if node.op == "call_function":
-        return node.target in _LAYOUT_FUNCTIONS
+        return node.target in _layout_functions()
     if node.op == "call_module":
-        return isinstance(_submodule(gm, node), _LAYOUT_MODULES) and len(node.args) == 1
+        return isinstance(_submodule(root, node), _layout_modules()) and len(node.args) == 1
     return False
 
 
-def _is_explicit_shuffle(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _is_explicit_shuffle(root: nn.Module, node: fx.Node) -> bool:
     if node.op == "call_module":
-        return isinstance(_submodule(gm, node), nn.ChannelShuffle)
+        return isinstance(_submodule(root, node), nn.ChannelShuffle)
     return node.op == "call_function" and node.target in _EXPLICIT_SHUFFLE_FUNCTIONS
 
 
@@ -236,7 +300,7 @@ class _NotPure(Exception):
     """The candidate depends on something other than its input tensor's shape."""
 
 
-def _evaluate(gm: fx.GraphModule, end: fx.Node, source: fx.Node, probe: torch.Tensor) -> object:
+def _evaluate(root: nn.Module, end: fx.Node, source: fx.Node, probe: torch.Tensor) -> object:
     """The value of ``end`` when ``source`` is ``probe``: the layout chain runs, and the
     size arithmetic it reads (``b, c, h, w = x.size()``, ``c // g``, ...) is recomputed."""
     values: dict[fx.Node, object] = {source: probe}
@@ -246,11 +310,11 @@ def _evaluate(gm: fx.GraphModule, end: fx.Node, source: fx.Node, probe: torch.Te
             return values[node]
         args = fx.node.map_arg(node.args, value)
         kwargs = fx.node.map_arg(node.kwargs, value)
-        if _is_layout_op(gm, node) and node.op == "call_module":
-            result = _submodule(gm, node)(*args, **kwargs)
-        elif _is_layout_op(gm, node) and node.op == "call_method":
+        if _is_layout_op(root, node) and node.op == "call_module":
+            result = _submodule(root, node)(*args, **kwargs)
+        elif _is_layout_op(root, node) and node.op == "call_method":
             result = getattr(args[0], node.target)(*args[1:], **kwargs)
-        elif node.op == "call_function" and (node.target in _SIZE_ARITHMETIC or node.target in _LAYOUT_FUNCTIONS):
+        elif node.op == "call_function" and (node.target in _SIZE_ARITHMETIC or node.target in _layout_functions()):
             result = node.target(*args, **kwargs)
         elif node.op == "call_method" and node.target in _SHAPE_METHODS:
             result = getattr(args[0], node.target)(*args[1:], **kwargs)
@@ -262,7 +326,7 @@ def _evaluate(gm: fx.GraphModule, end: fx.Node, source: fx.Node, probe: torch.Te
     return value(end)
 
 
-def _shuffle_groups_of(gm: fx.GraphModule, source: fx.Node, end: fx.Node, channels: int) -> int | None:
+def _shuffle_groups_of(root: nn.Module, source: fx.Node, end: fx.Node, channels: int) -> int | None:
     """``g`` if the nodes from ``source`` to ``end`` compute ``channel_shuffle(source, g)``
     with ``1 < g < channels``, else None."""
     found = None
@@ -273,7 +337,7 @@ def _shuffle_groups_of(gm: fx.GraphModule, source: fx.Node, end: fx.Node, channe
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = _evaluate(gm, end, source, probe)
+                result = _evaluate(root, end, source, probe)
         except Exception:  # noqa: BLE001  (not a pure rearrangement of this input: no match)
             return None
         if not isinstance(result, torch.Tensor) or result.shape != probe.shape:
@@ -285,34 +349,34 @@ def _shuffle_groups_of(gm: fx.GraphModule, source: fx.Node, end: fx.Node, channe
     return found
 
 
-def _match_shuffle_after(gm: fx.GraphModule, source: fx.Node, channels: int) -> tuple[int, list[fx.Node]] | None:
+def _match_shuffle_after(root: nn.Module, source: fx.Node, channels: int) -> tuple[int, list[fx.Node]] | None:
     """A channel shuffle applied to ``source`` (its only value user): ``(groups, nodes)``.
     Nodes inside the shuffle must have no other user; the last one may have any."""
     chain: list[fx.Node] = []
     node = source
     while len(chain) < _MAX_LAYOUT_CHAIN:
         users = _value_users(node) if node is source else list(node.users)
-        if len(users) != 1 or not _is_layout_op(gm, users[0]) or users[0].args[0] is not node:
+        if len(users) != 1 or not _is_layout_op(root, users[0]) or users[0].args[0] is not node:
             break
         node = users[0]
         chain.append(node)
     for length in range(len(chain), 0, -1):  # the longest match absorbs a trailing .contiguous()
-        groups = _shuffle_groups_of(gm, source, chain[length - 1], channels)
+        groups = _shuffle_groups_of(root, source, chain[length - 1], channels)
         if groups is not None:
             return groups, chain[:length]
     return None
 
 
-def _match_shuffle_before(gm: fx.GraphModule, conv_node: fx.Node, channels: int) -> tuple[fx.Node, int] | None:
+def _match_shuffle_before(root: nn.Module, conv_node: fx.Node, channels: int) -> tuple[fx.Node, int] | None:
     """``(unshuffled tensor, groups)`` if the conv's input is a channel shuffle of it."""
     chain: list[fx.Node] = []  # layout nodes, from the conv's input backwards
     node = conv_node.args[0]
-    while len(chain) < _MAX_LAYOUT_CHAIN and isinstance(node, fx.Node) and _is_layout_op(gm, node):
+    while len(chain) < _MAX_LAYOUT_CHAIN and isinstance(node, fx.Node) and _is_layout_op(root, node):
         chain.append(node)
         node = node.args[0]
     for length in range(len(chain), 0, -1):
         source = chain[length - 1].args[0]
-        groups = _shuffle_groups_of(gm, source, chain[0], channels)
+        groups = _shuffle_groups_of(root, source, chain[0], channels)
         if groups is not None:
             return source, groups
     return None
@@ -324,17 +388,17 @@ def _is_transpose(node: fx.Node) -> bool:
     )
 
 
-def _next_to_unrecognised_transpose(gm: fx.GraphModule, conv_node: fx.Node, pattern: "_Pattern | None") -> bool:
+def _next_to_unrecognised_transpose(root: nn.Module, conv_node: fx.Node, pattern: "_Pattern | None") -> bool:
     """Whether a layout chain with a transpose follows the conv (after its BN/ReLU) or
     feeds it: a shuffle written in a form the probe could not verify."""
     after = pattern.consumed[-1] if pattern is not None and pattern.consumed else conv_node
     node, steps = after, 0
-    while steps < _MAX_LAYOUT_CHAIN and len(users := _value_users(node)) == 1 and _is_layout_op(gm, users[0]):
+    while steps < _MAX_LAYOUT_CHAIN and len(users := _value_users(node)) == 1 and _is_layout_op(root, users[0]):
         node, steps = users[0], steps + 1
         if _is_transpose(node):
             return True
     node, steps = conv_node.args[0], 0
-    while steps < _MAX_LAYOUT_CHAIN and isinstance(node, fx.Node) and _is_layout_op(gm, node):
+    while steps < _MAX_LAYOUT_CHAIN and isinstance(node, fx.Node) and _is_layout_op(root, node):
         if _is_transpose(node):
             return True
         node, steps = node.args[0], steps + 1
@@ -359,7 +423,7 @@ class _Pattern:
         return None if self.bn_node is None else self.bn_node.target
 
 
-def _match_conv(gm: fx.GraphModule, conv_node: fx.Node, conv: nn.Conv2d) -> _Pattern | None:
+def _match_conv(root: nn.Module, conv_node: fx.Node, conv: nn.Conv2d) -> _Pattern | None:
     pattern = _Pattern(conv_node, conv)
     channels = conv.out_channels
     current = conv_node
@@ -369,14 +433,14 @@ def _match_conv(gm: fx.GraphModule, conv_node: fx.Node, conv: nn.Conv2d) -> _Pat
             break
         successor = users[0]
         # BN must come before the ReLU to fold; at most one of each and one shuffle.
-        if pattern.bn_node is None and not pattern.relu and _batchnorm_of(gm, successor, current, channels):
+        if pattern.bn_node is None and not pattern.relu and _batchnorm_of(root, successor, current, channels):
             pattern.bn_node = successor
             pattern.bn_after_shuffle = pattern.output_shuffle_groups > 1
             nodes = [successor]
-        elif not pattern.relu and _is_relu_of(gm, successor, current):
+        elif not pattern.relu and _is_relu_of(root, successor, current):
             pattern.relu = True
             nodes = [successor]
-        elif pattern.output_shuffle_groups == 1 and (found := _match_shuffle_after(gm, current, channels)):
+        elif pattern.output_shuffle_groups == 1 and (found := _match_shuffle_after(root, current, channels)):
             pattern.output_shuffle_groups, nodes = found
         else:
             break
@@ -384,7 +448,7 @@ def _match_conv(gm: fx.GraphModule, conv_node: fx.Node, conv: nn.Conv2d) -> _Pat
         current = nodes[-1]
 
     if pattern.output_shuffle_groups == 1:
-        before = _match_shuffle_before(gm, conv_node, conv.in_channels)
+        before = _match_shuffle_before(root, conv_node, conv.in_channels)
         if before is not None:
             pattern.input_source, pattern.input_shuffle_groups = before
         elif conv.groups == 1:
@@ -392,55 +456,193 @@ def _match_conv(gm: fx.GraphModule, conv_node: fx.Node, conv: nn.Conv2d) -> _Pat
     return pattern
 
 
-def _fused_module(pattern: _Pattern, bn: nn.BatchNorm2d | None) -> nn.Module:
-    conv = pattern.conv
-    if pattern.input_source is not None:
-        if bn is not None:
-            module: nn.Module = ShuffleGroupConv1x1BN(conv, bn, pattern.input_shuffle_groups, relu=pattern.relu)
-        else:
-            module = ShuffleGroupConv1x1.from_conv(conv, pattern.input_shuffle_groups, relu=pattern.relu)
-    elif bn is not None:
-        module = GroupConv1x1BNShuffle(
-            conv, bn, pattern.output_shuffle_groups, relu=pattern.relu, bn_after_shuffle=pattern.bn_after_shuffle
+
+# ---------------------------------------------------------------- what the graph calls
+# Folded conv+BN weights per (BN, conv, BN channel order), reused until a source tensor
+# changes (FoldCache). Weak on the BN: the cache never keeps a model alive.
+_fold_caches: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, FoldCache]]" = weakref.WeakKeyDictionary()
+
+
+def _fold_cache(conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_order: int) -> FoldCache | None:
+    """The cache of one (conv, BN, BN channel order) triple; ``bn_order``: the output
+    shuffle the BN is indexed by (1: the conv's own order)."""
+    if torch.compiler.is_compiling():
+        return None  # folded in the graph (FoldCache does not cache under compile either)
+    caches = _fold_caches.setdefault(bn, {})
+    # FoldCache checks tensor identities, so a reused id() never matches a stale entry.
+    return caches.setdefault((id(conv), bn_order), FoldCache())
+
+
+def _fits_epilogue(residual: object, x: torch.Tensor, out_channels: int) -> bool:
+    return (
+        isinstance(residual, torch.Tensor)
+        and residual.shape == (x.shape[0], out_channels, *x.shape[2:])
+        and residual.dtype == x.dtype
+        and residual.device == x.device
+    )
+
+
+def fused_conv1x1(
+    x: torch.Tensor,
+    conv: nn.Conv2d,
+    bn: nn.BatchNorm2d | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    input_shuffle: int = 1,
+    output_shuffle: int = 1,
+    relu: bool = False,
+    bn_after_shuffle: bool = False,
+) -> torch.Tensor:
+    """One fused conv of a ``fuse()``d forward: ``act(bn(P_out(conv(P_in(x)))) + residual)``.
+
+    Args:
+        x: ``(N, Cin, H, W)`` input (any memory format, any float dtype the ops take).
+        conv: the model's own 1x1 ``nn.Conv2d`` (read live: weight, bias, groups).
+        bn: the model's own ``nn.BatchNorm2d`` after it, or None. Eval mode: folded into
+            the conv; train mode: batch statistics and running-stat updates as usual.
+        residual: added before the ReLU. When it cannot go into the kernel's epilogue (a
+            broadcasting shape, another dtype or device) it is added after the fused conv
+            exactly as the original ``y + residual`` was.
+        input_shuffle / output_shuffle: shuffle groups of the channel shuffle before /
+            after the conv (1: none; at most one of them > 1).
+        relu: ReLU at the end. bn_after_shuffle: the BN is indexed in shuffled order.
+    Returns:
+        ``(N, Cout, H, W)`` in ``x``'s memory format.
+    Raises:
+        What the fused ops raise for inconsistent shapes, dtypes or devices.
+    """
+    if residual is not None and not _fits_epilogue(residual, x, conv.out_channels):
+        y = fused_conv1x1(
+            x, conv, bn, input_shuffle=input_shuffle, output_shuffle=output_shuffle, bn_after_shuffle=bn_after_shuffle
         )
-    else:
-        module = GroupConv1x1Shuffle.from_conv(conv, pattern.output_shuffle_groups, relu=pattern.relu)
-    module.training = conv.training  # not .train(): that would also reset the BN's own mode
-    return module
+        y = y + residual
+        return F.relu(y) if relu else y
+    if bn is not None:
+        return conv1x1_bn(
+            x, conv, bn, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu,
+            bn_after_shuffle=bn_after_shuffle, residual=residual,
+            fold_cache=_fold_cache(conv, bn, output_shuffle if bn_after_shuffle else 1),
+        )
+    if input_shuffle > 1:
+        return functional.shuffle_group_conv1x1(
+            x, conv.weight, conv.groups, input_shuffle, bias=conv.bias, relu=relu, residual=residual
+        )
+    return functional.group_conv1x1_shuffle(
+        x, conv.weight, conv.groups, bias=conv.bias, shuffle_groups=output_shuffle, relu=relu, residual=residual
+    )
 
 
-def _erase_dead(gm: fx.GraphModule, candidates: list[fx.Node]) -> set[fx.Node]:
-    """Erase the candidates that nothing reads any more, from the last of the list, then
-    the layout ops and size arithmetic that only they read. (Not graph.eliminate_dead_code: that would also drop
-    unused in-place method calls of the user's code.)"""
-    graph = gm.graph
-    pending = list(candidates)
-    erased: set[fx.Node] = set()
-    while pending:
-        node = pending.pop()
-        if node in erased or node.users or node.op in ("placeholder", "output", "get_attr"):
-            continue
-        inputs = list(node.all_input_nodes)
-        graph.erase_node(node)
-        erased.add(node)
-        pending.extend(n for n in inputs if _is_size_node(n) or _is_layout_op(gm, n))
-    return erased
+def fused_conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``bn(conv(x))`` of a ``fuse()``d forward for a conv the fused kernels do not run (the
+    3x3 depthwise conv, the stem): BN folded into one ``F.conv2d`` in eval mode, exactly
+    ``bn(conv(x))`` otherwise (``modules.conv2d_bn``)."""
+    return conv2d_bn(x, conv, bn, _fold_cache(conv, bn, 1))
 
 
-def _is_size_node(node: fx.Node) -> bool:
-    return _is_shape_query(node) or (node.op == "call_function" and node.target in _SIZE_ARITHMETIC)
+@dataclass(frozen=True)
+class FusedConv:
+    """One conv that a ``fuse()``d forward runs fused (paths from the module ``fused_convs``
+    was asked about)."""
+
+    conv: str  # qualified name of the nn.Conv2d
+    bn: str | None  # qualified name of the BatchNorm2d folded into it, if any
+    kernel: str = "conv1x1_shuffle"  # or "conv2d_bn": torch's conv with the BN folded in
+    input_shuffle: int = 1  # shuffle groups before the conv (1: none)
+    output_shuffle: int = 1  # shuffle groups after the conv (1: none)
+    relu: bool = False
+    residual: bool = False  # a residual add in the epilogue
+    bn_after_shuffle: bool = False
 
 
-def _apply(gm: fx.GraphModule, pattern: _Pattern) -> set[fx.Node]:
-    """Replace the pattern by one fused module call; returns the erased nodes."""
-    graph = gm.graph
-    bn = None if pattern.bn_node is None else gm.get_submodule(pattern.bn_target)
-    fused = _fused_module(pattern, bn)
+_original_forwards = threading.local()
+
+
+@contextlib.contextmanager
+def original_forwards() -> Iterator[None]:
+    """Inside this block, modules rewritten by ``fuse`` run their class's own forward (the
+    unfused code, with every submodule called): e.g. for forward hooks on each conv."""
+    previous = getattr(_original_forwards, "value", False)
+    _original_forwards.value = True
+    try:
+        yield
+    finally:
+        _original_forwards.value = previous
+
+
+def _compile_forward(source: str, namespace: dict[str, Any]) -> types.FunctionType:
+    # A linecache entry under a unique name, so tracebacks and inspect show the code.
+    filename = f"<shufflenet_ops.fuse {hashlib.sha1(source.encode()).hexdigest()[:12]}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    scope = dict(namespace)
+    exec(compile(source, filename, "exec"), scope)  # noqa: S102  (code generated by torch.fx)
+    return scope["forward"]
+
+
+def _import_module(name: str) -> types.ModuleType:
+    return importlib.import_module(name)
+
+
+class FusedForward:
+    """The forward that ``fuse`` installed on one module instance: torch.fx's code for the
+    rewritten graph (``code``), called with the module as ``self``. ``sites`` lists the
+    fused convs (paths relative to the module). Deep-copies and pickles with its module
+    (``torch.save(model)``, ``copy.deepcopy``)."""
+
+    def __init__(self, module: nn.Module, code: str, namespace: dict[str, Any], sites: tuple[FusedConv, ...]) -> None:
+        self._module = module
+        self.code = code
+        self.sites = sites
+        self._namespace = namespace
+        self._function = _compile_forward(code, namespace)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_original_forwards, "value", False):
+            return type(self._module).forward(self._module, *args, **kwargs)
+        return self._function(self._module, *args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> "FusedForward":
+        # The module's copy is already in the memo (deepcopy creates it before its state).
+        copied = copy.copy(self)
+        copied._module = copy.deepcopy(self._module, memo)
+        return copied
+
+    def __reduce__(self):
+        # Modules in fx's namespace (torch, ...) pickle by name; functions by reference.
+        names = {k: ("module", v.__name__) if isinstance(v, types.ModuleType) else ("object", v)
+                 for k, v in self._namespace.items()}
+        return (_rebuild_forward, (self._module, self.code, names, self.sites))
+
+    def __repr__(self) -> str:
+        return f"FusedForward({type(self._module).__name__}, {len(self.sites)} fused conv(s))"
+
+
+def _rebuild_forward(module: nn.Module, code: str, names: dict, sites: tuple) -> FusedForward:
+    namespace = {k: _import_module(v) if kind == "module" else v for k, (kind, v) in names.items()}
+    return FusedForward(module, code, namespace, sites)
+
+
+# ------------------------------------------------------------------------ graph rewrite
+def _is_fused_call(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target is fused_conv1x1
+
+
+def _apply(root: nn.Module, graph: fx.Graph, pattern: _Pattern) -> set[fx.Node]:
+    """Replace the pattern by one ``fused_conv1x1`` call; returns the erased nodes."""
     conv_node = pattern.conv_node
-    gm.add_submodule(conv_node.target, fused)  # the fused module takes the conv's place
     source = pattern.input_source if pattern.input_source is not None else conv_node.args[0]
     with graph.inserting_before(conv_node):
-        fused_node = graph.call_module(conv_node.target, (source,))
+        conv = graph.get_attr(conv_node.target)
+        bn = graph.get_attr(pattern.bn_target) if pattern.bn_node is not None else None
+        fused_node = graph.call_function(
+            fused_conv1x1,
+            (source, conv, bn),
+            {
+                "input_shuffle": pattern.input_shuffle_groups,
+                "output_shuffle": pattern.output_shuffle_groups,
+                "relu": pattern.relu,
+                "bn_after_shuffle": pattern.bn_after_shuffle,
+            },
+        )
     replaced = [conv_node, *pattern.consumed]
     for node in replaced:  # shape queries of replaced values read the same shape from the fused output
         for user in list(node.users):
@@ -450,30 +652,218 @@ def _apply(gm: fx.GraphModule, pattern: _Pattern) -> set[fx.Node]:
     size_inputs = [n for node in pattern.consumed for n in node.all_input_nodes if _is_size_node(n)]
     # The replaced nodes (nothing reads them any more; erased last one first), then the size
     # arithmetic of a fused output shuffle and an input shuffle that nothing else reads.
-    erased = _erase_dead(gm, [*size_inputs, conv_node.args[0], *replaced])
-    if bn is not None and not any(n.op == "call_module" and n.target == pattern.bn_target for n in graph.nodes):
-        # The BN now lives inside the fused module; its old path would be a second name for
-        # the same module (duplicate state_dict entries).
-        gm.delete_submodule(pattern.bn_target)
+    return _erase_dead(root, [*size_inputs, conv_node.args[0], *replaced])
+
+
+def _erase_dead(root: nn.Module, candidates: list[fx.Node]) -> set[fx.Node]:
+    """Erase the candidates that nothing reads any more, from the last of the list, then
+    the layout ops and size arithmetic that only they read. (Not graph.eliminate_dead_code:
+    that would also drop unused in-place method calls of the user's code.)"""
+    pending = list(candidates)
+    erased: set[fx.Node] = set()
+    while pending:
+        node = pending.pop()
+        if node in erased or node.users or node.op in ("placeholder", "output", "get_attr"):
+            continue
+        inputs = list(node.all_input_nodes)
+        node.graph.erase_node(node)
+        erased.add(node)
+        pending.extend(n for n in inputs if _is_size_node(n) or _is_layout_op(root, n))
     return erased
 
 
-def _rewrite(gm: fx.GraphModule, prefix: str, report: _Report) -> bool:
-    """Fuse every pattern of ``gm`` in place; True if anything changed."""
-    graph = gm.graph
-    call_counts = collections.Counter(node.target for node in graph.nodes if node.op == "call_module")
-    attribute_reads = [node.target for node in graph.nodes if node.op == "get_attr"]
+def _is_size_node(node: fx.Node) -> bool:
+    return _is_shape_query(node) or (node.op == "call_function" and node.target in _SIZE_ARITHMETIC)
+
+
+def _epilogue_free(node: fx.Node) -> bool:
+    """A fused call whose output can still take a residual and a ReLU: no ReLU, no
+    residual, and nothing but one value user reads it (not even its shape)."""
+    return (
+        _is_fused_call(node)
+        and not node.kwargs["relu"]
+        and node.args[3:] in ((), (None,))
+        and len(node.users) == 1
+    )
+
+
+def _residual_of(add: fx.Node, branch: fx.Node) -> fx.Node | None:
+    """The other operand if ``add`` is ``branch + other`` or ``other + branch`` (no alpha)."""
+    if add.kwargs or len(add.args) != 2:
+        return None
+    is_add = (add.op == "call_function" and add.target in _ADD_FUNCTIONS) or (
+        add.op == "call_method" and add.target == "add"
+    )
+    if not is_add:
+        return None
+    first, second = add.args
+    other = second if first is branch else first if second is branch else None
+    return other if isinstance(other, fx.Node) and other is not branch else None
+
+
+def _fuse_residual_adds(root: nn.Module, graph: fx.Graph) -> bool:
+    """``[relu](fused(x) + r)`` -> ``fused(x, residual=r, relu=...)``: the add (and ReLU)
+    run in the conv's epilogue. The new call sits where the add was, after ``r`` exists."""
+    changed = False
+    for node in list(graph.nodes):
+        if not _epilogue_free(node):
+            continue
+        add = next(iter(node.users))
+        residual = _residual_of(add, node)
+        if residual is None:
+            continue
+        users = _value_users(add)
+        relu = users[0] if len(users) == 1 and _is_relu_of(root, users[0], add) else None
+        end = relu if relu is not None else add
+        with graph.inserting_before(add):
+            fused = graph.call_function(
+                fused_conv1x1, (*node.args[:3], residual), {**node.kwargs, "relu": relu is not None}
+            )
+        for user in list(add.users):  # shape queries of the sum read the fused output's shape
+            if user is not relu:
+                user.replace_input_with(add, fused)
+        end.replace_all_uses_with(fused)
+        for dead in (relu, add, node):
+            if dead is not None:
+                graph.erase_node(dead)
+        changed = True
+    return changed
+
+
+def _is_avg_pool3x3s2(root: nn.Module, node: fx.Node) -> bool:
+    """``nn.AvgPool2d(3, 2, 1)`` or ``F.avg_pool2d(x, 3, 2, 1)`` with the other arguments
+    at their defaults: what ``avg_pool3x3s2_relu`` computes before its ReLU."""
+    module = _submodule(root, node)
+    if module is not None:
+        return (
+            type(module) is nn.AvgPool2d
+            and len(node.args) == 1 and not node.kwargs
+            and module.kernel_size in (3, (3, 3)) and module.stride in (2, (2, 2)) and module.padding in (1, (1, 1))
+            and not module.ceil_mode and module.count_include_pad and module.divisor_override is None
+        )
+    if node.op != "call_function" or node.target is not F.avg_pool2d:
+        return False
+    names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+    defaults = {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None}
+    wanted = {"kernel_size": (3, (3, 3)), "stride": (2, (2, 2)), "padding": (1, (1, 1)), "ceil_mode": (False,),
+              "count_include_pad": (True,), "divisor_override": (None,)}
+    return _arguments_match(node, names, defaults, wanted)
+
+
+def _fuse_pooled_concats(root: nn.Module, graph: fx.Graph) -> bool:
+    """``relu(cat([avg_pool3x3s2(x), fused(h)], 1))`` -> ``cat([avg_pool3x3s2_relu(x),
+    fused(h, relu=True)], 1)`` (either order): the stride-2 unit's ending, each half's ReLU
+    in its own one-pass kernel."""
+    changed = False
+    for relu in list(graph.nodes):
+        concat = relu.args[0] if relu.args and isinstance(relu.args[0], fx.Node) else None
+        if concat is None or not _is_relu_of(root, relu, concat) or len(concat.users) != 1:
+            continue
+        if concat.op != "call_function" or concat.target not in _CONCAT_FUNCTIONS:
+            continue
+        dim = concat.kwargs.get("dim", concat.args[1] if len(concat.args) > 1 else 0)
+        parts = concat.args[0] if concat.args else None
+        if dim != 1 or not isinstance(parts, (list, tuple)) or len(parts) != 2 or set(concat.kwargs) - {"dim"}:
+            continue
+        fused = next((p for p in parts if isinstance(p, fx.Node) and _epilogue_free(p)), None)
+        pool = next((p for p in parts if p is not fused), None)
+        if fused is None or not isinstance(pool, fx.Node) or len(pool.users) != 1 or not _is_avg_pool3x3s2(root, pool):
+            continue
+        with graph.inserting_before(pool):
+            pooled = graph.call_function(functional.avg_pool3x3s2_relu, (pool.args[0],))
+        pool.replace_all_uses_with(pooled)
+        graph.erase_node(pool)
+        fused.kwargs = {**fused.kwargs, "relu": True}
+        relu.replace_all_uses_with(concat)
+        graph.erase_node(relu)
+        changed = True
+    return changed
+
+
+def _fold_conv_batchnorms(root: nn.Module, graph: fx.Graph) -> bool:
+    """``bn(conv(x))`` for the other convs (3x3 depthwise, stem, ungrouped 1x1 without a
+    shuffle) -> ``fused_conv_bn``: the BN folds into the conv in eval mode."""
+    changed = False
+    for node in list(graph.nodes):
+        conv = _submodule(root, node)
+        if conv is None or not is_foldable_conv(conv) or len(node.args) != 1 or node.kwargs:
+            continue
+        users = _value_users(node)
+        if len(users) != 1 or _batchnorm_of(root, users[0], node, conv.out_channels) is None:
+            continue
+        bn = users[0]
+        with graph.inserting_before(node):
+            fused = graph.call_function(fused_conv_bn, (node.args[0], graph.get_attr(node.target), graph.get_attr(bn.target)))
+        for user in list(node.users):  # shape queries of the conv output: same shape
+            if user is not bn:
+                user.replace_input_with(node, fused)
+        bn.replace_all_uses_with(fused)
+        graph.erase_node(bn)
+        graph.erase_node(node)
+        changed = True
+    return changed
+
+
+def _is_max_pool3x3s2(root: nn.Module, node: fx.Node) -> bool:
+    """``nn.MaxPool2d(3, 2, 1)`` or ``F.max_pool2d(x, 3, 2, 1)``, other arguments default."""
+    module = _submodule(root, node)
+    if module is not None:
+        return (
+            type(module) is nn.MaxPool2d
+            and len(node.args) == 1 and not node.kwargs
+            and module.kernel_size in (3, (3, 3)) and module.stride in (2, (2, 2)) and module.padding in (1, (1, 1))
+            and module.dilation in (1, (1, 1)) and not module.ceil_mode and not module.return_indices
+        )
+    if node.op != "call_function" or node.target is not F.max_pool2d:
+        return False
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    defaults = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False}
+    wanted = {"kernel_size": (3, (3, 3)), "stride": (2, (2, 2)), "padding": (1, (1, 1)), "dilation": (1, (1, 1)),
+              "ceil_mode": (False,), "return_indices": (False,)}
+    return _arguments_match(node, names, defaults, wanted)
+
+
+def _arguments_match(node: fx.Node, names: tuple[str, ...], defaults: dict, wanted: dict) -> bool:
+    """Whether a call's arguments (positional by ``names``, or keywords) all take a value in
+    ``wanted`` (absent ones their ``defaults``)."""
+    if len(node.args) > len(names) or set(node.kwargs) - set(names[len(node.args):]):
+        return False
+    given = {**dict(zip(names, node.args)), **node.kwargs}
+    return all(given.get(name, defaults.get(name)) in values for name, values in wanted.items())
+
+
+def _fuse_max_pool_relus(root: nn.Module, graph: fx.Graph) -> bool:
+    """``max_pool3x3s2(relu(y))`` -> ``max_pool3x3s2_relu(y)`` (the stem): ReLU is monotone,
+    so it commutes with the max; one pass, and no int64 indices written."""
+    changed = False
+    for pool in list(graph.nodes):
+        relu = pool.args[0] if pool.args and isinstance(pool.args[0], fx.Node) else None
+        if relu is None or len(relu.users) != 1 or not _is_max_pool3x3s2(root, pool):
+            continue
+        if not relu.args or not isinstance(relu.args[0], fx.Node) or not _is_relu_of(root, relu, relu.args[0]):
+            continue
+        with graph.inserting_before(pool):
+            fused = graph.call_function(functional.max_pool3x3s2_relu, (relu.args[0],))
+        pool.replace_all_uses_with(fused)
+        graph.erase_node(pool)
+        graph.erase_node(relu)
+        changed = True
+    return changed
+
+
+def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> bool:
+    """Fuse every pattern of ``graph`` (traced from ``root``) in place; True if anything changed."""
     changed = False
     erased: set[fx.Node] = set()
     for node in list(graph.nodes):
         if node in erased:
             continue
-        conv = _pointwise_conv(gm, node)
+        conv = _pointwise_conv(root, node)
         if conv is None:
             continue
-        pattern = _match_conv(gm, node, conv)
+        pattern = _match_conv(root, node, conv)
         if pattern is None or (pattern.output_shuffle_groups == 1 and pattern.input_source is None):
-            if _next_to_unrecognised_transpose(gm, node, pattern):
+            if _next_to_unrecognised_transpose(root, node, pattern):
                 report.add(
                     _qualified(prefix, node.target),
                     "a reshape/transpose next to this 1x1 conv was not recognised as a channel shuffle "
@@ -482,22 +872,15 @@ def _rewrite(gm: fx.GraphModule, prefix: str, report: _Report) -> bool:
                 )
         if pattern is None:
             continue
-        owners = [t for t in (node.target, pattern.bn_target) if t is not None]
-        shared = [t for t in owners if call_counts[t] > 1]
-        read = [t for t in owners for attr in attribute_reads if attr.startswith(t + ".")]
-        if shared or read:
-            has_shuffle = pattern.output_shuffle_groups > 1 or pattern.input_source is not None
-            if has_shuffle:
-                reason = "called more than once" if shared else "its parameters are also read directly"
-                report.add(
-                    _qualified(prefix, node.target),
-                    f"1x1 conv next to a channel shuffle not fused: the module is {reason}",
-                )
-            continue
-        erased |= _apply(gm, pattern)
+        erased |= _apply(root, graph, pattern)
         changed = True
+    if changed:  # a model with a fusable 1x1 conv: the rest of what the package's own model does
+        _fuse_residual_adds(root, graph)
+        _fuse_pooled_concats(root, graph)
+        _fold_conv_batchnorms(root, graph)
+        _fuse_max_pool_relus(root, graph)
     for node in graph.nodes:
-        if _is_explicit_shuffle(gm, node):
+        if _is_explicit_shuffle(root, node):
             where = _qualified(prefix, node.target if node.op == "call_module" else node.name)
             report.add(
                 where,
@@ -506,55 +889,88 @@ def _rewrite(gm: fx.GraphModule, prefix: str, report: _Report) -> bool:
             )
     if changed:
         graph.lint()
-        gm.delete_all_unused_submodules()
-        gm.recompile()
     return changed
 
 
-# ------------------------------------------------------------------------------ driver
-def _fuse_module(module: nn.Module, path: str, report: _Report) -> nn.Module:
-    if isinstance(module, FUSED_MODULE_TYPES):
-        return module
-    containers = (nn.ModuleList, nn.ModuleDict)
-    if not isinstance(module, containers):  # containers have no forward to trace
-        try:
-            gm = _trace(module)
-        except Exception as error:  # noqa: BLE001  (whatever stops tracing: search the children)
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            report.add(
-                path or f"the model ({type(module).__name__})",
-                f"{type(module).__name__} could not be traced by torch.fx ({type(error).__name__}: {message}); "
-                "only its submodules were fused",
+def _sites(graph: fx.Graph) -> tuple[FusedConv, ...]:
+    sites = []
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is fused_conv_bn:
+            sites.append(FusedConv(conv=node.args[1].target, bn=node.args[2].target, kernel="conv2d_bn"))
+        elif _is_fused_call(node):
+            _, conv, bn, *residual = node.args
+            sites.append(
+                FusedConv(
+                    conv=conv.target, bn=None if bn is None else bn.target,
+                    input_shuffle=node.kwargs["input_shuffle"], output_shuffle=node.kwargs["output_shuffle"],
+                    relu=node.kwargs["relu"], residual=bool(residual) and residual[0] is not None,
+                    bn_after_shuffle=node.kwargs["bn_after_shuffle"],
+                )
             )
+    return tuple(sites)
+
+
+def _install(module: nn.Module, graph: fx.Graph, constants: dict[str, Any]) -> None:
+    code = graph.python_code(root_module="self")
+    for name, value in constants.items():
+        setattr(module, name, value)
+    # An instance attribute: the class, its other methods and the module tree stay as they were.
+    module.forward = FusedForward(module, code.src, code.globals, _sites(graph))
+
+
+# ------------------------------------------------------------------------------ driver
+def _fuse_tree(module: nn.Module, path: str, report: _Report, covered: bool) -> None:
+    """Rewrite ``module`` and every module below it. ``covered``: an ancestor's trace
+    already inlined this module, so its findings were reported there."""
+    if isinstance(module, FUSED_MODULE_TYPES):
+        return
+    traced = False
+    if not isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers have no forward to trace
+        try:
+            graph, constants = _trace(module)
+        except Exception as error:  # noqa: BLE001  (whatever stops tracing: search the children)
+            if not covered:
+                message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                report.add(
+                    path or f"the model ({type(module).__name__})",
+                    f"{type(module).__name__} could not be traced by torch.fx ({type(error).__name__}: {message}); "
+                    "only its submodules were fused",
+                )
         else:
-            return gm if _rewrite(gm, path, report) else module
-    for name, child in list(module.named_children()):
-        if _Tracer().is_leaf_module(child, name) and not isinstance(child, containers):
+            traced = True
+            if _rewrite(module, graph, path, report if not covered else _Report()):
+                _install(module, graph, constants)
+    for name, child in module.named_children():
+        if _Tracer().is_leaf_module(child, name) and not isinstance(child, (nn.ModuleList, nn.ModuleDict)):
             continue  # a torch.nn layer: nothing inside to fuse
-        fused_child = _fuse_module(child, _qualified(path, name), report)
-        if fused_child is not child:
-            setattr(module, name, fused_child)
-    return module
+        _fuse_tree(child, _qualified(path, name), report, covered or traced)
 
 
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """A model in which the 1x1 convs next to channel shuffles run as fused ops.
+    """``model`` with the 1x1 convs next to channel shuffles running on the fused kernels.
 
-    Works on any ``nn.Module`` (see the module docstring for the patterns). The result is
-    a ``torch.fx.GraphModule`` when the top-level module was traced and rewritten, or the
-    module itself with rewritten submodules, or, when nothing matched, the model
-    unchanged. Each fused pattern is one ``shufflenet_ops.modules`` module placed at the
-    conv's path, holding the conv's parameters (``GroupConv1x1Shuffle`` keeps the conv's
-    state_dict keys; the conv+BN modules hold the original ``conv`` and ``bn`` as
-    children). Eval mode: BN folded, ReLU in the epilogue. Train mode: exactly the
-    original computation (batch statistics, running-stat updates, gradients).
+    Works on any ``nn.Module`` (see the module docstring for the patterns). Returns the
+    same kind of object as ``model``, with the same module tree, parameters, buffers and
+    ``state_dict`` keys: only the ``forward`` of the modules that held a pattern is
+    replaced on the instance (``FusedForward``). Eval mode: BN folded, ReLU and residual in
+    the epilogue. Train mode: exactly the original computation (batch statistics,
+    running-stat updates, gradients).
 
-    ``inplace=False`` (default) works on a deep copy, leaving ``model`` untouched.
-    ``inplace=True`` skips the copy: untraceable modules of ``model`` get their fused
-    submodules set in place, and the result shares ``model``'s parameters and buffers.
-    What could not be traced or fused is reported in one ``FuseWarning``. As with any
-    torch.fx rewrite, a traced module keeps its forward and submodules, not its other
-    Python methods or attributes.
+    Args:
+        model: any ``nn.Module``.
+        inplace: False (default) works on a deep copy, leaving ``model`` untouched; True
+            rewrites ``model`` itself and returns it.
+    Returns:
+        The fused model (``model`` itself when ``inplace=True``).
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``inplace`` not a bool.
+    Warns:
+        FuseWarning: once, listing what could not be traced or fused.
+
+    Caveats: hooks registered on a module whose forward was inlined into a rewritten
+    ancestor's forward do not fire (as with any torch.fx rewrite); ``original_forwards()``
+    runs the unfused code when they must. ``torch.fx.symbolic_trace`` of a fused model
+    traces its class's (unfused) forward.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse expects an nn.Module, got {type(model).__name__}")
@@ -562,7 +978,29 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
         raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
+    for module in model.modules():  # fused before: start again from the classes' own code
+        if isinstance(module.__dict__.get("forward"), FusedForward):
+            del module.forward
     report = _Report()
-    fused = _fuse_module(model, "", report)
+    _fuse_tree(model, "", report, covered=False)
     report.warn()
-    return fused
+    return model
+
+
+def fused_convs(model: nn.Module) -> dict[str, FusedConv]:
+    """The convs that ``model(...)`` runs fused, by the conv's qualified name in ``model``
+    (empty if ``model`` was not ``fuse()``d or nothing matched)."""
+    found: dict[str, FusedConv] = {}
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        forward = module.__dict__.get("forward")
+        if isinstance(forward, FusedForward):
+            for site in forward.sites:
+                bn = None if site.bn is None else _qualified(prefix, site.bn)
+                found[_qualified(prefix, site.conv)] = dataclasses.replace(site, conv=_qualified(prefix, site.conv), bn=bn)
+            return  # its forward inlines everything below it
+        for name, child in module.named_children():
+            visit(child, _qualified(prefix, name))
+
+    visit(model, "")
+    return found

@@ -276,14 +276,143 @@ def _add_relu(y: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> tor
     return F.relu(y) if relu else y
 
 
-class _FoldedConvBNBase(nn.Module):
-    """Holds ``conv`` (1x1 nn.Conv2d) and ``bn`` and derives the BN-folded weight and bias.
+def can_fold(bn: nn.BatchNorm2d) -> bool:
+    """Whether ``bn`` acts as a fixed per-channel affine map now: eval mode with running
+    statistics (and folding not turned off by ``batchnorm_folding(False)``). The BN's own
+    mode decides, as in the unfused model: a frozen BN inside a training model folds too."""
+    return folding_enabled() and not bn.training and bn.running_mean is not None and bn.running_var is not None
 
-    Folding: with ``s = gamma / sqrt(var + eps)``, ``W' = W * s`` and
-    ``b' = beta + (b - mean) * s`` per output channel. The folded pair is recomputed from
-    the live parameters; in inference (no autograd) it is cached and reused until any
-    source tensor changes (in-place updates bump a tensor's version counter).
+
+def folded_conv_bn(
+    conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of ``conv`` with the eval-mode ``bn`` folded in.
+
+    With ``s = gamma / sqrt(var + eps)``: ``W' = W * s`` and ``b' = beta + (b - mean) * s``
+    per output channel. ``bn_index[c]`` is the BN channel that conv output channel ``c``
+    meets (a BN applied after a shuffle); None: the same channel. Differentiable.
     """
+    scale, shift = batchnorm_scale_shift(bn)
+    if bn_index is not None:
+        scale, shift = scale.index_select(0, bn_index), shift.index_select(0, bn_index)
+    weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    return weight, bias.to(conv.weight.dtype)
+
+
+class FoldCache:
+    """The last folded ``(weight, bias)`` of one conv+BN pair, reused in inference until
+    any source tensor is replaced or changed in place (which bumps its version counter).
+    Derived data: never pickled or deep-copied."""
+
+    def __init__(self) -> None:
+        self._entry: tuple[list, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def clear(self) -> None:
+        self._entry = None
+
+    def folded(
+        self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sources = [t for t in (*conv.parameters(), *bn.parameters(), *bn.buffers()) if t is not None]
+        needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
+        if needs_graph or torch.compiler.is_compiling() or any(t.is_inference() for t in sources):
+            return folded_conv_bn(conv, bn, bn_index)
+        # In-place updates bump _version; `.data =` (as in module.to()) swaps the storage.
+        stamps = [(t, t._version, t.data_ptr(), t.dtype, t.device) for t in sources]
+        if self._entry is not None:
+            old_stamps, folded = self._entry
+            if len(old_stamps) == len(stamps) and all(
+                old[0] is new[0] and old[1:] == new[1:] for old, new in zip(old_stamps, stamps)
+            ):
+                return folded
+        with torch.no_grad():
+            folded = folded_conv_bn(conv, bn, bn_index)
+        self._entry = (stamps, folded)
+        return folded
+
+    def __deepcopy__(self, memo: dict) -> "FoldCache":
+        return FoldCache()
+
+    def __reduce__(self):
+        return (FoldCache, ())
+
+
+def conv1x1_bn(
+    x: torch.Tensor,
+    conv: nn.Conv2d,
+    bn: nn.BatchNorm2d,
+    *,
+    input_shuffle: int = 1,
+    output_shuffle: int = 1,
+    relu: bool = False,
+    bn_after_shuffle: bool = False,
+    residual: torch.Tensor | None = None,
+    fold_cache: FoldCache | None = None,
+) -> torch.Tensor:
+    """``act(bn(P_out(conv(P_in(x)))) + residual)`` for a 1x1 ``conv`` with shuffles
+    ``P_in = shuffle(., input_shuffle)`` and ``P_out = shuffle(., output_shuffle)`` (at most
+    one of them > 1); ``bn_after_shuffle=False`` means the BN is indexed in the conv's own
+    channel order (BN before the output shuffle).
+
+    BN in eval mode (``can_fold``): one fused call with the BN folded into the weight and
+    bias, the residual and ReLU in the epilogue. Otherwise exactly the unfused computation:
+    the fused conv (with its shuffle), then BN (batch statistics and running-stat updates
+    as ``nn.BatchNorm2d``), then the residual add and ReLU.
+
+    Raises what the fused ops raise for bad shapes (see ``functional``).
+    """
+    groups = conv.groups
+    channels = conv.out_channels
+    if can_fold(bn):
+        bn_index = None
+        if bn_after_shuffle and output_shuffle > 1:
+            # BN channel j sits on conv channel p[j]; conv channel c meets BN channel p^-1[c].
+            bn_index = shuffle_permutation(channels, channels // output_shuffle, conv.weight.device)
+        cache = fold_cache if fold_cache is not None else FoldCache()
+        weight, bias = cache.folded(conv, bn, bn_index)
+        if input_shuffle > 1:
+            return functional.shuffle_group_conv1x1(
+                x, weight, groups, input_shuffle, bias=bias, relu=relu, residual=residual
+            )
+        return functional.group_conv1x1_shuffle(
+            x, weight, groups, bias=bias, shuffle_groups=output_shuffle, relu=relu, residual=residual
+        )
+    if input_shuffle > 1:
+        y = bn(functional.shuffle_group_conv1x1(x, conv.weight, groups, input_shuffle, bias=conv.bias))
+    else:
+        z = functional.group_conv1x1_shuffle(x, conv.weight, groups, bias=conv.bias, shuffle_groups=output_shuffle)
+        if bn_after_shuffle or output_shuffle == 1:
+            y = bn(z)
+        else:
+            # BN acts per channel, so BN-then-shuffle equals shuffle-then-BN with the BN's
+            # parameters and statistics permuted the same way: the shuffle stays in the conv.
+            y = _batch_norm_permuted(bn, z, shuffle_permutation(channels, output_shuffle, z.device))
+    return _add_relu(y, residual, relu)
+
+
+def is_foldable_conv(conv: nn.Module) -> bool:
+    """True for an ``nn.Conv2d`` with the standard forward and zero padding: one
+    ``F.conv2d`` call with a BN-folded weight and bias computes ``bn(conv(x))``."""
+    return isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward and conv.padding_mode == "zeros"
+
+
+def conv2d_bn(
+    x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, fold_cache: FoldCache | None = None
+) -> torch.Tensor:
+    """``bn(conv(x))`` for any foldable ``nn.Conv2d`` (``is_foldable_conv``): with the BN in
+    eval mode one ``F.conv2d`` with the folded weight and bias (one pass over the
+    activation saved), otherwise exactly ``bn(conv(x))``."""
+    if can_fold(bn):
+        weight, bias = (fold_cache if fold_cache is not None else FoldCache()).folded(conv, bn)
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return bn(conv(x))
+
+
+class _FoldedConvBNBase(nn.Module):
+    """Holds ``conv`` (1x1 nn.Conv2d) and ``bn`` and derives the BN-folded weight and bias
+    (``folded_conv_bn``) from the live parameters; in inference the folded pair is cached
+    (``FoldCache``) until any source tensor changes."""
 
     conv: nn.Conv2d
     bn: nn.BatchNorm2d
@@ -293,9 +422,7 @@ class _FoldedConvBNBase(nn.Module):
         super().__init__()
         if self._pointwise_only and not is_pointwise_conv(conv):
             raise ValueError(f"{type(self).__name__} needs a 1x1 nn.Conv2d with stride 1 and no padding, got {conv}")
-        if not self._pointwise_only and not (
-            isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward and conv.padding_mode == "zeros"
-        ):
+        if not self._pointwise_only and not is_foldable_conv(conv):
             raise ValueError(f"{type(self).__name__} needs an nn.Conv2d with zero padding, got {conv}")
         if not is_plain_batchnorm(bn):
             raise TypeError(f"{type(self).__name__} needs an nn.BatchNorm2d, got {type(bn).__name__}")
@@ -307,60 +434,22 @@ class _FoldedConvBNBase(nn.Module):
         self.bn = bn
         self.shuffle_groups = _check_positive_int(shuffle_groups, "shuffle_groups")
         self.relu = bool(relu)
-        self._fold_cache: tuple[list, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._fold_cache = FoldCache()
 
     @property
     def groups(self) -> int:
         return self.conv.groups
 
-    def _can_fold(self) -> bool:
-        # A BN in eval mode with running statistics is a fixed per-channel affine map. The
-        # BN's own mode decides, as in the unfused model (a frozen BN in a training model
-        # folds too).
-        return (
-            folding_enabled()
-            and not self.bn.training
-            and self.bn.running_mean is not None
-            and self.bn.running_var is not None
-        )
-
-    def _bn_scale_shift_in_conv_order(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return batchnorm_scale_shift(self.bn)
-
-    def _compute_folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, shift = self._bn_scale_shift_in_conv_order()
-        weight = self.conv.weight * scale.to(self.conv.weight.dtype).view(-1, 1, 1, 1)
-        bias = shift if self.conv.bias is None else shift + self.conv.bias * scale
-        return weight, bias.to(self.conv.weight.dtype)
+    def _bn_index(self) -> torch.Tensor | None:
+        return None
 
     def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The conv weight and bias with the BN folded in (eval-mode BN)."""
-        sources = [t for t in (*self.conv.parameters(), *self.bn.parameters(), *self.bn.buffers()) if t is not None]
-        needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
-        if needs_graph or torch.compiler.is_compiling() or any(t.is_inference() for t in sources):
-            return self._compute_folded()
-        # In-place updates bump _version; `.data =` (as in module.to()) swaps the storage.
-        stamps = [(t, t._version, t.data_ptr(), t.dtype, t.device) for t in sources]
-        cache = self._fold_cache
-        if cache is not None:
-            old_stamps, folded = cache
-            if len(old_stamps) == len(stamps) and all(
-                old[0] is new[0] and old[1:] == new[1:] for old, new in zip(old_stamps, stamps)
-            ):
-                return folded
-        with torch.no_grad():
-            folded = self._compute_folded()
-        self._fold_cache = (stamps, folded)
-        return folded
+        return self._fold_cache.folded(self.conv, self.bn, self._bn_index())
 
     def train(self, mode: bool = True) -> "_FoldedConvBNBase":
-        self._fold_cache = None
+        self._fold_cache.clear()
         return super().train(mode)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_fold_cache"] = None  # derived data: never pickled or deep-copied
-        return state
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, shuffle_groups={self.shuffle_groups}, relu={self.relu}"
@@ -373,11 +462,8 @@ class GroupConv1x1BNShuffle(_FoldedConvBNBase):
     indexed in shuffled order (as when a model applies BN after the shuffle).
 
     Train mode runs the conv with its output shuffle fused, then BatchNorm on the shuffled
-    tensor. BN acts per channel, so BN-then-shuffle equals shuffle-then-BN with the BN's
-    parameters and running statistics permuted the same way; ``_batch_norm_permuted`` does
-    that with ``F.batch_norm`` (the same statistics and updates as ``nn.BatchNorm2d``) and
-    writes the running statistics back in the BN's order. This keeps the shuffle inside the
-    conv pass in training too, instead of a separate shuffle after the BN.
+    tensor with its parameters and statistics permuted to match (see ``conv1x1_bn``): the
+    shuffle stays inside the conv pass in training too.
     """
 
     def __init__(
@@ -393,30 +479,19 @@ class GroupConv1x1BNShuffle(_FoldedConvBNBase):
         _check_divisible(conv.out_channels, "conv.out_channels", self.shuffle_groups, "shuffle_groups")
         self.bn_after_shuffle = bool(bn_after_shuffle)
 
-    def _bn_scale_shift_in_conv_order(self) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, shift = batchnorm_scale_shift(self.bn)
-        if self.bn_after_shuffle:
-            # BN channel j sits on conv channel p[j]; conv channel c takes BN channel p^-1[c].
-            channels = self.conv.out_channels
-            inverse = shuffle_permutation(channels, channels // self.shuffle_groups, scale.device)
-            scale, shift = scale.index_select(0, inverse), shift.index_select(0, inverse)
-        return scale, shift
+    def _bn_index(self) -> torch.Tensor | None:
+        if not self.bn_after_shuffle or self.shuffle_groups == 1:
+            return None
+        channels = self.conv.out_channels
+        return shuffle_permutation(channels, channels // self.shuffle_groups, self.conv.weight.device)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``residual`` (the output's shape) is added after the BN, before the ReLU: a
         ShuffleNet unit's ``relu(shortcut + branch)`` in the conv's epilogue (eval mode)."""
-        conv, groups, shuffle_groups = self.conv, self.conv.groups, self.shuffle_groups
-        if self._can_fold():
-            weight, bias = self.folded_weight_bias()
-            return functional.group_conv1x1_shuffle(
-                x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=self.relu, residual=residual
-            )
-        z = functional.group_conv1x1_shuffle(x, conv.weight, groups, bias=conv.bias, shuffle_groups=shuffle_groups)
-        if self.bn_after_shuffle or shuffle_groups == 1:
-            y = self.bn(z)
-        else:
-            y = _batch_norm_permuted(self.bn, z, shuffle_permutation(conv.out_channels, shuffle_groups, z.device))
-        return _add_relu(y, residual, self.relu)
+        return conv1x1_bn(
+            x, self.conv, self.bn, output_shuffle=self.shuffle_groups, relu=self.relu,
+            bn_after_shuffle=self.bn_after_shuffle, residual=residual, fold_cache=self._fold_cache,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", bn_after_shuffle=True" if self.bn_after_shuffle else "")
@@ -431,14 +506,10 @@ class ShuffleGroupConv1x1BN(_FoldedConvBNBase):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``residual`` (the output's shape) is added after the BN, before the ReLU."""
-        conv, groups, shuffle_groups = self.conv, self.conv.groups, self.shuffle_groups
-        if self._can_fold():
-            weight, bias = self.folded_weight_bias()
-            return functional.shuffle_group_conv1x1(
-                x, weight, groups, shuffle_groups, bias=bias, relu=self.relu, residual=residual
-            )
-        y = self.bn(functional.shuffle_group_conv1x1(x, conv.weight, groups, shuffle_groups, bias=conv.bias))
-        return _add_relu(y, residual, self.relu)
+        return conv1x1_bn(
+            x, self.conv, self.bn, input_shuffle=self.shuffle_groups, relu=self.relu, residual=residual,
+            fold_cache=self._fold_cache,
+        )
 
 
 class Conv2dBN(_FoldedConvBNBase):
@@ -453,11 +524,7 @@ class Conv2dBN(_FoldedConvBNBase):
         super().__init__(conv, bn, shuffle_groups=1, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._can_fold():
-            weight, bias = self.folded_weight_bias()
-            conv = self.conv
-            return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        return self.bn(self.conv(x))
+        return conv2d_bn(x, self.conv, self.bn, self._fold_cache)
 
     def extra_repr(self) -> str:
         return ""
@@ -492,7 +559,7 @@ def _folded_replacement(module: _FoldedConvBNBase) -> nn.Module:
         )
     conv = module.conv
     with torch.no_grad():
-        weight, bias = module._compute_folded()
+        weight, bias = folded_conv_bn(conv, module.bn, module._bn_index())
     if isinstance(module, Conv2dBN):
         folded: nn.Module = nn.Conv2d(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,

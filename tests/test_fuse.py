@@ -5,6 +5,7 @@ fuse() must see it as Python compiles it, not as pytest's assertion rewriting do
 """
 
 import copy
+import sys
 import warnings
 
 import pytest
@@ -15,15 +16,8 @@ import torch.nn.functional as F
 
 import shufflenet_ops
 from shufflenet_ops import fuse
-from shufflenet_ops.fuse import FuseWarning
+from shufflenet_ops.fuse import FusedConv, FusedForward, FuseWarning, fused_convs, original_forwards
 from shufflenet_ops.models import shufflenet_v1
-from shufflenet_ops.modules import (
-    FUSED_MODULE_TYPES,
-    GroupConv1x1BNShuffle,
-    GroupConv1x1Shuffle,
-    ShuffleGroupConv1x1,
-    ShuffleGroupConv1x1BN,
-)
 
 from test_modules import randomize_batchnorm
 
@@ -187,23 +181,23 @@ class ModuleShuffleNet(nn.Module):
         return self.bn_d(self.conv_d(x))
 
 
-def fused_modules(model):
-    return {name: m for name, m in model.named_modules() if isinstance(m, FUSED_MODULE_TYPES)}
+def fused_sites(model, kernel="conv1x1_shuffle"):
+    return {name: site for name, site in fused_convs(model).items() if site.kernel == kernel}
 
 
 def check_train_and_eval_equivalence(make_model, x):
     """fuse() vs the original: eval outputs; train outputs, input and parameter gradients,
-    running statistics after the step."""
+    running statistics after the step; the same parameters under the same names."""
     torch.manual_seed(0)
     original = randomize_batchnorm(make_model().to(DOUBLE))
     reference = copy.deepcopy(original)
-    # inplace=True shares the parameters, so each fused parameter is found by identity
     names = {id(t): n for n, t in [*original.named_parameters(), *original.named_buffers()]}
     fused = fuse(original, inplace=True)
-    assert fused_modules(fused), "nothing was fused"
+    assert fused_sites(fused), "nothing was fused"
+    assert fused.state_dict().keys() == reference.state_dict().keys()
     ref_tensors = dict([*reference.named_parameters(), *reference.named_buffers()])
-    fused_params = list(fused.parameters())
-    assert sorted(names[id(p)] for p in fused_params) == sorted(n for n, _ in reference.named_parameters())
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    assert all(names[id(p)] == n for n, p in fused.named_parameters())  # inplace: the same tensors
 
     reference.eval()
     fused.eval()
@@ -219,52 +213,56 @@ def check_train_and_eval_equivalence(make_model, x):
     y_ref.backward(grad)
     y.backward(grad)
     torch.testing.assert_close(x_fused.grad, x_ref.grad)
-    for parameter in fused_params:
-        name = names[id(parameter)]
+    for name, parameter in fused.named_parameters():
         torch.testing.assert_close(parameter.grad, ref_tensors[name].grad, msg=lambda m: f"{name}: {m}")
-    for buffer in fused.buffers():
-        name = names[id(buffer)]
+    for name, buffer in fused.named_buffers():
         torch.testing.assert_close(buffer, ref_tensors[name], msg=lambda m: f"{name}: {m}")
     return fused
 
 
 def fused_code(model):
-    return "\n".join(m.code for m in model.modules() if isinstance(m, fx.GraphModule))
+    return "\n".join(m.forward.code for m in model.modules() if isinstance(m.__dict__.get("forward"), FusedForward))
 
 
 # ---------------------------------------------------------------------------------- tests
+def site(conv, bn=None, **fields):
+    return FusedConv(conv=conv, bn=bn, **fields)
+
+
 def test_paper_style_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FuseWarning)  # everything is traced and matched
         fused = check_train_and_eval_equivalence(PaperStyleNet, torch.randn(4, 3, 32, 32, dtype=DOUBLE))
-    assert isinstance(fused, fx.GraphModule)
-    module = fused.get_submodule
-    assert isinstance(module("blocks.0.conv1"), GroupConv1x1BNShuffle) and module("blocks.0.conv1").shuffle_groups == 3
-    assert module("blocks.0.conv1").relu and not module("blocks.0.conv1").bn_after_shuffle
+    assert type(fused) is PaperStyleNet and type(fused.blocks) is nn.Sequential
+    sites = fused_sites(fused)
+    assert sites["blocks.0.conv1"] == site("blocks.0.conv1", "blocks.0.bn1", output_shuffle=3, relu=True)
+    # the residual add and the ReLU after the second conv + BN: in its epilogue
+    assert sites["blocks.0.conv2"] == site("blocks.0.conv2", "blocks.0.bn3", relu=True, residual=True)
     # the BN after the view/transpose shuffle, folded through the inverse permutation
-    assert module("blocks.1.conv1").bn_after_shuffle and module("blocks.1.conv1").relu
-    assert isinstance(module("blocks.1.conv2"), GroupConv1x1Shuffle) and module("blocks.1.conv2").shuffle_groups == 1
-    assert type(module("blocks.0.proj.0")) is nn.Conv2d  # ungrouped 1x1 shortcut, no shuffle: left alone
-    assert isinstance(module("blocks.2.proj.0"), GroupConv1x1BNShuffle)  # grouped shortcut on the fused kernel
+    assert sites["blocks.1.conv1"] == site(
+        "blocks.1.conv1", "blocks.1.bn1", output_shuffle=3, relu=True, bn_after_shuffle=True
+    )
+    assert sites["blocks.1.conv2"] == site("blocks.1.conv2", None, residual=True)  # x + conv2(y): no ReLU
+    assert "blocks.0.proj.0" not in sites  # ungrouped 1x1 shortcut, no shuffle: torch's conv...
+    assert fused_convs(fused)["blocks.0.proj.0"].kernel == "conv2d_bn"  # ...with its BN folded
+    assert sites["blocks.2.proj.0"] == site("blocks.2.proj.0", "blocks.2.proj.1")  # grouped shortcut
+    assert fused_convs(fused)["blocks.0.dw"] == site("blocks.0.dw", "blocks.0.bn2", kernel="conv2d_bn")
     code = fused_code(fused)
     assert "channel_shuffle" not in code and "transpose" not in code and ".view(" not in code
-    assert "GroupConv1x1BNShuffle" in repr(fused)
-    # a fused conv without BN keeps the conv's state_dict keys
-    assert {"blocks.1.conv2.weight", "blocks.1.conv2.bias"} <= fused.state_dict().keys()
 
 
 def test_official_style_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FuseWarning)  # the assert in channel_shuffle is traced
         fused = check_train_and_eval_equivalence(OfficialStyleNet, torch.randn(4, 3, 64, 64, dtype=DOUBLE))
-    assert isinstance(fused, fx.GraphModule)
+    sites = fused_sites(fused)
     for index, mid in ((0, 12), (1, 12), (2, 24)):
-        second = fused.get_submodule(f"features.{index}.branch_main_2.0")
-        assert isinstance(second, ShuffleGroupConv1x1BN)
-        assert second.shuffle_groups == mid // 3  # the official (C/g) convention
-        assert second.relu == (index != 1)  # stride 2: F.relu(x) before the concat
-    assert type(fused.get_submodule("features.0.branch_main_1.0")) is nn.Conv2d  # ungrouped, no shuffle
-    assert isinstance(fused.get_submodule("features.1.branch_main_1.0"), GroupConv1x1BNShuffle)
+        second = sites[f"features.{index}.branch_main_2.0"]
+        assert second.input_shuffle == mid // 3  # the official (C/g) convention
+        assert second.relu  # stride 2: F.relu(x) before the concat; stride 1: relu(x + x_proj)
+        assert second.residual == (index == 1)
+    assert "features.0.branch_main_1.0" not in sites  # ungrouped, no shuffle
+    assert sites["features.1.branch_main_1.0"].relu
     assert "permute" not in fused_code(fused) and "_assert" in fused_code(fused)
 
 
@@ -272,23 +270,33 @@ def test_module_and_functional_shuffles():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FuseWarning)
         fused = check_train_and_eval_equivalence(ModuleShuffleNet, torch.randn(2, 3, 8, 8, dtype=DOUBLE))
-    assert isinstance(fused.conv_b, ShuffleGroupConv1x1) and fused.conv_b.shuffle_groups == 4 and fused.conv_b.relu
-    assert isinstance(fused.conv_c, GroupConv1x1Shuffle) and fused.conv_c.shuffle_groups == 2 and fused.conv_c.relu
-    assert isinstance(fused.conv_d, ShuffleGroupConv1x1BN) and fused.conv_d.shuffle_groups == 3
-    assert not any(isinstance(m, nn.ChannelShuffle) for m in fused.modules())
+    assert fused_sites(fused) == {
+        "conv_b": site("conv_b", input_shuffle=4, relu=True),
+        "conv_c": site("conv_c", output_shuffle=2, relu=True),
+        "conv_d": site("conv_d", "bn_d", input_shuffle=3),
+    }
+    # the nn.ChannelShuffle module stays in the tree (state_dict and indexing unchanged), unused
+    assert isinstance(fused.shuffle_a, nn.ChannelShuffle) and "shuffle_a" not in fused_code(fused)
 
 
-def test_package_naive_shufflenet_becomes_the_fused_one():
+def test_package_naive_shufflenet_reaches_the_fused_one():
+    """Every 1x1 conv, every epilogue (residual + ReLU, pooled shortcut + ReLU), every BN
+    fold and the stem's pool + ReLU, as in shufflenet_v1(fused=True)."""
     torch.manual_seed(0)
     naive = randomize_batchnorm(shufflenet_v1(3, 0.25, num_classes=10, fused=False).to(DOUBLE))
     reference = copy.deepcopy(naive)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FuseWarning)
         fused = fuse(naive)
+    sites = fused_sites(fused)
+    assert len(sites) == 32 and all(s.relu for s in sites.values())
+    assert sum(s.residual for s in sites.values()) == 13  # the stride-1 units
+    assert len(fused_sites(fused, "conv2d_bn")) == 17  # 16 depthwise convs and the stem's conv
+    code = fused_code(fused)
+    assert ".shuffle" not in code and "channel_shuffle" not in code
+    assert "avg_pool3x3s2_relu" in code and "max_pool3x3s2_relu" in code and "relu(" not in code.replace("_relu(", "")
     packaged = shufflenet_v1(3, 0.25, num_classes=10, fused=True).to(DOUBLE)
     packaged.load_state_dict(reference.state_dict())
-    assert len(fused_modules(fused)) == len(fused_modules(packaged)) == 32
-    assert not any(isinstance(m, nn.ChannelShuffle) for m in fused.modules())
     x = torch.randn(2, 3, 32, 32, dtype=DOUBLE)
     for model in (reference, fused, packaged):
         model.eval()
@@ -303,9 +311,11 @@ def test_original_is_untouched_unless_inplace():
     text = repr(model)
     fused = fuse(model)
     assert repr(model) == text and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert "forward" not in vars(model) and not fused_convs(model)
     assert not any(p is q for p in fused.parameters() for q in model.parameters())
+    parameters = [id(p) for p in model.parameters()]
     shared = fuse(model, inplace=True)
-    assert {id(p) for p in shared.parameters()} == {id(p) for p in model.parameters()}
+    assert shared is model and fused_convs(model) and [id(p) for p in shared.parameters()] == parameters
 
 
 def test_model_with_nothing_to_fuse_comes_back_unchanged():
@@ -317,7 +327,8 @@ def test_model_with_nothing_to_fuse_comes_back_unchanged():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FuseWarning)
         result = fuse(model)
-    assert type(result) is nn.Sequential and repr(result) == repr(model)
+    assert type(result) is nn.Sequential and repr(result) == repr(model) and not fused_convs(result)
+    assert all("forward" not in vars(m) for m in result.modules())
     assert result.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in result.state_dict().items())
     assert fuse(model, inplace=True) is model
@@ -345,8 +356,8 @@ def test_untraceable_and_unmatched_parts_are_reported_in_one_warning():
     assert len(record) == 1
     message = str(record[0].message)
     assert "DataDependentNet could not be traced" in message
-    assert isinstance(fused.good, fx.GraphModule) and isinstance(fused.good.conv1, GroupConv1x1BNShuffle)
-    assert type(fused.gate) is nn.Conv2d  # inside the untraced forward: left as it was
+    assert type(fused.good) is PaperStyleBlock and isinstance(vars(fused.good)["forward"], FusedForward)
+    assert set(fused_sites(fused)) == {"good.conv1", "good.conv2"}  # not the gate inside the untraced forward
     x = torch.randn(2, 24, 6, 6, dtype=DOUBLE)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x))
@@ -367,7 +378,7 @@ def test_shuffle_next_to_no_fusable_conv_is_reported():
     assert isinstance(result, ShuffleAfter3x3)
 
 
-def test_shared_conv_is_not_fused_and_is_reported():
+def test_conv_called_twice_is_fused_at_each_call():
     class SharedConv(nn.Module):
         def __init__(self):
             super().__init__()
@@ -377,8 +388,10 @@ def test_shared_conv_is_not_fused_and_is_reported():
             return self.conv(torch.channel_shuffle(self.conv(x), 3))
 
     model = SharedConv()
-    with pytest.warns(FuseWarning, match="called more than once"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FuseWarning)
         result = fuse(model)
+    assert "conv(" not in fused_code(result).replace("fused_conv1x1(", "") and "channel_shuffle" not in fused_code(result)
     x = torch.randn(1, 6, 2, 2)
     torch.testing.assert_close(result(x), model(x))
 
@@ -424,8 +437,8 @@ def test_hand_written_shuffle_that_cannot_be_verified_is_reported():
         result = fuse(model)
     x = torch.randn(2, 8, 4, 4)
     torch.testing.assert_close(result(x), model(x))
-    assert "transpose" in result.code  # the view/transpose stayed; the grouped conv itself is fused
-    assert isinstance(result.conv, GroupConv1x1Shuffle) and result.conv.shuffle_groups == 1
+    assert "transpose" in fused_code(result)  # the view/transpose stayed; the grouped conv itself is fused
+    assert fused_sites(result) == {"conv": site("conv")}
 
 
 def test_fuse_keeps_each_batchnorm_mode():
@@ -433,8 +446,228 @@ def test_fuse_keeps_each_batchnorm_mode():
     model.blocks[0].bn1.eval()  # frozen BN inside a training model
     reference = copy.deepcopy(model)
     fused = fuse(model)
-    assert fused.training and fused.get_submodule("blocks.0.conv1").training
-    assert not fused.get_submodule("blocks.0.conv1.bn").training
-    assert fused.get_submodule("blocks.2.conv1.bn").training
+    assert fused.training and fused.blocks[0].conv1.training
+    assert not fused.blocks[0].bn1.training and fused.blocks[2].bn1.training
     x = torch.randn(2, 3, 16, 16, dtype=DOUBLE)
     torch.testing.assert_close(fused(x), reference(x))
+    torch.testing.assert_close(fused.blocks[0].bn1.running_mean, reference.blocks[0].bn1.running_mean)
+    torch.testing.assert_close(fused.blocks[2].bn1.running_mean, reference.blocks[2].bn1.running_mean)
+
+
+# ------------------------------------------------------------- the user's model stays theirs
+def test_fused_model_keeps_names_checkpoints_and_indexing():
+    torch.manual_seed(0)
+    original = randomize_batchnorm(PaperStyleNet().to(DOUBLE)).eval()
+    fused = fuse(original)
+    # the same class and tree: containers index as before
+    assert type(fused) is PaperStyleNet and type(fused.blocks[0]) is PaperStyleBlock
+    assert type(fused.blocks[0].conv1) is nn.Conv2d and fused.blocks[2].proj[0] is fused.get_submodule("blocks.2.proj.0")
+    assert [n for n, _ in fused.named_modules()] == [n for n, _ in original.named_modules()]
+    assert fused.state_dict().keys() == original.state_dict().keys()
+    # a checkpoint of the fused model loads into a fresh original model, and the other way round
+    fresh = PaperStyleNet().to(DOUBLE).eval()
+    fresh.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 16, 16, dtype=DOUBLE)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), original(x))
+        other = fuse(PaperStyleNet().to(DOUBLE)).eval()
+        other.load_state_dict(original.state_dict())
+        torch.testing.assert_close(other(x), original(x))
+        # load_state_dict(assign=True) swaps the parameter objects: the fused forward reads them live
+        other.load_state_dict({k: v.clone() * 2 for k, v in original.state_dict().items()}, assign=True)
+        doubled = PaperStyleNet().to(DOUBLE).eval()
+        doubled.load_state_dict({k: v.clone() * 2 for k, v in original.state_dict().items()})
+        torch.testing.assert_close(other(x), doubled(x))
+
+
+def test_fused_model_train_eval_to_deepcopy_and_pickle(tmp_path):
+    torch.manual_seed(0)
+    original = randomize_batchnorm(PaperStyleNet()).eval()
+    fused = fuse(original)
+    x = torch.randn(2, 3, 16, 16)
+    assert fused.train() is fused and all(m.training for m in fused.modules())
+    assert fused.eval() is fused and not any(m.training for m in fused.modules())
+    as_double = fused.to(DOUBLE)  # parameters converted in place: the fused forward follows
+    with torch.no_grad():
+        reference = copy.deepcopy(original).to(DOUBLE)(x.to(DOUBLE))
+        torch.testing.assert_close(as_double(x.to(DOUBLE)), reference)
+        twin = copy.deepcopy(fused)
+        assert vars(twin.blocks[0])["forward"]._module is twin.blocks[0]  # bound to the copy
+        torch.testing.assert_close(twin(x.to(DOUBLE)), reference)
+        torch.save(fused, tmp_path / "model.pt")  # the whole model, not just its state_dict
+        loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+        assert fused_convs(loaded) == fused_convs(fused)
+        torch.testing.assert_close(loaded(x.to(DOUBLE)), reference)
+        twin.blocks[0].conv1.weight.mul_(0)  # the copy has its own parameters
+        torch.testing.assert_close(fused(x.to(DOUBLE)), reference)
+
+
+def test_fuse_of_a_fused_model_starts_from_the_class_code():
+    model = PaperStyleNet().to(DOUBLE).eval()
+    once = fuse(model)
+    twice = fuse(once)
+    assert fused_convs(twice) == fused_convs(once)
+    x = torch.randn(2, 3, 16, 16, dtype=DOUBLE)
+    with torch.no_grad():
+        torch.testing.assert_close(twice(x), model(x))
+
+
+def test_submodules_called_directly_run_fused_too():
+    model = PaperStyleNet().to(DOUBLE).eval()
+    fused = fuse(model)
+    block = fused.blocks[1]
+    assert isinstance(vars(block)["forward"], FusedForward)
+    assert set(fused_sites(block)) == {"conv1", "conv2"}
+    h = torch.randn(2, 48, 8, 8, dtype=DOUBLE)
+    with torch.no_grad():
+        torch.testing.assert_close(block(h), model.blocks[1](h))
+
+
+def test_original_forwards_runs_the_unfused_code():
+    model = PaperStyleNet().to(DOUBLE).eval()
+    fused = fuse(model)
+    calls = []
+    fused.blocks[0].conv1.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.randn(1, 3, 16, 16, dtype=DOUBLE)
+    with torch.no_grad():
+        fused(x)
+        assert not calls  # the fused forward reads the conv's parameters, it does not call it
+        with original_forwards():
+            torch.testing.assert_close(fused(x), model(x))
+    assert calls
+
+
+# ----------------------------------------------------------------------------- epilogues
+class ResidualForms(nn.Module):
+    """conv + BN followed by each way of writing the residual add, with and without ReLU."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.conv = nn.Conv2d(12, 12, 1, groups=3, bias=False)
+        self.bn = nn.BatchNorm2d(12)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if self.form == "x + y":
+            return F.relu(x + y)
+        if self.form == "y + x":
+            return torch.relu(y + x)
+        if self.form == "torch.add":
+            return nn.functional.relu(torch.add(x, y), inplace=True)
+        if self.form == "method":
+            return y.add(x).relu()
+        if self.form == "no relu":
+            return x + y
+        if self.form == "broadcast":  # a per-channel residual: cannot enter the epilogue as is
+            return F.relu(y + x.mean((2, 3), keepdim=True))
+        raise AssertionError(self.form)
+
+
+@pytest.mark.parametrize("form", ["x + y", "y + x", "torch.add", "method", "no relu", "broadcast"])
+def test_residual_add_and_relu_move_into_the_epilogue(form):
+    fused = check_train_and_eval_equivalence(lambda: ResidualForms(form), torch.randn(2, 12, 5, 7, dtype=DOUBLE))
+    assert fused_sites(fused)["conv"] == site("conv", "bn", relu=form != "no relu", residual=True)
+    assert "add" not in fused_code(fused).replace("fused_conv1x1", "") or form == "broadcast"
+
+
+class StrideTwoUnit(nn.Module):
+    """The naive stride-2 ShuffleNet unit ending: relu(cat(avg_pool(x), branch)), pool written
+    as a module or a function call."""
+
+    def __init__(self, functional_pool):
+        super().__init__()
+        self.functional_pool = functional_pool
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1)
+        self.dw = nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=12, bias=False)
+        self.conv = nn.Conv2d(12, 12, 1, groups=3, bias=False)
+        self.bn = nn.BatchNorm2d(12)
+
+    def forward(self, x):
+        shortcut = F.avg_pool2d(x, 3, 2, 1) if self.functional_pool else self.pool(x)
+        return F.relu(torch.cat([shortcut, self.bn(self.conv(self.dw(x)))], dim=1))
+
+
+@pytest.mark.parametrize("functional_pool", [False, True])
+def test_pooled_shortcut_concat_relu_moves_into_the_kernels(functional_pool):
+    fused = check_train_and_eval_equivalence(
+        lambda: StrideTwoUnit(functional_pool), torch.randn(2, 12, 7, 9, dtype=DOUBLE)
+    )
+    assert fused_sites(fused)["conv"] == site("conv", "bn", relu=True)
+    code = fused_code(fused)
+    assert "avg_pool3x3s2_relu" in code and "relu(" not in code.replace("_relu(", "")
+
+
+def test_pool_with_other_arguments_is_left_alone():
+    class PaddingExcludedPool(StrideTwoUnit):
+        def forward(self, x):
+            shortcut = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
+            return F.relu(torch.cat([shortcut, self.bn(self.conv(self.dw(x)))], dim=1))
+
+    fused = check_train_and_eval_equivalence(lambda: PaddingExcludedPool(True), torch.randn(2, 12, 8, 8, dtype=DOUBLE))
+    assert "avg_pool3x3s2_relu" not in fused_code(fused) and not fused_sites(fused)["conv"].relu
+
+
+# -------------------------------------------------------------------------------- einops
+einops = pytest.importorskip("einops", reason="einops is a test extra")
+Rearrange = pytest.importorskip("einops.layers.torch").Rearrange
+
+
+class EinopsNet(nn.Module):
+    """Two inputs, concatenated, GELU, then two 1x1 conv + BN sites behind ONE shared
+    Rearrange layer (a channel shuffle), a rearrange() call in the official convention,
+    and a Rearrange that is not a shuffle; a list output."""
+
+    def __init__(self):
+        super().__init__()
+        self.shuffle = Rearrange("b (g c) h w -> b (c g) h w", g=2)
+        self.conv_a = nn.Conv2d(32, 16, 1, bias=True)
+        self.bn_a = nn.BatchNorm2d(16)
+        self.conv_b = nn.Conv2d(32, 16, 1, groups=2, bias=True)
+        self.bn_b = nn.BatchNorm2d(16)
+        self.conv_c = nn.Conv2d(16, 16, 1, groups=4)
+        self.flip = Rearrange("b c h w -> b c w h")  # not a channel shuffle
+
+    def forward(self, left, right):
+        x = F.gelu(torch.cat([left, right], 1))
+        a = self.bn_a(self.conv_a(self.shuffle(x)))
+        b = self.bn_b(self.conv_b(self.shuffle(x)))
+        c = self.conv_c(einops.rearrange(F.gelu(b), "b (c g) h w -> b (g c) h w", g=4))
+        return [a, self.flip(c)]
+
+
+def test_einops_shuffles_are_fused():
+    torch.manual_seed(0)
+    model = randomize_batchnorm(EinopsNet().to(DOUBLE))
+    reference = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FuseWarning)  # the non-shuffle Rearrange blocks nothing
+        fused = fuse(model)
+    assert fused_sites(fused) == {
+        "conv_a": site("conv_a", "bn_a", input_shuffle=2),
+        "conv_b": site("conv_b", "bn_b", input_shuffle=2),
+        "conv_c": site("conv_c", input_shuffle=4),
+    }
+    code = fused_code(fused)
+    assert "self.flip" in code and "self.shuffle" not in code and "rearrange" not in code
+    left, right = torch.randn(2, 16, 5, 6, dtype=DOUBLE), torch.randn(2, 16, 5, 6, dtype=DOUBLE)
+    for mode in ("eval", "train"):
+        getattr(reference, mode)()
+        getattr(fused, mode)()
+        inputs = [t.clone().requires_grad_() for t in (left, right)]
+        ref_inputs = [t.clone().requires_grad_() for t in (left, right)]
+        out, ref = fused(*inputs), reference(*ref_inputs)
+        for y, y_ref in zip(out, ref):
+            torch.testing.assert_close(y, y_ref)
+        sum(y.square().sum() for y in out).backward()
+        sum(y.square().sum() for y in ref).backward()
+        for t, t_ref in zip(inputs, ref_inputs):
+            torch.testing.assert_close(t.grad, t_ref.grad)
+        for (name, p), p_ref in zip(fused.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p.grad, p_ref.grad, msg=lambda m: f"{name}: {m}")
+
+
+def test_fuse_works_without_einops(monkeypatch):
+    monkeypatch.setattr(sys.modules["shufflenet_ops.fuse"], "_einops", lambda: (None, (), frozenset()))
+    fused = check_train_and_eval_equivalence(ModuleShuffleNet, torch.randn(2, 3, 8, 8, dtype=DOUBLE))
+    assert len(fused_sites(fused)) == 3
