@@ -671,3 +671,26 @@ def test_fuse_works_without_einops(monkeypatch):
     monkeypatch.setattr(sys.modules["shufflenet_ops.fuse"], "_einops", lambda: (None, (), frozenset()))
     fused = check_train_and_eval_equivalence(ModuleShuffleNet, torch.randn(2, 3, 8, 8, dtype=DOUBLE))
     assert len(fused_sites(fused)) == 3
+
+
+class ContainerNet(nn.Module):
+    """Units held in an nn.ModuleList and an nn.ModuleDict, indexed in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.units = nn.ModuleList([PaperStyleBlock(24, 24, 3), PaperStyleBlock(24, 24, 3)])
+        self.heads = nn.ModuleDict({"main": nn.Sequential(nn.Conv2d(24, 12, 1, groups=3), nn.ChannelShuffle(3))})
+
+    def forward(self, x):
+        for unit in self.units:
+            x = unit(x)
+        return self.heads["main"](x)
+
+
+def test_module_list_and_dict_stay_indexable():
+    fused = check_train_and_eval_equivalence(ContainerNet, torch.randn(2, 24, 5, 5, dtype=DOUBLE))
+    assert type(fused.units) is nn.ModuleList and type(fused.units[1]) is PaperStyleBlock
+    assert type(fused.heads) is nn.ModuleDict and type(fused.heads["main"][0]) is nn.Conv2d
+    assert set(fused_sites(fused)) == {"units.0.conv1", "units.0.conv2", "units.1.conv1", "units.1.conv2", "heads.main.0"}
+    assert fused_sites(fused)["heads.main.0"].output_shuffle == 3
+    assert fused_sites(fused.heads["main"]) == {"0": site("0", output_shuffle=3)}  # the Sequential itself too
