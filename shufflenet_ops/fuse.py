@@ -46,6 +46,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
+import dataclasses
 import dis
 import functools
 import hashlib
@@ -58,7 +59,6 @@ import threading
 import types
 import warnings
 import weakref
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -118,8 +118,6 @@ _SIZE_ARITHMETIC = frozenset(
 _MAX_LAYOUT_CHAIN = 8
 # Probe shapes (N, H, W): two, so a rearrangement that only happens to match one fails.
 _PROBE_SHAPES = ((2, 3, 5), (3, 1, 4))
-
-
 
 
 @functools.cache
@@ -204,6 +202,7 @@ class _Tracer(fx.Tracer):
         return (
             isinstance(module, FUSED_MODULE_TYPES)
             or type(module).__module__.startswith("einops.")
+            or "forward" in vars(module)  # a wrapper set on the instance: call it, never inline it
             or super().is_leaf_module(module, qualified_name)
         )
 
@@ -578,10 +577,6 @@ def _compile_forward(source: str, namespace: dict[str, Any]) -> types.FunctionTy
     return scope["forward"]
 
 
-def _import_module(name: str) -> types.ModuleType:
-    return importlib.import_module(name)
-
-
 class FusedForward:
     """The forward that ``fuse`` installed on one module instance: torch.fx's code for the
     rewritten graph (``code``), called with the module as ``self``. ``sites`` lists the
@@ -617,7 +612,7 @@ class FusedForward:
 
 
 def _rebuild_forward(module: nn.Module, code: str, names: dict, sites: tuple) -> FusedForward:
-    namespace = {k: _import_module(v) if kind == "module" else v for k, (kind, v) in names.items()}
+    namespace = {k: importlib.import_module(v) if kind == "module" else v for k, (kind, v) in names.items()}
     return FusedForward(module, code, namespace, sites)
 
 
@@ -793,7 +788,8 @@ def _fold_conv_batchnorms(root: nn.Module, graph: fx.Graph) -> bool:
             continue
         bn = users[0]
         with graph.inserting_before(node):
-            fused = graph.call_function(fused_conv_bn, (node.args[0], graph.get_attr(node.target), graph.get_attr(bn.target)))
+            conv_attr, bn_attr = graph.get_attr(node.target), graph.get_attr(bn.target)
+            fused = graph.call_function(fused_conv_bn, (node.args[0], conv_attr, bn_attr))
         for user in list(node.users):  # shape queries of the conv output: same shape
             if user is not bn:
                 user.replace_input_with(node, fused)
@@ -925,7 +921,10 @@ def _fuse_tree(module: nn.Module, path: str, report: _Report, covered: bool) -> 
     if isinstance(module, FUSED_MODULE_TYPES):
         return
     traced = False
-    if not isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers have no forward to trace
+    if "forward" in vars(module):  # the user's own per-instance forward (a wrapper): an fx leaf, kept
+        report.add(path or f"the model ({type(module).__name__})",
+                   "its forward is set on the instance; kept as it is, only its submodules were fused")
+    elif not isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers have no forward to trace
         try:
             graph, constants = _trace(module)
         except Exception as error:  # noqa: BLE001  (whatever stops tracing: search the children)
@@ -941,8 +940,9 @@ def _fuse_tree(module: nn.Module, path: str, report: _Report, covered: bool) -> 
             if _rewrite(module, graph, path, report if not covered else _Report()):
                 _install(module, graph, constants)
     for name, child in module.named_children():
-        if _Tracer().is_leaf_module(child, name) and not isinstance(child, (nn.ModuleList, nn.ModuleDict)):
-            continue  # a torch.nn layer: nothing inside to fuse
+        library_layer = _Tracer().is_leaf_module(child, name) and "forward" not in vars(child)
+        if library_layer and not isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+            continue  # a torch.nn / einops layer: nothing inside to fuse
         _fuse_tree(child, _qualified(path, name), report, covered or traced)
 
 
@@ -996,8 +996,9 @@ def fused_convs(model: nn.Module) -> dict[str, FusedConv]:
         forward = module.__dict__.get("forward")
         if isinstance(forward, FusedForward):
             for site in forward.sites:
+                conv = _qualified(prefix, site.conv)
                 bn = None if site.bn is None else _qualified(prefix, site.bn)
-                found[_qualified(prefix, site.conv)] = dataclasses.replace(site, conv=_qualified(prefix, site.conv), bn=bn)
+                found[conv] = dataclasses.replace(site, conv=conv, bn=bn)
             return  # its forward inlines everything below it
         for name, child in module.named_children():
             visit(child, _qualified(prefix, name))

@@ -10,16 +10,14 @@ import warnings
 
 import pytest
 import torch
-import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from test_modules import randomize_batchnorm
 
 import shufflenet_ops
 from shufflenet_ops import fuse
 from shufflenet_ops.fuse import FusedConv, FusedForward, FuseWarning, fused_convs, original_forwards
 from shufflenet_ops.models import shufflenet_v1
-
-from test_modules import randomize_batchnorm
 
 DOUBLE = torch.float64
 
@@ -391,7 +389,8 @@ def test_conv_called_twice_is_fused_at_each_call():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FuseWarning)
         result = fuse(model)
-    assert "conv(" not in fused_code(result).replace("fused_conv1x1(", "") and "channel_shuffle" not in fused_code(result)
+    code = fused_code(result)
+    assert "conv(" not in code.replace("fused_conv1x1(", "") and "channel_shuffle" not in code
     x = torch.randn(1, 6, 2, 2)
     torch.testing.assert_close(result(x), model(x))
 
@@ -461,7 +460,8 @@ def test_fused_model_keeps_names_checkpoints_and_indexing():
     fused = fuse(original)
     # the same class and tree: containers index as before
     assert type(fused) is PaperStyleNet and type(fused.blocks[0]) is PaperStyleBlock
-    assert type(fused.blocks[0].conv1) is nn.Conv2d and fused.blocks[2].proj[0] is fused.get_submodule("blocks.2.proj.0")
+    assert type(fused.blocks[0].conv1) is nn.Conv2d
+    assert fused.blocks[2].proj[0] is fused.get_submodule("blocks.2.proj.0")
     assert [n for n, _ in fused.named_modules()] == [n for n, _ in original.named_modules()]
     assert fused.state_dict().keys() == original.state_dict().keys()
     # a checkpoint of the fused model loads into a fresh original model, and the other way round
@@ -691,6 +691,26 @@ def test_module_list_and_dict_stay_indexable():
     fused = check_train_and_eval_equivalence(ContainerNet, torch.randn(2, 24, 5, 5, dtype=DOUBLE))
     assert type(fused.units) is nn.ModuleList and type(fused.units[1]) is PaperStyleBlock
     assert type(fused.heads) is nn.ModuleDict and type(fused.heads["main"][0]) is nn.Conv2d
-    assert set(fused_sites(fused)) == {"units.0.conv1", "units.0.conv2", "units.1.conv1", "units.1.conv2", "heads.main.0"}
+    units = {f"units.{i}.conv{j}" for i in (0, 1) for j in (1, 2)}
+    assert set(fused_sites(fused)) == units | {"heads.main.0"}
     assert fused_sites(fused)["heads.main.0"].output_shuffle == 3
     assert fused_sites(fused.heads["main"]) == {"0": site("0", output_shuffle=3)}  # the Sequential itself too
+
+
+def test_a_forward_set_on_the_instance_is_kept():
+    model = PaperStyleNet().to(DOUBLE).eval()
+    block = model.blocks[0]
+    calls = []
+
+    def wrapped(x, _forward=block.forward):  # what hook libraries do
+        calls.append(1)
+        return _forward(x)
+
+    block.forward = wrapped
+    with pytest.warns(FuseWarning, match="blocks.0: its forward is set on the instance"):
+        fused = fuse(model, inplace=True)
+    assert fused.blocks[0].forward is wrapped and "blocks.1.conv1" in fused_convs(fused)
+    x = torch.randn(1, 3, 16, 16, dtype=DOUBLE)
+    with torch.no_grad():
+        fused(x)  # the model's fused forward calls the wrapper, at run time
+    assert calls
