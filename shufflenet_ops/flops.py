@@ -87,7 +87,7 @@ def _count(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
         model.eval()
         # Unfolded and with fuse()'s rewritten forwards off, so that every conv module runs
         # (a folded BN calls F.conv2d directly; a fuse()d forward reads the conv's weights).
-        with torch.no_grad(), batchnorm_folding(False), original_forwards():
+        with torch.no_grad(), batchnorm_folding(False), original_forwards(model):
             model(x)
     finally:
         for handle in handles:

@@ -55,7 +55,6 @@ import inspect
 import linecache
 import math
 import operator
-import threading
 import types
 import warnings
 import weakref
@@ -553,19 +552,22 @@ class FusedConv:
     bn_after_shuffle: bool = False
 
 
-_original_forwards = threading.local()
-
-
 @contextlib.contextmanager
-def original_forwards() -> Iterator[None]:
-    """Inside this block, modules rewritten by ``fuse`` run their class's own forward (the
-    unfused code, with every submodule called): e.g. for forward hooks on each conv."""
-    previous = getattr(_original_forwards, "value", False)
-    _original_forwards.value = True
+def original_forwards(model: nn.Module) -> Iterator[None]:
+    """Inside this block the modules of ``model`` that ``fuse`` rewrote run their class's own
+    forward (the unfused code, every submodule called): e.g. for forward hooks on each conv.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"original_forwards expects an nn.Module, got {type(model).__name__}")
+    taken = [(m, vars(m).pop("forward")) for m in model.modules() if isinstance(vars(m).get("forward"), FusedForward)]
     try:
         yield
     finally:
-        _original_forwards.value = previous
+        for module, forward in taken:
+            module.forward = forward
 
 
 def _compile_forward(source: str, namespace: dict[str, Any]) -> types.FunctionType:
@@ -577,38 +579,37 @@ def _compile_forward(source: str, namespace: dict[str, Any]) -> types.FunctionTy
     return scope["forward"]
 
 
-class FusedForward:
+class FusedForward(functools.partial):
     """The forward that ``fuse`` installed on one module instance: torch.fx's code for the
-    rewritten graph (``code``), called with the module as ``self``. ``sites`` lists the
-    fused convs (paths relative to the module). Deep-copies and pickles with its module
-    (``torch.save(model)``, ``copy.deepcopy``)."""
+    rewritten graph (``code``) bound to the module as ``self``. ``sites`` lists its fused
+    convs (paths relative to the module). A ``functools.partial`` of the generated function,
+    so ``inspect.signature``, torch.export and torch.compile see the real signature and
+    code; it deep-copies and pickles with its module (``copy.deepcopy``, ``torch.save``)."""
 
-    def __init__(self, module: nn.Module, code: str, namespace: dict[str, Any], sites: tuple[FusedConv, ...]) -> None:
-        self._module = module
-        self.code = code
-        self.sites = sites
-        self._namespace = namespace
-        self._function = _compile_forward(code, namespace)
+    code: str
+    sites: tuple[FusedConv, ...]
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if getattr(_original_forwards, "value", False):
-            return type(self._module).forward(self._module, *args, **kwargs)
-        return self._function(self._module, *args, **kwargs)
+    def __new__(cls, module: nn.Module, code: str, namespace: dict[str, Any], sites: tuple[FusedConv, ...]):
+        self = super().__new__(cls, _compile_forward(code, namespace), module)
+        self.code, self.sites, self._namespace = code, sites, namespace
+        return self
+
+    @property
+    def module(self) -> nn.Module:
+        return self.args[0]
 
     def __deepcopy__(self, memo: dict) -> "FusedForward":
         # The module's copy is already in the memo (deepcopy creates it before its state).
-        copied = copy.copy(self)
-        copied._module = copy.deepcopy(self._module, memo)
-        return copied
+        return FusedForward(copy.deepcopy(self.module, memo), self.code, self._namespace, self.sites)
 
     def __reduce__(self):
         # Modules in fx's namespace (torch, ...) pickle by name; functions by reference.
         names = {k: ("module", v.__name__) if isinstance(v, types.ModuleType) else ("object", v)
                  for k, v in self._namespace.items()}
-        return (_rebuild_forward, (self._module, self.code, names, self.sites))
+        return (_rebuild_forward, (self.module, self.code, names, self.sites))
 
     def __repr__(self) -> str:
-        return f"FusedForward({type(self._module).__name__}, {len(self.sites)} fused conv(s))"
+        return f"FusedForward({type(self.module).__name__}, {len(self.sites)} fused conv(s))"
 
 
 def _rebuild_forward(module: nn.Module, code: str, names: dict, sites: tuple) -> FusedForward:
@@ -968,7 +969,7 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
         FuseWarning: once, listing what could not be traced or fused.
 
     Caveats: hooks registered on a module whose forward was inlined into a rewritten
-    ancestor's forward do not fire (as with any torch.fx rewrite); ``original_forwards()``
+    ancestor's forward do not fire (as with any torch.fx rewrite); ``original_forwards(model)``
     runs the unfused code when they must. ``torch.fx.symbolic_trace`` of a fused model
     traces its class's (unfused) forward.
     """

@@ -492,7 +492,7 @@ def test_fused_model_train_eval_to_deepcopy_and_pickle(tmp_path):
         reference = copy.deepcopy(original).to(DOUBLE)(x.to(DOUBLE))
         torch.testing.assert_close(as_double(x.to(DOUBLE)), reference)
         twin = copy.deepcopy(fused)
-        assert vars(twin.blocks[0])["forward"]._module is twin.blocks[0]  # bound to the copy
+        assert vars(twin.blocks[0])["forward"].module is twin.blocks[0]  # bound to the copy
         torch.testing.assert_close(twin(x.to(DOUBLE)), reference)
         torch.save(fused, tmp_path / "model.pt")  # the whole model, not just its state_dict
         loaded = torch.load(tmp_path / "model.pt", weights_only=False)
@@ -532,7 +532,7 @@ def test_original_forwards_runs_the_unfused_code():
     with torch.no_grad():
         fused(x)
         assert not calls  # the fused forward reads the conv's parameters, it does not call it
-        with original_forwards():
+        with original_forwards(fused):
             torch.testing.assert_close(fused(x), model(x))
     assert calls
 
@@ -714,3 +714,16 @@ def test_a_forward_set_on_the_instance_is_kept():
     with torch.no_grad():
         fused(x)  # the model's fused forward calls the wrapper, at run time
     assert calls
+
+
+def test_fused_model_exports_with_a_dynamic_batch():
+    torch.manual_seed(0)
+    model = randomize_batchnorm(PaperStyleNet()).eval()
+    fused = fuse(model)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(fused, (torch.randn(2, 3, 16, 16),), dynamic_shapes={"x": {0: batch}})
+    targets = {str(n.target) for n in program.graph.nodes}
+    assert any("shufflenet_ops" in t for t in targets)  # the fused ops, not their decomposition
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-4)
