@@ -12,8 +12,9 @@ it (channel-major in place at 12x11 pixels, pixel-major, strided input rows), fl
 a residual whose output is scattered takes the portable epilogue loop, float64 and bfloat16
 take BLAS and the portable loop; ``test_float32_blas_path`` reruns the float32 cases with
 SHUFFLENET_OPS_CPU_GEMM=blas. The Triton kernels run under TRITON_INTERPRET=1 in a
-subprocess (``test_triton_interpreter``), with tiles forced onto the tl.dot and the FMA
-paths so that every tile dimension has a masked edge.
+subprocess (``test_triton_interpreter``), and on the GPU where there is one (marked cuda),
+with tiles forced onto the tl.dot and the FMA paths so that every tile dimension has a
+masked edge (masked loads pad with zeros, which must not meet an inf as 0 * inf).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def case_id(case) -> str:
     )
 
 
-def make_inputs(shape: Shape, op: str, place: str, value: str, fmt: str, residual: bool, dtype: torch.dtype):
+def make_inputs(shape: Shape, place: str, value: str, fmt: str, residual: bool, dtype: torch.dtype, device: str):
     """x, weight, bias, residual (float64, then cast) with the special value placed."""
     s = shape
     gen = torch.Generator().manual_seed(0)
@@ -117,9 +118,9 @@ def make_inputs(shape: Shape, op: str, place: str, value: str, fmt: str, residua
     else:
         r[0, 3, 1, 2] = r[-1, -1, -1, -1] = v
     memory_format = FORMATS[fmt]
-    x = x.to(dtype).contiguous(memory_format=memory_format)
-    w, b = w.to(dtype), b.to(dtype)
-    r = r.to(dtype).contiguous(memory_format=memory_format) if r is not None else None
+    x = x.to(device, dtype).contiguous(memory_format=memory_format)
+    w, b = w.to(device, dtype), b.to(device, dtype)
+    r = r.to(device, dtype).contiguous(memory_format=memory_format) if r is not None else None
     return x, w, b, r
 
 
@@ -130,54 +131,54 @@ def run_conv(impl, op: str, shape: Shape, x, w, b, r, relu: bool):
     return impl.shuffle_group_conv1x1(x, w, g, shape.cin // g, bias=b, relu=relu, residual=r)  # official shuffle
 
 
-def check_conv_specials(case, backend: str, shape: Shape) -> None:
+def check_conv_specials(case, backend: str, shape: Shape, device: str = "cpu") -> None:
     op, place, value, fmt, relu, residual, dtype, _ = case
-    x, w, b, r = make_inputs(shape, op, place, value, fmt, residual, dtype)
+    x, w, b, r = make_inputs(shape, place, value, fmt, residual, dtype, device)
     leaves = [t.requires_grad_() for t in (x, w, b, r) if t is not None]
     with so.backend(backend):
         y = run_conv(so, op, shape, x, w, b, r, relu)
     go = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    go = go.to(dtype).contiguous(memory_format=FORMATS[fmt])
+    go = go.to(device, dtype).contiguous(memory_format=FORMATS[fmt])
     grads = torch.autograd.grad(y, leaves, go)
 
-    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref_leaves = [t.detach().cpu().double().requires_grad_() for t in leaves]
     x64, w64, b64, r64 = (ref_leaves.pop(0) if t is not None else None for t in (x, w, b, r))
     pre = run_conv(reference, op, shape, x64, w64, b64, r64, False)
     assert_same_specials(y, F.relu(pre) if relu else pre, dtype, "forward")
     # torch's ReLU backward (threshold_backward: zero where output <= 0, so a NaN output
     # passes its gradient), applied to the kernel's own output: a finite value that rounds
     # across zero in float32 then cannot fail the gradient check.
-    go64 = go.double()
-    go_ref = torch.ops.aten.threshold_backward(go64, y.detach().double(), 0) if relu else go64
+    go64 = go.cpu().double()
+    go_ref = torch.ops.aten.threshold_backward(go64, y.detach().cpu().double(), 0) if relu else go64
     ref_grads = torch.autograd.grad(pre, [t for t in (x64, w64, b64, r64) if t is not None], go_ref)
     names = [n for n, t in zip(("grad x", "grad weight", "grad bias", "grad residual"), (x, w, b, r)) if t is not None]
     for name, got, want in zip(names, grads, ref_grads):
         assert_same_specials(got, want, dtype, name)
 
 
-def check_shuffle_specials(value: str, fmt: str, dtype: torch.dtype, backend: str) -> None:
+def check_shuffle_specials(value: str, fmt: str, dtype: torch.dtype, backend: str, device: str = "cpu") -> None:
     x = torch.randn(2, 12, 3, 5, dtype=torch.float64)
     x[0, 1, 0, 0] = x[1, 7, 2, 4] = SPECIALS[value]
-    x = x.to(dtype).contiguous(memory_format=FORMATS[fmt]).requires_grad_()
+    x = x.to(device, dtype).contiguous(memory_format=FORMATS[fmt]).requires_grad_()
     with so.backend(backend):
         y = so.channel_shuffle(x, 3)
     assert_same_specials(y, torch.channel_shuffle(x.detach(), 3), dtype, "forward")
     go = torch.randn(y.shape, dtype=torch.float64)
     go[1, 5, 1, 1] = SPECIALS[value]  # a special value on the way back too
-    go = go.to(dtype).contiguous(memory_format=FORMATS[fmt])
+    go = go.to(device, dtype).contiguous(memory_format=FORMATS[fmt])
     (gx,) = torch.autograd.grad(y, x, go)
     assert_same_specials(gx, torch.channel_shuffle(go, 4), dtype, "grad x")
 
 
-def check_relu_grad_specials(fmt: str, dtype: torch.dtype, backend: str) -> None:
+def check_relu_grad_specials(fmt: str, dtype: torch.dtype, backend: str, device: str = "cpu") -> None:
     """relu_grad(grad, output) is torch's threshold_backward: 0 where output <= 0 (also for an
     inf or NaN grad), else grad (also where output is NaN)."""
     special = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, 1.5, -2.0], dtype=torch.float64)
     grad = special.repeat_interleave(7)
     out = special.repeat(7)  # every (grad, output) pair once
-    shape = (1, 7, 7, 1) if fmt == "nchw" else (1, 1, 7, 7)
-    grad = grad.reshape(shape).to(dtype).contiguous(memory_format=FORMATS[fmt])
-    out = out.reshape(shape).to(dtype).contiguous(memory_format=FORMATS[fmt])
+    shape = (1, 7, 1, 7)
+    grad = grad.reshape(shape).to(device, dtype).contiguous(memory_format=FORMATS[fmt])
+    out = out.reshape(shape).to(device, dtype).contiguous(memory_format=FORMATS[fmt])
     if backend == "triton":
         from shufflenet_ops.triton import kernels as table
     else:
@@ -266,6 +267,7 @@ if not INTERPRETING:
              "-k", "test_cpp_conv and float32"],
             capture_output=True, text=True, env=env, timeout=600,
         )
+        print(f"float32 on BLAS: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ''}")
         assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-4000:]
 
     @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
@@ -284,7 +286,9 @@ if not INTERPRETING:
 
 
 # ------------------------------------------------------------------ Triton kernels
-if INTERPRETING and HAVE_TRITON:
+# Under the interpreter on CPU tensors; on CUDA (Triton compiled for the GPU) where there is one.
+TRITON_DEVICE = "cpu" if INTERPRETING else "cuda"
+if HAVE_TRITON and (INTERPRETING or torch.cuda.is_available()):
     from shufflenet_ops.triton import _common, _configs
 
     # Tiles that force the tl.dot path and the outer-product FMA path (conv, grad weight).
@@ -295,23 +299,26 @@ if INTERPRETING and HAVE_TRITON:
     # Every op x place x value x layout x epilogue; float32 on the tl.dot path and float64 on
     # the FMA path, picked by ``parity``.
     TRITON_CASES = conv_cases((torch.float32,), ("dot", "fma"))
+    triton_mark = pytest.mark.cuda if not INTERPRETING else (lambda test: test)
 
-    @pytest.mark.parametrize(
-        "case", TRITON_CASES, ids=lambda c: case_id(c).replace("float32-", "")
-    )
-    def test_triton_conv(case):
+    @triton_mark
+    @pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: case_id(c).replace("float32-", ""))
+    def test_triton_conv(case, monkeypatch):
+        monkeypatch.setenv("SHUFFLENET_OPS_TRITON_AUTOTUNE", "0")  # CUDA: the forced tiles, no tuning
         path = case[-1]
         dtype = torch.float32 if path == "dot" else torch.float64
         conv_tile, gw_tile = PATHS[path]
         with _common.forced_tile("conv", conv_tile), _common.forced_tile("grad_weight", gw_tile):
-            check_conv_specials((*case[:6], dtype, path), "triton", TRITON_SHAPE)
+            check_conv_specials((*case[:6], dtype, path), "triton", TRITON_SHAPE, TRITON_DEVICE)
 
+    @triton_mark
     @pytest.mark.parametrize("fmt", list(FORMATS))
     @pytest.mark.parametrize("value", list(SPECIALS))
     def test_triton_channel_shuffle(value, fmt):
-        check_shuffle_specials(value, fmt, torch.float32, "triton")
+        check_shuffle_specials(value, fmt, torch.float32, "triton", TRITON_DEVICE)
 
+    @triton_mark
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
     @pytest.mark.parametrize("fmt", list(FORMATS))
     def test_triton_relu_grad(fmt, dtype):
-        check_relu_grad_specials(fmt, dtype, "triton")
+        check_relu_grad_specials(fmt, dtype, "triton", TRITON_DEVICE)
