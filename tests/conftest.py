@@ -81,3 +81,25 @@ def check_residual_epilogue(
     y_ref.backward(go)
     for leaf, ref in zip(leaves, ref_leaves):
         assert_close_to(leaf.grad, ref.grad, dtype)
+
+
+def assert_same_specials(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """The NaN, +inf and -inf positions of ``actual`` are exactly those of ``expected``, and the
+    finite values match within ``dtype``'s tolerance (relative to the finite values' scale)."""
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+    for name, mask_of in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        got, want = mask_of(a), mask_of(e)
+        if not torch.equal(got, want):
+            wrong = (got ^ want).nonzero().tolist()
+            raise AssertionError(
+                f"{what} ({dtype}): {name} at {int(got.sum())} positions, the reference at {int(want.sum())}; "
+                f"{len(wrong)} differ, e.g. {wrong[:4]} (got {[a[tuple(i)].item() for i in wrong[:4]]}, "
+                f"expected {[e[tuple(i)].item() for i in wrong[:4]]})"
+            )
+    finite = torch.isfinite(e)
+    tol = TOLERANCES[dtype]
+    scale = max(1.0, e[finite].abs().max().item()) if finite.any() else 1.0
+    torch.testing.assert_close(
+        a[finite], e[finite], rtol=tol["rtol"], atol=tol["atol"] * scale, msg=lambda m: f"{what} ({dtype}): {m}"
+    )

@@ -14,6 +14,7 @@
 
 #include "../channel_map.h"
 #include "../checks.h"
+#include "relu.h"
 #include "small_gemm.h"
 #include "tiles.h"
 
@@ -73,7 +74,7 @@ void epilogue(acc_t* d, int64_t ld, Layout layout, const Tile& t, int64_t rows, 
         for (int64_t p = 0; p < t.np; ++p) {
           acc_t v = row[p] + add;
           if (res_row) v += static_cast<acc_t>(res_row[p * rv.sp]);
-          row[p] = relu ? std::max(v, zero) : v;  // max, not a branch: signs are random
+          row[p] = relu ? cpu::relu(v) : v;  // a select, not a branch: signs are random
         }
       }
     } else {
@@ -83,7 +84,7 @@ void epilogue(acc_t* d, int64_t ld, Layout layout, const Tile& t, int64_t rows, 
         for (int64_t r = 0; r < rows; ++r) {
           acc_t v = px[r] + (bias ? bias[r] : zero);
           if (res_px) v += static_cast<acc_t>(res_px[channels[r] * rv.sc]);
-          px[r] = relu ? std::max(v, zero) : v;
+          px[r] = relu ? cpu::relu(v) : v;
         }
       }
     }

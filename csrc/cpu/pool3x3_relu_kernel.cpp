@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "relu.h"
 #include "small_gemm.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -63,8 +64,7 @@ __attribute__((target("avx512f"))) void pool_row_avx512(const float* in, float* 
       } else {
         acc = _mm512_div_ps(acc, window);  // padding counted: always /9
       }
-      // ReLU; max_ps returns its second operand when either is NaN, so NaN passes through.
-      _mm512_mask_storeu_ps(px + k0, lanes, _mm512_max_ps(zero, acc));
+      _mm512_mask_storeu_ps(px + k0, lanes, relu_ps(acc));  // NaN stays NaN (relu.h)
     }
   }
 }
@@ -117,7 +117,7 @@ void pool_channels_last(const at::Tensor& x, at::Tensor& y) {
         const acc_t scale = kMax ? acc_t(1) : acc_t(1) / acc_t(kKernel * kKernel);
         for (int64_t k = 0; k < c; ++k) {
           const acc_t v = acc[k] * scale;
-          px[k] = static_cast<scalar_t>(std::isnan(v) ? v : std::max(v, acc_t(0)));
+          px[k] = static_cast<scalar_t>(relu(v));
         }
       }
     }

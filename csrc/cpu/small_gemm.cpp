@@ -10,6 +10,8 @@
 #define SHUFFLENET_OPS_HAVE_AVX512_KERNEL 1
 #endif
 
+#include "relu.h"
+
 namespace shufflenet_ops::cpu {
 
 #ifdef SHUFFLENET_OPS_HAVE_AVX512_KERNEL
@@ -105,7 +107,7 @@ __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const flo
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_max_ps(acc[r][v], _mm512_setzero_ps());
+      for (int v = 0; v < NV; ++v) acc[r][v] = relu_ps(acc[r][v]);  // NaN stays NaN (relu.h)
   }
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {

@@ -21,7 +21,7 @@ bool use_small_gemm();
 
 // The fused epilogue, applied in registers before C is stored: + a bias per row of C
 // (row_bias[i]) or per column (col_bias[j]), + residual[i * residual_ld + j], then
-// max(., 0) if relu.
+// the ReLU if relu (NaN stays NaN: relu.h).
 struct SmallGemmEpilogue {
   const float* row_bias = nullptr;
   const float* col_bias = nullptr;

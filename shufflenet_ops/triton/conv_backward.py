@@ -157,7 +157,9 @@ def _relu_grad_kernel(
     mask = offs < numel
     go = tl.load(go_ptr + offs, mask=mask, other=0.0)
     out = tl.load(out_ptr + offs, mask=mask, other=0.0)
-    tl.store(gi_ptr + offs, tl.where(out > 0, go, 0.0), mask=mask)
+    # torch's ReLU backward (threshold_backward): 0 where out <= 0, else go. A NaN output
+    # passes its gradient (out <= 0 is false for NaN; out > 0 would be false too, and drop it).
+    tl.store(gi_ptr + offs, tl.where(out <= 0, 0.0, go), mask=mask)
 
 
 def _grad_weight_prune(configs, named_args, **kwargs):
@@ -294,7 +296,9 @@ def conv1x1_grad_bias(grad_output: torch.Tensor, out_shuffle: int) -> torch.Tens
 
 
 def relu_grad(grad_output: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """grad_output * (output > 0), in grad_output's memory format."""
+    """torch's ReLU backward: 0 where output <= 0, else grad_output (also where output is
+    NaN; an inf or NaN grad_output where output <= 0 gives 0, not inf * 0), in grad_output's
+    memory format."""
     go, fmt = _common.dense(grad_output)
     out = output.contiguous(memory_format=fmt)
     if out.stride() != go.stride():  # ambiguous formats (size-1 dims): fall back to go's exact layout

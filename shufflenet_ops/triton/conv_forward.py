@@ -120,7 +120,9 @@ def _permuted_group_conv1x1_kernel(
             )
             acc += residual.to(acc.dtype)
         if RELU:
-            acc = tl.where(acc > 0, acc, 0.0)
+            # acc < 0 is false for NaN, so NaN passes (torch: relu(nan) = nan); where(acc > 0,
+            # acc, 0) would turn it into 0.
+            acc = tl.where(acc < 0, 0.0, acc)
         tl.store(
             y_pix[None, :] + yc[:, None] * stride_yc,
             acc.to(y_ptr.dtype.element_ty),
