@@ -90,20 +90,23 @@ def _register_autograd() -> None:
         f"{LIB}::shuffle_group_conv1x1", conv_backward, setup_context=conv_setup(False)
     )
 
-    # The pools: ReLU-mask the gradient by the saved output, then aten's pool backward (the
-    # max pool's argmax indices recomputed from x: the forward does not store them).
+    # The pools: ReLU-mask the gradient by the saved output as torch's ReLU does
+    # (threshold_backward: 0 where y <= 0, else grad, so a NaN output passes its gradient and
+    # an inf gradient where y <= 0 gives 0, not inf * 0), then aten's pool backward (the max
+    # pool's argmax indices recomputed from x: the forward does not store them).
     def pool_setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], output)
 
     def max_pool_backward(ctx, grad):
         x, y = ctx.saved_tensors
-        grad = grad * (y > 0)
+        grad = torch.ops.aten.threshold_backward(grad, y, 0)
         _, indices = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1])
         return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [3, 3], [2, 2], [1, 1], [1, 1], False, indices)
 
     def avg_pool_backward(ctx, grad):
         x, y = ctx.saved_tensors
-        return torch.ops.aten.avg_pool2d_backward(grad * (y > 0), x, [3, 3], [2, 2], [1, 1], False, True, None)
+        grad = torch.ops.aten.threshold_backward(grad, y, 0)
+        return torch.ops.aten.avg_pool2d_backward(grad, x, [3, 3], [2, 2], [1, 1], False, True, None)
 
     torch.library.register_autograd(f"{LIB}::max_pool3x3s2_relu", max_pool_backward, setup_context=pool_setup)
     torch.library.register_autograd(f"{LIB}::avg_pool3x3s2_relu", avg_pool_backward, setup_context=pool_setup)

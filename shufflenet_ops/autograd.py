@@ -13,8 +13,9 @@ dispatcher would not send to it (CPU tensors under TRITON_INTERPRET=1).
 
 The backward formulas (design notes): with y = Pout(conv(Pin(x), W)) and go = dL/dy,
 grad_x = Pin^-1(conv_transpose(Pout^-1(go), W)), grad_W = sum Pout^-1(go) @ Pin(x)^T,
-grad_b = channel sums of Pout^-1(go); ReLU masks go by y > 0 first. The kernels read and
-write through the permuted indices, so no shuffled tensor is materialised.
+grad_b = channel sums of Pout^-1(go); ReLU first masks go as torch does (threshold_backward:
+0 where y <= 0, so a NaN y passes its gradient). The kernels read and write through the
+permuted indices, so no shuffled tensor is materialised.
 """
 
 from __future__ import annotations
