@@ -65,23 +65,20 @@ def _shuffle(x, groups: int, channels: int | None, spatial: list):
     (N, groups, C/groups, H*W), the two channel axes swapped, viewed back as (N, C, H, W).
     Reshape's 0 copies N and -1 takes H*W, so the batch and spatial sizes may be dynamic.
 
-    ``channels`` and ``spatial`` ([H, W]) are the static sizes where known (ints, else
-    None; a value made inside a translation carries no shape): with them the targets are
-    constants and the output's shape stays known to shape inference.
+    ``channels`` is C and ``spatial`` [H, W], the static sizes where known (ints, else None;
+    a value made inside a translation carries no shape of its own): with all three known
+    the last target is a constant and the output's shape stays known to shape inference.
     """
     op = _opset()
+    if channels is None:  # a conv's weight fixes it; only a shuffle marked dynamic in C lands here
+        raise ValueError("shufflenet_ops.onnx: a channel shuffle needs a static channel count")
     if groups == 1 or groups == channels:
         return x  # the identity permutation
-    if channels is not None:
-        split = op.Constant(value_ints=[0, groups, channels // groups, -1])
-    else:  # a symbolic channel count: C/groups from the runtime shape
-        per_group = op.Div(op.Shape(x, start=1, end=2), op.Constant(value_ints=[groups]))
-        split = op.Concat(op.Constant(value_ints=[0, groups]), per_group, op.Constant(value_ints=[-1]), axis=0)
+    split = op.Constant(value_ints=[0, groups, channels // groups, -1])
     swapped = op.Transpose(op.Reshape(x, split), perm=[0, 2, 1, 3])
-    chw = [channels, *spatial]
-    if all(d is not None for d in chw):
-        return op.Reshape(swapped, op.Constant(value_ints=[0, *chw]))
-    return op.Reshape(swapped, op.Shape(x))
+    if None in spatial:
+        return op.Reshape(swapped, op.Shape(x))
+    return op.Reshape(swapped, op.Constant(value_ints=[0, channels, *spatial]))
 
 
 def _conv1x1(x, weight, bias, groups: int):
@@ -93,7 +90,8 @@ def _conv1x1(x, weight, bias, groups: int):
 
 
 def _epilogue(y, residual, relu: bool):
-    # Add then Relu: relu(y + residual), NaN and inf as in torch (NaN + r = NaN, relu(NaN) = NaN).
+    # Add then Relu: relu(y + residual); ONNX Runtime's Add and Relu keep NaN and inf as torch
+    # does (relu(NaN) = NaN, checked).
     op = _opset()
     if residual is not None:
         y = op.Add(y, residual)
@@ -152,6 +150,9 @@ def channel_shuffle(x, groups: int = 1):
 
 def max_pool3x3s2_relu(x):
     """``relu(max_pool2d(x, 3, stride=2, padding=1))`` in ONNX (MaxPool ignores its padding).
+
+    NaN: torch's max pool returns NaN for a window holding one; ONNX Runtime 1.32's MaxPool
+    does not always (seen on CPU), a property of the runtime, not of this graph.
 
     Args:
         x: (N, C, H, W) value.
