@@ -36,7 +36,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
     extras_require={
-        "test": ["pytest", "hypothesis", "expecttest", "numpy", "einops"],
+        "test": ["pytest", "hypothesis", "expecttest", "numpy", "einops", "onnx", "onnxscript", "onnxruntime"],
         "triton": ["triton"],
         "bench": ["tqdm", "matplotlib", "numpy", "scikit-learn"],
     },

@@ -12,7 +12,7 @@ pip() { "$venv/bin/python" -m pip "$@"; }
 # torch first, pinned: 2.13.0 is the CPU build on the machines' local disk; an unpinned
 # `torch` would download a multi-GB CUDA build.
 pip install -q torch==2.13.0
-pip install -q setuptools wheel ninja triton pytest hypothesis expecttest numpy einops tqdm matplotlib scikit-learn
+pip install -q setuptools wheel ninja triton pytest hypothesis expecttest numpy einops tqdm matplotlib scikit-learn onnx onnxscript onnxruntime
 # --no-build-isolation: compile against the torch just installed (extensions must match it).
 pip install -q --no-build-isolation -e "$root[test,bench]"
 "$venv/bin/python" -c "import shufflenet_ops, torch; print('shufflenet_ops', shufflenet_ops.__version__, 'torch', torch.__version__, 'extension built:', shufflenet_ops._extension.available())"

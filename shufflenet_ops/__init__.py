@@ -18,7 +18,7 @@ from .modules import (
     ShuffleUnit,
     fold_batchnorm,
 )
-from . import models
+from . import models, onnx
 from .flops import count_flops, count_params
 from .fuse import FuseWarning, fuse, fused_convs
 
@@ -48,6 +48,7 @@ __all__ = [
     "fused_convs",
     "group_conv1x1_shuffle",
     "models",
+    "onnx",
     "reference",
     "shuffle_group_conv1x1",
 ]

@@ -20,7 +20,9 @@ POOL_OPS = ("max_pool3x3s2_relu", "avg_pool3x3s2_relu")  # C++ on CPU, aten on C
 
 
 def _empty_like_format(reference: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return reference.new_empty(shape).contiguous(memory_format=suggest_memory_format(reference))
+    return torch.empty(
+        shape, dtype=reference.dtype, device=reference.device, memory_format=suggest_memory_format(reference)
+    )
 
 
 def _register_fakes() -> None:
