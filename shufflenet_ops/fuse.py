@@ -726,24 +726,40 @@ def _fuse_residual_adds(root: nn.Module, graph: fx.Graph) -> bool:
     return changed
 
 
-def _is_avg_pool3x3s2(root: nn.Module, node: fx.Node) -> bool:
-    """``nn.AvgPool2d(3, 2, 1)`` or ``F.avg_pool2d(x, 3, 2, 1)`` with the other arguments
-    at their defaults: what ``avg_pool3x3s2_relu`` computes before its ReLU."""
+# 3x3 pools with stride 2 and padding 1, the other arguments at their defaults: what
+# avg_pool3x3s2_relu / max_pool3x3s2_relu compute before their ReLU. Per kind: the module
+# type, the function, its parameters in order, the values each may take.
+_POOL_DEFAULTS = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "count_include_pad": True,
+                  "divisor_override": None, "return_indices": False}
+_POOL3X3S2 = {"kernel_size": (3, (3, 3)), "stride": (2, (2, 2)), "padding": (1, (1, 1)), "ceil_mode": (False,)}
+_AVG_POOL3X3S2 = (
+    nn.AvgPool2d, F.avg_pool2d,
+    ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    {**_POOL3X3S2, "count_include_pad": (True,), "divisor_override": (None,)},
+)
+_MAX_POOL3X3S2 = (
+    nn.MaxPool2d, F.max_pool2d,
+    ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    {**_POOL3X3S2, "dilation": (1, (1, 1)), "return_indices": (False,)},
+)
+
+
+def _is_pool3x3s2(root: nn.Module, node: fx.Node, kind: tuple) -> bool:
+    """Whether ``node`` is the pool ``kind`` (``_AVG_POOL3X3S2`` / ``_MAX_POOL3X3S2``), as a
+    module call or a function call with positional or keyword arguments."""
+    module_type, function, names, wanted = kind
     module = _submodule(root, node)
     if module is not None:
         return (
-            type(module) is nn.AvgPool2d
-            and len(node.args) == 1 and not node.kwargs
-            and module.kernel_size in (3, (3, 3)) and module.stride in (2, (2, 2)) and module.padding in (1, (1, 1))
-            and not module.ceil_mode and module.count_include_pad and module.divisor_override is None
+            type(module) is module_type and len(node.args) == 1 and not node.kwargs
+            and all(getattr(module, name) in values for name, values in wanted.items())
         )
-    if node.op != "call_function" or node.target is not F.avg_pool2d:
+    if node.op != "call_function" or node.target is not function:
         return False
-    names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
-    defaults = {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None}
-    wanted = {"kernel_size": (3, (3, 3)), "stride": (2, (2, 2)), "padding": (1, (1, 1)), "ceil_mode": (False,),
-              "count_include_pad": (True,), "divisor_override": (None,)}
-    return _arguments_match(node, names, defaults, wanted)
+    if len(node.args) > len(names) or set(node.kwargs) - set(names[len(node.args):]):
+        return False
+    given = {**dict(zip(names, node.args)), **node.kwargs}
+    return all(given.get(name, _POOL_DEFAULTS.get(name)) in values for name, values in wanted.items())
 
 
 def _fuse_pooled_concats(root: nn.Module, graph: fx.Graph) -> bool:
@@ -763,7 +779,9 @@ def _fuse_pooled_concats(root: nn.Module, graph: fx.Graph) -> bool:
             continue
         fused = next((p for p in parts if isinstance(p, fx.Node) and _epilogue_free(p)), None)
         pool = next((p for p in parts if p is not fused), None)
-        if fused is None or not isinstance(pool, fx.Node) or len(pool.users) != 1 or not _is_avg_pool3x3s2(root, pool):
+        if fused is None or not isinstance(pool, fx.Node) or len(pool.users) != 1:
+            continue
+        if not _is_pool3x3s2(root, pool, _AVG_POOL3X3S2):
             continue
         with graph.inserting_before(pool):
             pooled = graph.call_function(functional.avg_pool3x3s2_relu, (pool.args[0],))
@@ -801,41 +819,13 @@ def _fold_conv_batchnorms(root: nn.Module, graph: fx.Graph) -> bool:
     return changed
 
 
-def _is_max_pool3x3s2(root: nn.Module, node: fx.Node) -> bool:
-    """``nn.MaxPool2d(3, 2, 1)`` or ``F.max_pool2d(x, 3, 2, 1)``, other arguments default."""
-    module = _submodule(root, node)
-    if module is not None:
-        return (
-            type(module) is nn.MaxPool2d
-            and len(node.args) == 1 and not node.kwargs
-            and module.kernel_size in (3, (3, 3)) and module.stride in (2, (2, 2)) and module.padding in (1, (1, 1))
-            and module.dilation in (1, (1, 1)) and not module.ceil_mode and not module.return_indices
-        )
-    if node.op != "call_function" or node.target is not F.max_pool2d:
-        return False
-    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-    defaults = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False}
-    wanted = {"kernel_size": (3, (3, 3)), "stride": (2, (2, 2)), "padding": (1, (1, 1)), "dilation": (1, (1, 1)),
-              "ceil_mode": (False,), "return_indices": (False,)}
-    return _arguments_match(node, names, defaults, wanted)
-
-
-def _arguments_match(node: fx.Node, names: tuple[str, ...], defaults: dict, wanted: dict) -> bool:
-    """Whether a call's arguments (positional by ``names``, or keywords) all take a value in
-    ``wanted`` (absent ones their ``defaults``)."""
-    if len(node.args) > len(names) or set(node.kwargs) - set(names[len(node.args):]):
-        return False
-    given = {**dict(zip(names, node.args)), **node.kwargs}
-    return all(given.get(name, defaults.get(name)) in values for name, values in wanted.items())
-
-
 def _fuse_max_pool_relus(root: nn.Module, graph: fx.Graph) -> bool:
     """``max_pool3x3s2(relu(y))`` -> ``max_pool3x3s2_relu(y)`` (the stem): ReLU is monotone,
     so it commutes with the max; one pass, and no int64 indices written."""
     changed = False
     for pool in list(graph.nodes):
         relu = pool.args[0] if pool.args and isinstance(pool.args[0], fx.Node) else None
-        if relu is None or len(relu.users) != 1 or not _is_max_pool3x3s2(root, pool):
+        if relu is None or len(relu.users) != 1 or not _is_pool3x3s2(root, pool, _MAX_POOL3X3S2):
             continue
         if not relu.args or not isinstance(relu.args[0], fx.Node) or not _is_relu_of(root, relu, relu.args[0]):
             continue
