@@ -20,7 +20,7 @@ from .modules import (
 )
 from . import models, onnx
 from .flops import count_flops, count_params
-from .fuse import FuseWarning, fuse, fused_convs
+from .fuse import FuseWarning, fuse, fused_convs, original_forwards
 
 # Triton becomes the CUDA implementation of the ops (a no-op without triton, CUDA or the
 # C++ extension that defines the schema).
@@ -48,6 +48,7 @@ __all__ = [
     "fused_convs",
     "group_conv1x1_shuffle",
     "models",
+    "original_forwards",
     "onnx",
     "reference",
     "shuffle_group_conv1x1",

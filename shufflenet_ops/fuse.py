@@ -201,7 +201,7 @@ class _Tracer(fx.Tracer):
         return (
             isinstance(module, FUSED_MODULE_TYPES)
             or type(module).__module__.startswith("einops.")
-            or "forward" in vars(module)  # a wrapper set on the instance: call it, never inline it
+            or _opaque(module)  # hooks, a wrapper set on the instance: call it, never inline it
             or super().is_leaf_module(module, qualified_name)
         )
 
@@ -225,8 +225,25 @@ def _trace(module: nn.Module) -> tuple[fx.Graph, dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------ node helpers
+def _has_hooks(module: nn.Module) -> bool:
+    """Forward or backward hooks (spectral_norm and weight_norm's old API are pre-hooks):
+    the module must be called, so that they run."""
+    return any(getattr(module, name, None) for name in (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+
+
+def _opaque(module: nn.Module) -> bool:
+    """A module fuse() must call as it is and never fold into a neighbour: it has hooks, a
+    forward set on the instance (a wrapper), or parameters not initialised yet (lazy)."""
+    return _has_hooks(module) or "forward" in vars(module) or isinstance(module, nn.modules.lazy.LazyModuleMixin)
+
+
 def _submodule(root: nn.Module, node: fx.Node) -> nn.Module | None:
-    return root.get_submodule(node.target) if node.op == "call_module" else None
+    """The module a call_module node calls, unless it is opaque (then no pattern matches it)."""
+    if node.op != "call_module":
+        return None
+    module = root.get_submodule(node.target)
+    return None if _opaque(module) else module
 
 
 def _is_shape_query(node: fx.Node) -> bool:
@@ -579,42 +596,81 @@ def _compile_forward(source: str, namespace: dict[str, Any]) -> types.FunctionTy
     return scope["forward"]
 
 
+def _forward_function(module_type: type, codes: dict[str, str], namespace: dict[str, Any], optional: tuple[str, ...]):
+    """The function ``FusedForward`` binds: the generated code of one graph, or of one per
+    mode (``codes`` keyed "any", or "train" and "eval") chosen by ``self.training``.
+
+    The trace fixed what Python evaluated while tracing; two things it may have fixed are
+    checked at run time, with the class's own (unfused) forward as the fallback: which
+    ``training`` flags were read (mode-dependent code runs only when every module of the
+    subtree is in the same mode), and arguments that default to None (``if mask is not
+    None`` was traced with a tensor: a None ``optional`` argument runs the original code).
+    """
+    functions = {mode: _compile_forward(code, namespace) for mode, code in codes.items()}
+    signature = inspect.signature(next(iter(functions.values())))
+    if set(functions) == {"any"} and not optional:
+        return functions["any"]
+
+    def forward(self, *args, **kwargs):
+        if optional:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            if any(bound.arguments[name] is None for name in optional):
+                return module_type.forward(self, *args, **kwargs)
+        if "any" in functions:
+            return functions["any"](self, *args, **kwargs)
+        mode = self.training
+        if any(m.training != mode for m in self.modules()):
+            return module_type.forward(self, *args, **kwargs)
+        return functions["train" if mode else "eval"](self, *args, **kwargs)
+
+    forward.__signature__ = signature
+    return forward
+
+
 class FusedForward(functools.partial):
     """The forward that ``fuse`` installed on one module instance: torch.fx's code for the
-    rewritten graph (``code``) bound to the module as ``self``. ``sites`` lists its fused
-    convs (paths relative to the module). A ``functools.partial`` of the generated function,
-    so ``inspect.signature``, torch.export and torch.compile see the real signature and
-    code; it deep-copies and pickles with its module (``copy.deepcopy``, ``torch.save``)."""
+    rewritten graph (``code``; per mode when the forward reads ``training`` flags) bound to
+    the module as ``self``. ``sites`` lists its fused convs (paths relative to the module).
+    A ``functools.partial`` of the generated function, so ``inspect.signature``,
+    torch.export and torch.compile see the real signature and code; it deep-copies and
+    pickles with its module (``copy.deepcopy``, ``torch.save``)."""
 
-    code: str
+    codes: dict[str, str]
     sites: tuple[FusedConv, ...]
 
-    def __new__(cls, module: nn.Module, code: str, namespace: dict[str, Any], sites: tuple[FusedConv, ...]):
-        self = super().__new__(cls, _compile_forward(code, namespace), module)
-        self.code, self.sites, self._namespace = code, sites, namespace
+    def __new__(cls, module: nn.Module, codes: dict[str, str], namespace: dict[str, Any],
+                sites: tuple[FusedConv, ...], optional: tuple[str, ...] = ()):
+        self = super().__new__(cls, _forward_function(type(module), codes, namespace, optional), module)
+        self.codes, self.sites, self._namespace, self._optional = codes, sites, namespace, optional
         return self
 
     @property
     def module(self) -> nn.Module:
         return self.args[0]
 
+    @property
+    def code(self) -> str:
+        """The generated code (both modes' when they differ)."""
+        return "\n".join(self.codes.values())
+
     def __deepcopy__(self, memo: dict) -> "FusedForward":
         # The module's copy is already in the memo (deepcopy creates it before its state).
-        return FusedForward(copy.deepcopy(self.module, memo), self.code, self._namespace, self.sites)
+        return FusedForward(copy.deepcopy(self.module, memo), self.codes, self._namespace, self.sites, self._optional)
 
     def __reduce__(self):
         # Modules in fx's namespace (torch, ...) pickle by name; functions by reference.
         names = {k: ("module", v.__name__) if isinstance(v, types.ModuleType) else ("object", v)
                  for k, v in self._namespace.items()}
-        return (_rebuild_forward, (self.module, self.code, names, self.sites))
+        return (_rebuild_forward, (self.module, self.codes, names, self.sites, self._optional))
 
     def __repr__(self) -> str:
         return f"FusedForward({type(self.module).__name__}, {len(self.sites)} fused conv(s))"
 
 
-def _rebuild_forward(module: nn.Module, code: str, names: dict, sites: tuple) -> FusedForward:
+def _rebuild_forward(module: nn.Module, codes: dict, names: dict, sites: tuple, optional: tuple) -> FusedForward:
     namespace = {k: importlib.import_module(v) if kind == "module" else v for k, (kind, v) in names.items()}
-    return FusedForward(module, code, namespace, sites)
+    return FusedForward(module, codes, namespace, sites, optional)
 
 
 # ------------------------------------------------------------------------ graph rewrite
@@ -897,27 +953,68 @@ def _sites(graph: fx.Graph) -> tuple[FusedConv, ...]:
     return tuple(sites)
 
 
-def _install(module: nn.Module, graph: fx.Graph, constants: dict[str, Any]) -> None:
-    code = graph.python_code(root_module="self")
+def _install(module: nn.Module, graphs: dict[bool, fx.Graph], constants: dict[str, Any]) -> None:
+    """Put the rewritten forward on the instance: one code if the train- and eval-mode
+    traces agree, else both, chosen at run time."""
+    codes = {mode: graph.python_code(root_module="self") for mode, graph in graphs.items()}
+    sources = {"train" if mode else "eval": code.src for mode, code in codes.items()}
+    if len(set(sources.values())) == 1:
+        sources = {"any": next(iter(sources.values()))}
+    namespace = {k: v for code in codes.values() for k, v in code.globals.items()}
+    graph = graphs[module.training]
+    optional = tuple(
+        node.target for node in graph.nodes
+        if node.op == "placeholder" and node.args and node.args[0] is None and not node.target.startswith("*")
+    )
     for name, value in constants.items():
         setattr(module, name, value)
     # An instance attribute: the class, its other methods and the module tree stay as they were.
-    module.forward = FusedForward(module, code.src, code.globals, _sites(graph))
+    module.forward = FusedForward(module, sources, namespace, _sites(graph), optional)
+
+
+@contextlib.contextmanager
+def _all_in_mode(module: nn.Module, training: bool) -> Iterator[None]:
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        for m, _ in modes:
+            m.training = training
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 # ------------------------------------------------------------------------------ driver
+_HOOKS_NOTE = (
+    "has hooks: called as it is so that they run (never inlined into a fused forward nor folded into a fused conv)"
+)
+
+
+def _is_library_layer(module: nn.Module) -> bool:
+    """A torch.nn / einops layer or a package module: nothing inside it to fuse."""
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    return "forward" not in vars(module) and not isinstance(module, containers) and _Tracer().is_leaf_module(module, "")
+
+
 def _fuse_tree(module: nn.Module, path: str, report: _Report, covered: bool) -> None:
     """Rewrite ``module`` and every module below it. ``covered``: an ancestor's trace
     already inlined this module, so its findings were reported there."""
     if isinstance(module, FUSED_MODULE_TYPES):
         return
+    if path and _has_hooks(module):
+        report.add(path, _HOOKS_NOTE)
     traced = False
     if "forward" in vars(module):  # the user's own per-instance forward (a wrapper): an fx leaf, kept
         report.add(path or f"the model ({type(module).__name__})",
                    "its forward is set on the instance; kept as it is, only its submodules were fused")
     elif not isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers have no forward to trace
         try:
-            graph, constants = _trace(module)
+            # Traced in both modes: Python that reads a `training` flag (dropout's
+            # F.dropout(x, p, self.training), `if self.training:`) is fixed by the trace.
+            graphs, constants = {}, {}
+            for mode in (module.training, not module.training):
+                with _all_in_mode(module, mode):
+                    graphs[mode], constants = _trace(module)
         except Exception as error:  # noqa: BLE001  (whatever stops tracing: search the children)
             if not covered:
                 message = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -928,12 +1025,17 @@ def _fuse_tree(module: nn.Module, path: str, report: _Report, covered: bool) -> 
                 )
         else:
             traced = True
-            if _rewrite(module, graph, path, report if not covered else _Report()):
-                _install(module, graph, constants)
+            changed = [
+                _rewrite(module, graphs[mode], path, report if not covered and mode == module.training else _Report())
+                for mode in graphs
+            ]
+            if any(changed):
+                _install(module, graphs, constants)
     for name, child in module.named_children():
-        library_layer = _Tracer().is_leaf_module(child, name) and "forward" not in vars(child)
-        if library_layer and not isinstance(child, (nn.ModuleList, nn.ModuleDict)):
-            continue  # a torch.nn / einops layer: nothing inside to fuse
+        if _is_library_layer(child):
+            if _has_hooks(child):
+                report.add(_qualified(path, name), _HOOKS_NOTE)
+            continue
         _fuse_tree(child, _qualified(path, name), report, covered or traced)
 
 
@@ -958,10 +1060,18 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     Warns:
         FuseWarning: once, listing what could not be traced or fused.
 
-    Caveats: hooks registered on a module whose forward was inlined into a rewritten
-    ancestor's forward do not fire (as with any torch.fx rewrite); ``original_forwards(model)``
-    runs the unfused code when they must. ``torch.fx.symbolic_trace`` of a fused model
-    traces its class's (unfused) forward.
+    What a trace fixes, and how it is handled: Python that reads ``training`` flags is
+    traced in both modes (the mode chosen at run time; mixed modes run the original code);
+    an argument that defaults to None runs the original code when it is None; modules with
+    hooks (and wrappers, lazy modules) are called as they are, never inlined or folded, and
+    their hooks are not run while tracing. What stays fixed (call ``fuse`` again after such
+    a change): the model's structure and Python attributes at the time of the call (a
+    module swapped for another afterwards, a changed ``self.groups``); the forward's other
+    Python side effects run during ``fuse`` (twice: once per mode), not per call. The fused
+    ops take no ``torch.autocast`` (cast the model instead); a fused shuffle returns the
+    input's memory format, where a hand-written view/transpose shuffle returns NCHW.
+    ``original_forwards(model)`` runs the unfused code; ``torch.fx.symbolic_trace`` of a
+    fused model traces its class's (unfused) forward.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse expects an nn.Module, got {type(model).__name__}")

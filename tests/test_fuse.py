@@ -727,3 +727,101 @@ def test_fused_model_exports_with_a_dynamic_batch():
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------- what a trace would fix: modes, None, hooks
+class ModeDependent(nn.Module):
+    """Reads self.training in Python (F.dropout's flag, an if), as many user models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(12, 12, 1, groups=3)
+        self.bn = nn.BatchNorm2d(12)
+
+    def forward(self, x):
+        y = F.dropout(torch.channel_shuffle(self.conv(x), 3), 0.5, self.training)
+        if self.training:
+            y = y * 2
+        return self.bn(y)
+
+
+@pytest.mark.parametrize("fused_in", ["train", "eval"])
+def test_training_flag_read_in_python_follows_train_and_eval(fused_in):
+    model = getattr(ModeDependent().to(DOUBLE), fused_in)()
+    fused = fuse(model)
+    assert set(vars(fused)["forward"].codes) == {"train", "eval"}
+    x = torch.randn(2, 12, 5, 5, dtype=DOUBLE)
+    fused.eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x))  # no dropout, no doubling
+    fused.train()
+    torch.manual_seed(0)
+    y = fused(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(y, model.train()(x))  # the same dropout mask, doubled
+    fused.eval()
+    fused.bn.train()  # mixed modes: the original code decides, module by module
+    model.eval()
+    model.bn.train()
+    torch.testing.assert_close(fused(x), model(x))
+
+
+def test_forward_that_ignores_the_mode_gets_one_code():
+    fused = fuse(PaperStyleNet())
+    assert set(vars(fused)["forward"].codes) == {"any"}
+
+
+def test_argument_defaulting_to_none_runs_the_original_code_when_none():
+    class OptionalMask(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(12, 12, 1, groups=3)
+
+        def forward(self, x, mask=None):
+            y = torch.channel_shuffle(self.conv(x), 3)
+            if mask is not None:  # the trace saw a tensor here
+                y = y * mask
+            return y
+
+    model = OptionalMask().to(DOUBLE)
+    fused = fuse(model)
+    x, mask = torch.randn(2, 12, 3, 3, dtype=DOUBLE), torch.rand(2, 12, 3, 3, dtype=DOUBLE)
+    torch.testing.assert_close(fused(x), model(x))
+    torch.testing.assert_close(fused(x, None), model(x))
+    torch.testing.assert_close(fused(x, mask=mask), model(x, mask))
+
+
+def test_modules_with_hooks_are_called_and_never_folded():
+    torch.manual_seed(0)
+    model = PaperStyleNet().to(DOUBLE).eval()
+    reference = copy.deepcopy(model)
+    seen = []
+    model.blocks[1].register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    model.blocks[0].conv1.register_forward_pre_hook(lambda module, inputs: (inputs[0] * 2,))
+    reference.blocks[0].conv1.register_forward_pre_hook(lambda module, inputs: (inputs[0] * 2,))
+    with pytest.warns(FuseWarning, match="blocks.1: has hooks") as record:
+        fused = fuse(model)
+    assert "blocks.0.conv1: has hooks" in str(record[0].message)
+    assert not seen  # not run on fx proxies while tracing
+    assert "blocks.0.conv1" not in fused_convs(fused) and "blocks.2.conv1" in fused_convs(fused)
+    x = torch.randn(2, 3, 16, 16, dtype=DOUBLE)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), reference(x))
+    assert len(seen) == 1 and seen[0][1] == 48  # run once, on the real output
+
+
+def test_spectral_norm_and_lazy_convs_are_left_to_torch():
+    torch.manual_seed(0)
+    model = ModuleShuffleNet().to(DOUBLE)
+    model.conv_c = torch.nn.utils.spectral_norm(model.conv_c)  # a pre-hook recomputes the weight
+    model.conv_d = nn.LazyConv2d(24, 1, groups=3, bias=False, dtype=DOUBLE)  # no weight yet
+    with pytest.warns(FuseWarning, match="conv_c: has hooks"):
+        fused = fuse(model, inplace=True)
+    assert "conv_c" not in fused_convs(fused) and "conv_d" not in fused_convs(fused)
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 3, 8, 8, dtype=DOUBLE)
+    torch.manual_seed(1)  # the lazy conv initialises its weight at the first call
+    y = fused(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(y, reference(x))
