@@ -83,7 +83,8 @@ def test_backward_bytes_by_hand():
 
 def test_roofline_fractions():
     timing = Timing(1.0, 1.0, 1.0, 5)
-    roof = Roofline(copy_gbs=10.0, gemm_gflops=100.0, copy_timing=timing, gemm_timing=timing, copy_bytes=1, gemm_size=1)
+    roof = Roofline(copy_gbs=10.0, gemm_gflops=100.0, copy_timing=timing, gemm_timing=timing, copy_bytes=1,
+                    gemm_shape=(1, 1, 1))
     assert roof.memory_fraction(5_000_000, 1e-3) == pytest.approx(0.5)  # 5 GB/s of 10
     assert roof.compute_fraction(20_000_000, 1e-3) == pytest.approx(0.2)  # 20 GFLOP/s of 100
 
@@ -115,8 +116,10 @@ def test_gemm_rate_weights_each_layer_by_its_time():
     # The dense GEMMs would take 3 * 0.5 + 2 * 1.0 = 3.5 ms for the fused layers' 5 ms.
     assert gemm_rates(rows) == {8: pytest.approx(0.7)}
     table = weighted_table(rows)
-    assert "GEMM rate (vs same-FLOPs mm)" in table and "| g8 | forward | 5.00 | 2.40x | 70% |" in table
-    assert "| g8 | backward | 1.00 | - | - |" in table
+    lines = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    assert lines[0] == ["g", "mode", "fused ms", "vs eager", "GEMM rate"]
+    assert ["g8", "forward", "5.00", "2.40x", "70%"] in lines
+    assert ["g8", "backward", "1.00", "-", "-"] in lines
 
 
 # --------------------------------------------------------------------------- problems
@@ -195,16 +198,24 @@ def test_timed_calls_use_torchs_thread_count():
 
 # -------------------------------------------------------------------------------- CLI
 @requires_extension
-def test_cli_quick_tiny(tmp_path, capsys):
+def test_cli_quick_tiny(tmp_path, capsys, monkeypatch):
     from shufflenet_ops.bench.__main__ import main
 
-    out = tmp_path / "bench"
+    # No --out: the run writes into a new folder under ./shufflenet-bench-results and says where.
+    monkeypatch.chdir(tmp_path)
     # 64x64 input: the Stage 3 layers run at 4x4, the unit at 8x8; g=3 only.
     assert main(["--quick", "--groups", "3", "--batch", "2", "--input-size", "64", "--min-run-time", "0.01",
-                 "--precompile-workers", "1", "--no-progress", "--out", str(out)]) == 0
-    stdout = capsys.readouterr().out
-    assert "| g3 480->120/3 4x4 gconv1+shuffle | 7 | forward |" in stdout
-    assert "vs compile" in stdout and "vs dense" in stdout
+                 "--precompile-workers", "1", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    (out,) = (tmp_path / "shufflenet-bench-results").iterdir()
+    assert f"results in {out}" in captured.err
+    stdout = captured.out
+    # The terminal summary: forward rows only, short column names explained in a legend.
+    lines = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines() if line.startswith("|")]
+    assert ["layer", "count", "fused ms", "vs eager", "vs eager CL", "vs compile", "vs dense"] in lines
+    assert any(line[:2] == ["g3 480->120 4x4 1st+shuffle", "7"] for line in lines)
+    assert "1st+shuffle: a unit's first 1x1 conv" in stdout and "eager CL = eager PyTorch, channels_last" in stdout
+    assert max(len(line) for line in stdout.splitlines() if line.startswith("|")) <= 100
 
     rows = list(csv.DictReader(open(out / "results.csv")))
     layer_rows = [r for r in rows if r["level"] == "layer"]
@@ -215,6 +226,7 @@ def test_cli_quick_tiny(tmp_path, capsys):
         assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
         expected_gbs = float(r["model_bytes"]) / (float(r["median_ms"]) * 1e-3) / 1e9
         assert float(r["effective_gbs"]) == pytest.approx(expected_gbs)
+        assert len(r["round_medians_ms"].split()) == 3 and float(r["round_spread"]) >= 1
         if r["provider"] == "fused_cpp":
             assert float(r["fused_speedup"]) == pytest.approx(1.0)
         if r["mode"] == "forward":  # timed beside a dense mm of the same FLOPs
@@ -233,8 +245,14 @@ def test_cli_quick_tiny(tmp_path, capsys):
     assert info["precompile"]["workers"] == 1 and info["precompile"]["jobs"] == 4
     for key in ("device", "cpu", "torch", "triton", "git_commit", "date", "load_average_start", "load_average_end"):
         assert key in info
-    assert payload["roofline"]["copy_gbs"] > 0 and payload["roofline"]["gemm_gflops"] > 0
-    assert payload["gemm_rate"]["3"] > 0 and "GEMM rate (vs same-FLOPs mm)" in stdout
+    roof = payload["roofline"]
+    assert roof["copy_gbs"] > 0 and roof["gemm_gflops"] == pytest.approx(max(roof["gemm_rates"].values()))
+    # Every forward row's same-FLOPs GEMM is a dense GEMM of this run: none beats the roof.
+    assert all(float(r["same_flops_gemm_gflops"]) <= roof["gemm_gflops"] * (1 + 1e-9)
+               for r in layer_rows if r["mode"] == "forward")
+    assert payload["gemm_rate"]["3"] > 0 and "GEMM rate" in stdout
+    markdown = (out / "results.md").read_text()
+    assert "% GEMM roof" in markdown and "best dense torch.mm of the run" in markdown
     for name in ("speedup.png", "roofline.png", "networks.png", "results.md"):
         assert (out / name).stat().st_size > 1000
     (out / "speedup.png").unlink()
@@ -246,27 +264,32 @@ def test_compile_jobs_name_every_compiled_graph():
     """One precompile job per graph the compiled peers build: forward's inference graph and
     the training graph that backward and forward_backward share, per layer shape; each
     compiled unit/model run the default suite times (models: torch.compile(naive) eval only)."""
-    from types import SimpleNamespace
-
     from shufflenet_ops.bench import networks
     from shufflenet_ops.bench.precompile import compile_jobs
 
     problems = shufflenet_problems((3,), 1.0, 2, 64)[:2]
     providers = [p for p in LAYER_PROVIDERS if p.name in ("eager", "compile")]
-    cases = networks.unit_cases((3,), 1.0, 2, 64) + networks.model_cases((3,), 1.0, 2, 64)
-    runs = [(c, p, m) for c in cases for m in networks.NETWORK_MODES for p in NETWORK_PROVIDERS
-            if not networks.compiled_peer_skipped(c, p, m, False)]
-    args = SimpleNamespace(groups=(3,), width=1.0, input_size=64)
-    jobs = compile_jobs(problems, providers, list(MODES), runs, args, 2, 2)
-    layer_labels = {job.label for job in jobs if job.problem is not None}
-    assert layer_labels == {f"{p.name} {m} compile" for p in problems for m in ("forward", "backward")}
-    network_labels = [job.label for job in jobs if job.network is not None]
-    model = cases[-1].name
-    assert network_labels[0] == f"{model} eval compile_naive"  # the longest compile first
-    assert sorted(network_labels) == sorted(
-        [f"{c.name} {m} {p}" for c in cases[:-1] for m in networks.NETWORK_MODES
-         for p in ("compile_naive", "compile_fused")] + [f"{model} eval compile_naive"])
-    assert all(job.network[4] == 2 for job in jobs if job.network is not None)
+    cases = networks.unit_cases((3,), 1.0, 2, 64) + networks.model_cases((3,), 1.0, (1, 2), 64)
+    for full in (False, True):
+        runs = [(c, p, m) for c in cases for m in c.modes for p in NETWORK_PROVIDERS
+                if networks.included(c, p, m, full)]
+        jobs = compile_jobs(problems, providers, list(MODES), runs)
+        layer_labels = {job.label for job in jobs if job.problem is not None}
+        assert layer_labels == {f"{p.name} {m} compile" for p in problems for m in ("forward", "backward")}
+        network_labels = [job.label for job in jobs if job.network is not None]
+        model = cases[-1].name
+        assert network_labels[0].startswith(model)  # the longest compiles first
+        if not full:  # the default: the whole model's torch.compile(naive) in eval, at each batch size
+            assert sorted(network_labels) == [f"{model} b1 eval compile_naive", f"{model} b2 eval compile_naive"]
+        else:
+            units = [f"{c.name} b2 {m} {p}" for c in cases[:2] for m in networks.NETWORK_MODES
+                     for p in ("compile_naive", "compile_fused")]
+            models = ([f"{model} b1 eval {p}" for p in ("compile_naive", "compile_fused")]
+                      + [f"{model} b2 {m} {p}" for m in networks.NETWORK_MODES
+                         for p in ("compile_naive", "compile_fused")])
+            assert sorted(network_labels) == sorted(units + models)
+        # A worker rebuilds each case from its spec.
+        assert all(networks.case_from_spec(job.network).spec == job.network for job in jobs if job.network)
 
 
 @requires_extension

@@ -9,7 +9,9 @@ the median and the 20th/80th percentiles in milliseconds.
 ``measure_many`` times the implementations being compared in interleaved rounds on CPU
 (A B C, A B C, ...): the machine is shared, and a burst of someone else's work then lands
 on all of them instead of on whichever happened to be running, which keeps the same-run
-ratios honest.
+ratios honest. It also keeps each round's median: when the rounds disagree (the machine's
+speed changed, or a provider's time is bimodal), ``round_spread`` says by how much, and the
+report warns instead of letting one lucky run claim a speed-up.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 QUANTILES = (0.5, 0.2, 0.8)
+UNSTEADY_SPREAD = 1.5  # max/min of the round medians above which a measurement is flagged
 MIN_SAMPLES = 5  # percentiles of fewer samples say little
 SLOW_CALL_S = 1e-3  # calls at least this long are timed one by one (timer overhead < 0.1%)
 
@@ -34,15 +37,24 @@ class Timing:
     p20_ms: float
     p80_ms: float
     samples: int
+    rounds_ms: tuple[float, ...] = ()  # the median of each interleaved round (CPU)
+
+    @property
+    def round_spread(self) -> float:
+        """Slowest round median / fastest (1.0 with fewer than two rounds)."""
+        if len(self.rounds_ms) < 2 or min(self.rounds_ms) <= 0:
+            return 1.0
+        return max(self.rounds_ms) / min(self.rounds_ms)
 
     def columns(self) -> dict:
         """The result-row columns every level reports."""
-        return {"median_ms": self.median_ms, "p20_ms": self.p20_ms, "p80_ms": self.p80_ms, "samples": self.samples}
+        return {"median_ms": self.median_ms, "p20_ms": self.p20_ms, "p80_ms": self.p80_ms, "samples": self.samples,
+                "round_medians_ms": [round(v, 6) for v in self.rounds_ms], "round_spread": self.round_spread}
 
 
-def _summary(times_s: list[float]) -> Timing:
+def _summary(times_s: list[float], rounds_ms: tuple[float, ...] = ()) -> Timing:
     median, p20, p80 = (float(v) * 1e3 for v in np.quantile(times_s, QUANTILES))
-    return Timing(median, p20, p80, len(times_s))
+    return Timing(median, p20, p80, len(times_s), rounds_ms)
 
 
 @contextlib.contextmanager
@@ -126,9 +138,12 @@ def measure_many(
     if device.type == "cuda":
         return {name: _cuda_time(fn, min_run_time) for name, fn in runners.items()}
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    round_medians: dict[str, list[float]] = {name: [] for name in runners}
     for round_index in range(rounds):
         for name, fn in runners.items():
             # At least min_samples over all rounds, spread evenly across them.
             wanted = -(-min_samples * (round_index + 1) // rounds) - len(samples[name])
-            samples[name].extend(_cpu_samples(fn, min_run_time / rounds, wanted))
-    return {name: _summary(times) for name, times in samples.items()}
+            this_round = _cpu_samples(fn, min_run_time / rounds, wanted)
+            samples[name].extend(this_round)
+            round_medians[name].append(float(np.median(this_round)) * 1e3)
+    return {name: _summary(times, tuple(round_medians[name])) for name, times in samples.items()}
