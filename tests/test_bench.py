@@ -370,3 +370,60 @@ def test_train_ddp_two_processes_stay_in_sync(tmp_path):
     assert len(fused["losses"]) == 3
     # DDP averages the gradients across ranks: the two replicas must hold identical weights.
     assert fused["ranks_max_param_diff"] == 0.0
+
+
+# -------------------------------------------------------------------------- install.sh
+def _fake_checkout(tmp_path):
+    """A copy of install.sh beside the files its stamps cover, and a fake venv whose python
+    logs its arguments (pip calls, the import check) instead of running them."""
+    import shutil
+
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    (root / "csrc").mkdir()
+    shutil.copy(os.path.join(ROOT, "scripts", "install.sh"), root / "scripts" / "install.sh")
+    for name in ("setup.py", "pyproject.toml"):
+        (root / name).write_text(f"# {name}\n")
+    (root / "csrc" / "ops.cpp").write_text("int x;\n")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    python = venv / "bin" / "python"
+    # The import check ("-c") fails once after $tmp_path/import_fails is created (a rebuild fixes it).
+    python.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n'
+                      f'if [ "$1" = -c ] && [ -e {tmp_path}/import_fails ]; then rm {tmp_path}/import_fails; exit 1; fi\n')
+    python.chmod(0o755)
+    return root, venv, log
+
+
+def _install(root, venv, log) -> list[str]:
+    log.write_text("")
+    result = subprocess.run(["bash", str(root / "scripts" / "install.sh")], capture_output=True, text=True,
+                            env={**os.environ, "VENV": str(venv)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [line for line in log.read_text().splitlines() if line.startswith("-m pip")]
+
+
+def test_install_sh_skips_what_did_not_change(tmp_path):
+    root, venv, log = _fake_checkout(tmp_path)
+    first = _install(root, venv, log)
+    assert any("torch==2.13.0" in c for c in first) and any(c.endswith(" onnxruntime") for c in first)
+    assert any(c.endswith(" openvino") for c in first)
+    assert any("-e" in c.split() and c.endswith("[test,bench]") for c in first)
+
+    assert _install(root, venv, log) == []  # nothing changed: no pip at all
+
+    (root / "csrc" / "ops.cpp").write_text("int y;\n")  # a C++ source changed: rebuild only
+    rebuild = _install(root, venv, log)
+    assert len(rebuild) == 1 and "--no-deps" in rebuild[0] and "-e" in rebuild[0].split()
+    assert _install(root, venv, log) == []
+
+    (root / "csrc" / "new_kernel.cpp").write_text("int z;\n")  # a new source file: rebuild
+    assert len(_install(root, venv, log)) == 1
+
+    (tmp_path / "import_fails").touch()  # the extension is gone (or another checkout's): rebuild
+    assert len(_install(root, venv, log)) == 1
+
+    (root / "setup.py").write_text("# setup.py, new extra\n")  # requirements changed: everything
+    assert any("torch==2.13.0" in c for c in _install(root, venv, log))
+    assert _install(root, venv, log) == []
