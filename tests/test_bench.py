@@ -340,20 +340,37 @@ def test_train_fused_and_naive_track_each_other(tmp_path, capsys):
     fused, naive = summary["results"]
     assert (fused["implementation"], naive["implementation"]) == ("fused", "naive")
     assert len(fused["losses"]) == len(naive["losses"]) == 4
-    # Same weights and batches: the first loss (same weights) and the second (after one
-    # SGD step from identical gradients) agree to float32 rounding. Later steps amplify
-    # rounding differences ~100x per step in this tiny, small-batch configuration (two naive
-    # runs with 1 vs 2 threads diverge as fast), so they are compared on the plot, not here.
-    # The fused network runs its activations in channels_last (other oneDNN algorithms for the
-    # depthwise and stem convs, other summation orders), so its float32 rounding differs from
-    # the naive network's by more than one layout's; after one SGD step that is ~2.5e-5
-    # relative. Exact equality of outputs and gradients is tested in float64 (test_models).
+    # What benchmarks/README.md says: same weights and batches, but float32 is not bitwise
+    # (other kernels, the fused network in channels_last): the first loss differs by rounding,
+    # and training amplifies the difference step by step.
     gaps = [abs(a - b) for a, b in zip(fused["losses"], naive["losses"])]
     assert summary["first_step_loss_gap"] == gaps[0] < 1e-5
-    assert gaps[1] < 2e-4
+    assert gaps[1] < 1e-3
+    assert any(gap > 0 for gap in gaps)
     assert fused["images_per_s"] > 0 and 0 <= fused["test_accuracy"] <= 1
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
-    assert "test accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "loss gap fused vs naive: " in out and "compare the curves" in out
+    assert "about chance" in out  # 4 steps learn nothing, and the output says so
+
+
+@requires_extension
+def test_train_float64_fused_and_naive_agree(tmp_path):
+    """In float64 the same steps agree to ~1e-9: the float32 gap is rounding amplified by
+    training, not a difference between the implementations."""
+    train = _train_module()
+    assert train.main(["--steps", "4", "--batch", "16", "--width", "0.25", "--dtype", "float64", "--no-progress",
+                       "--out", str(tmp_path)]) == 0
+    summary = json.load(open(tmp_path / "train_results.json"))
+    assert summary["first_step_loss_gap"] < 1e-12
+    assert max(summary["loss_gaps"]) < 1e-9
+
+
+def test_train_help_shows_the_defaults():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "(default: 150)" in result.stdout and "(default: float32)" in result.stdout
 
 
 @requires_extension
@@ -427,3 +444,148 @@ def test_install_sh_skips_what_did_not_change(tmp_path):
     (root / "setup.py").write_text("# setup.py, new extra\n")  # requirements changed: everything
     assert any("torch==2.13.0" in c for c in _install(root, venv, log))
     assert _install(root, venv, log) == []
+
+
+# ---------------------------------------------------------------- deployment runtimes
+def _tiny_model_case(batch=2):
+    from shufflenet_ops.bench import networks
+
+    # 0.25x g=3 at 32x32: the smallest ShuffleNet V1 (its Stage 4 runs at 1x1).
+    return networks.model_case(3, 0.25, batch, 32, ("eval",))
+
+
+@requires_extension
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_deployment_runtime_runs_the_exported_naive_model(runtime, tmp_path):
+    from shufflenet_ops.bench import deploy, networks
+
+    if deploy.missing(runtime):
+        pytest.skip(deploy.missing(runtime))
+    case = _tiny_model_case()
+    provider = next(p for p in NETWORK_PROVIDERS if p.name == runtime)
+    setup = Setup(torch.device("cpu"), torch.float32, torch.contiguous_format, "default")
+    exports = deploy.ExportCache(str(tmp_path))
+    run = networks.prepare(case, provider, "eval", setup, exports)  # checks the output first
+    with torch.no_grad():
+        expected = case.build(False).eval()(torch.randn(case.input_shape, generator=torch.Generator().manual_seed(1)))
+    out = run()
+    assert out.shape == (2, 1000)
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
+    # One export serves every batch size (dynamic batch dimension).
+    batch1 = networks.prepare(_tiny_model_case(batch=1), provider, "eval", setup, exports)
+    assert batch1().shape == (1, 1000) and len(exports.paths) == 1
+
+
+def test_a_runtime_that_computes_something_else_fails_loudly():
+    import numpy as np
+
+    from shufflenet_ops.bench import deploy
+
+    expected = torch.tensor([[1.0, -2.0, 0.5]])
+    assert deploy.check_outputs("rt", expected.numpy() + 1e-6, expected, rtol=1e-4) < 1e-4
+    with pytest.raises(deploy.OutputMismatch, match="differs from the naive PyTorch model's by 0.05"):
+        deploy.check_outputs("rt", expected.numpy() + np.float32(0.1), expected, rtol=1e-4)
+    with pytest.raises(deploy.OutputMismatch, match="output shape"):
+        deploy.check_outputs("rt", expected.numpy()[0], expected, rtol=1e-4)
+    with pytest.raises(deploy.OutputMismatch):
+        deploy.check_outputs("rt", expected.numpy() * np.nan, expected, rtol=1e-4)
+
+
+@requires_extension
+def test_missing_runtimes_are_skipped_with_one_line_each(tmp_path, monkeypatch, capsys):
+    from shufflenet_ops.bench.__main__ import main
+
+    # A module set to None in sys.modules fails to import, as if it were not installed.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert main(["--levels", "models", "--groups", "3", "--width", "0.25", "--input-size", "32", "--model-batch", "1",
+                 "--no-efficiency", "--no-compile", "--min-run-time", "0.005", "--no-progress",
+                 "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    skipped = [line for line in err.splitlines() if "skipping" in line]
+    assert skipped == [
+        "shufflenet-bench: skipping the ONNX Runtime rows: import of onnxruntime halted; None in sys.modules "
+        "(pip install -e '.[bench]' installs it)",
+        "shufflenet-bench: skipping the OpenVINO rows: import of openvino halted; None in sys.modules "
+        "(pip install -e '.[bench]' installs it)",
+    ]
+    rows = json.load(open(tmp_path / "results.json"))["results"]
+    assert {r["provider"] for r in rows} == {"fused", "naive", "naive_channels_last"}
+
+
+# ------------------------------------------------------------------ efficiency, flags
+def _model_row(provider, width, ms, macs, batch=1, fused=False):
+    return {"level": "model", "name": f"ShuffleNet V1 {width:g}x g3 224px", "groups": 3, "width": width,
+            "batch": batch, "mode": "eval", "provider": provider, "fused": fused, "median_ms": ms,
+            "p20_ms": ms, "p80_ms": ms, "images_per_s": batch / ms * 1e3, "macs_per_image": macs,
+            "extra_width": width != 1.0}
+
+
+def test_efficiency_is_time_ratio_over_mac_ratio():
+    from shufflenet_ops.bench.efficiency import PAPER_EFFICIENCY, efficiency
+    from shufflenet_ops.bench.report import efficiency_table
+
+    assert PAPER_EFFICIENCY == pytest.approx(0.65)
+    rows = [_model_row("fused", 0.5, 4.0, 38_000_000, fused=True), _model_row("fused", 1.0, 6.0, 140_000_000, fused=True),
+            _model_row("fused", 2.0, 20.0, 524_000_000, fused=True),
+            _model_row("onnxruntime", 0.5, 2.0, 38_000_000), _model_row("onnxruntime", 1.0, 4.0, 140_000_000)]
+    entries = {(e["provider"], e["width_small"]): e for e in efficiency(rows)}
+    assert set(entries) == {("fused", 0.5), ("fused", 1.0), ("onnxruntime", 0.5)}
+    fused = entries[("fused", 0.5)]
+    assert fused["time_ratio"] == pytest.approx(1.5) and fused["mac_ratio"] == pytest.approx(140 / 38)
+    assert fused["efficiency"] == pytest.approx(1.5 / (140 / 38))
+    assert entries[("fused", 1.0)]["efficiency"] == pytest.approx((20 / 6) / (524 / 140))
+    table = efficiency_table(rows)
+    assert "| fused (this package) | 3 | 1     | 4.0     | 6.0   | 20.0  | 0.41     | 0.89   |" in table
+    assert "0.65" in table and "MACs per image: 0.5x 38M, 1x 140M, 2x 524M" in table
+
+
+def test_unsteady_rounds_and_contradictory_rows_are_flagged():
+    from shufflenet_ops.bench.layers import add_speedups
+    from shufflenet_ops.bench.report import layer_table, warnings_list
+
+    def row(provider, mode, rounds):
+        ms = sorted(rounds)[len(rounds) // 2]
+        return {"level": "layer", "name": "g3 480->120 14x14 1st+shuffle", "count": 7, "mode": mode,
+                "provider": provider, "fused": provider == "fused_cpp", "median_ms": ms, "p20_ms": ms, "p80_ms": ms,
+                "round_medians_ms": rounds, "round_spread": max(rounds) / min(rounds)}
+
+    rows = [row("fused_cpp", "forward", [1.0, 1.0, 1.0]),
+            row("eager", "forward", [2.6, 7.4, 2.6]),     # the naive time is bimodal: 2.6x or 7.4x
+            row("fused_cpp", "backward", [12.0, 12.1, 12.2]),
+            row("fused_cpp", "forward_backward", [7.0, 6.9, 7.1]),  # backward alone took longer
+            row("eager", "backward", [20.0, 21.0, 22.0]),
+            row("eager", "forward_backward", [30.0, 30.5, 31.0])]
+    add_speedups(rows, key=("name", "mode"))
+    eager_forward = rows[1]
+    assert eager_forward["unsteady"] and not rows[4]["unsteady"]
+    assert (eager_forward["speedup_round_min"], eager_forward["speedup_round_max"]) == (2.6, 7.4)
+    warned = warnings_list(rows)
+    assert warned[0] == ("unsteady: g3 480->120 14x14 1st+shuffle forward: vs eager PyTorch, NCHW 2.60x, "
+                         "2.60x-7.40x across the rounds")
+    assert any(w.startswith("contradiction: g3 480->120 14x14 1st+shuffle fused (C++ kernel): backward 12.10 ms > "
+                            "forward+backward 7.00 ms") for w in warned)
+    assert not any("eager PyTorch, NCHW: backward" in w for w in warned)
+    assert "2.60x*" in layer_table(rows, detail=False)  # the table marks the ratio
+
+
+def test_compute_roof_is_the_best_dense_gemm():
+    from shufflenet_ops.bench.roofline import measure_roofline, raise_compute_roof
+
+    shapes = ((64, 64, 64), (128, 128, 128), (256, 32, 32))
+    roof = measure_roofline(torch.device("cpu"), torch.float32, 0.02, copy_mib=1, gemm_shapes=shapes)
+    assert set(roof.gemm_rates) == {"64^3", "128^3", "256x32x32"}
+    assert roof.gemm_gflops == max(roof.gemm_rates.values())
+    assert roof.gemm_rates[roof.gemm_label] == roof.gemm_gflops
+    lifted = raise_compute_roof(roof, 2 * roof.gemm_gflops, (100, 100, 100))
+    assert lifted.gemm_gflops == 2 * roof.gemm_gflops and lifted.gemm_label == "100^3"
+    assert raise_compute_roof(roof, roof.gemm_gflops / 2, (100, 100, 100)) is roof
+
+
+def test_default_out_dir_is_a_new_folder_per_run():
+    import datetime
+
+    from shufflenet_ops.bench.report import default_out_dir
+
+    when = datetime.datetime(2026, 11, 30, 9, 5, 7)
+    assert default_out_dir(when) == os.path.join("shufflenet-bench-results", "2026-11-30_090507")

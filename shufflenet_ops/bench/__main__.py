@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         model_cases = networks.model_cases(args.groups, args.width, model_batches, args.input_size,
                                            args.efficiency_widths, efficiency_groups)
     # --quick leaves the compiled unit peers to --full like the default run does.
-    net_providers = network_providers(args.compile, args.deploy)
+    net_providers = [p for p in network_providers(args.compile, args.deploy)
+                     if args.full or p.name != "openvino_default"]
     skipped_lines = []
     if model_cases:
         net_providers, skipped_lines = deployment_providers(net_providers, device, setup.dtype)

@@ -86,13 +86,13 @@ def model_cases(
     groups: tuple[int, ...], width_mult: float, batches: tuple[int, ...], input_size: int,
     efficiency_widths: tuple[float, ...] = (), efficiency_groups: tuple[int, ...] = (),
 ) -> list[NetworkCase]:
-    """Per g: eval at every batch size, the training step at the largest only (a batch of
-    one is a latency question); then, for ``efficiency_groups``, eval at the other
+    """Per g: eval at every batch size, the training step at the largest only, if above one
+    (a batch of one is a latency question, and BatchNorm cannot train on one image at 1x1); then, for ``efficiency_groups``, eval at the other
     ``efficiency_widths`` and the same batch sizes."""
     cases = []
     for g in groups:
         for batch in sorted(batches):
-            modes = NETWORK_MODES if batch == max(batches) else ("eval",)
+            modes = NETWORK_MODES if batch == max(batches) and batch > 1 else ("eval",)
             cases.append(model_case(g, width_mult, batch, input_size, modes))
     for g in efficiency_groups:
         for width in efficiency_widths:
