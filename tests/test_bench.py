@@ -212,16 +212,20 @@ def test_cli_quick_tiny(tmp_path, capsys, monkeypatch):
     stdout = captured.out
     # The terminal summary: forward rows only, short column names explained in a legend.
     lines = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines() if line.startswith("|")]
-    assert ["layer", "count", "fused ms", "vs eager", "vs eager CL", "vs compile", "vs dense"] in lines
-    assert any(line[:2] == ["g3 480->120 4x4 1st+shuffle", "7"] for line in lines)
-    assert "1st+shuffle: a unit's first 1x1 conv" in stdout and "eager CL = eager PyTorch, channels_last" in stdout
-    assert max(len(line) for line in stdout.splitlines() if line.startswith("|")) <= 100
+    assert ["layer", "fused ms", "vs eager", "vs eager CL", "vs compile", "vs dense"] in lines
+    assert any(line[0] == "g3 480->120 4x4 1st" for line in lines)
+    prose = " ".join(stdout.split())
+    assert "1st: a unit's first 1x1 conv" in prose and "eager CL = eager PyTorch, channels_last" in prose
+    assert max(len(line) for line in stdout.splitlines()) <= 100
 
     rows = list(csv.DictReader(open(out / "results.csv")))
     layer_rows = [r for r in rows if r["level"] == "layer"]
     assert {r["provider"] for r in layer_rows} == {"fused_cpp", "eager", "eager_channels_last", "compile", "dense"}
     assert {r["mode"] for r in layer_rows} == {"forward", "backward", "forward_backward"}
-    assert len(layer_rows) == 2 * 5 * 3  # the two most frequent shapes x providers x modes
+    # The two most frequent shapes x (5 providers in forward + 4 in each training mode: the
+    # compiled peer's training graph waits for --full).
+    assert len(layer_rows) == 2 * (5 + 4 + 4)
+    assert {r["mode"] for r in layer_rows if r["provider"] == "compile"} == {"forward"}
     for r in layer_rows:
         assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
         expected_gbs = float(r["model_bytes"]) / (float(r["median_ms"]) * 1e-3) / 1e9
@@ -240,9 +244,9 @@ def test_cli_quick_tiny(tmp_path, capsys, monkeypatch):
 
     payload = json.load(open(out / "results.json"))
     info = payload["provenance"]
-    # The compiled peers were compiled in worker processes first: 2 shapes x (inference graph,
-    # training graph); the unit's compiled peers are not in --quick.
-    assert info["precompile"]["workers"] == 1 and info["precompile"]["jobs"] == 4
+    # The compiled peers were compiled in worker processes first: 2 shapes x the inference
+    # graph; the unit's compiled peers are not in --quick.
+    assert info["precompile"]["workers"] == 1 and info["precompile"]["jobs"] == 2
     for key in ("device", "cpu", "torch", "triton", "git_commit", "date", "load_average_start", "load_average_end"):
         assert key in info
     roof = payload["roofline"]
@@ -252,6 +256,7 @@ def test_cli_quick_tiny(tmp_path, capsys, monkeypatch):
                for r in layer_rows if r["mode"] == "forward")
     assert payload["gemm_rate"]["3"] > 0 and "GEMM rate" in stdout
     markdown = (out / "results.md").read_text()
+    assert "| g3 480->120 4x4 1st | 7     | forward " in markdown  # every mode, with the count
     assert "% GEMM roof" in markdown and "best dense torch.mm of the run" in markdown
     for name in ("speedup.png", "roofline.png", "networks.png", "results.md"):
         assert (out / name).stat().st_size > 1000
@@ -262,8 +267,8 @@ def test_cli_quick_tiny(tmp_path, capsys, monkeypatch):
 
 def test_compile_jobs_name_every_compiled_graph():
     """One precompile job per graph the compiled peers build: forward's inference graph and
-    the training graph that backward and forward_backward share, per layer shape; each
-    compiled unit/model run the default suite times (models: torch.compile(naive) eval only)."""
+    (--full) the training graph that backward and forward_backward share, per layer shape;
+    each compiled unit/model run (default: the whole model's torch.compile(naive) in eval)."""
     from shufflenet_ops.bench import networks
     from shufflenet_ops.bench.precompile import compile_jobs
 
@@ -273,9 +278,10 @@ def test_compile_jobs_name_every_compiled_graph():
     for full in (False, True):
         runs = [(c, p, m) for c in cases for m in c.modes for p in NETWORK_PROVIDERS
                 if networks.included(c, p, m, full)]
-        jobs = compile_jobs(problems, providers, list(MODES), runs)
+        jobs = compile_jobs(problems, providers, list(MODES), runs, full)
         layer_labels = {job.label for job in jobs if job.problem is not None}
-        assert layer_labels == {f"{p.name} {m} compile" for p in problems for m in ("forward", "backward")}
+        graphs = ("forward", "backward") if full else ("forward",)  # the training graph: --full
+        assert layer_labels == {f"{p.name} {m} compile" for p in problems for m in graphs}
         network_labels = [job.label for job in jobs if job.network is not None]
         model = cases[-1].name
         assert network_labels[0].startswith(model)  # the longest compiles first
@@ -546,7 +552,7 @@ def test_unsteady_rounds_and_contradictory_rows_are_flagged():
 
     def row(provider, mode, rounds):
         ms = sorted(rounds)[len(rounds) // 2]
-        return {"level": "layer", "name": "g3 480->120 14x14 1st+shuffle", "count": 7, "mode": mode,
+        return {"level": "layer", "name": "g3 480->120 14x14 1st", "count": 7, "mode": mode,
                 "provider": provider, "fused": provider == "fused_cpp", "median_ms": ms, "p20_ms": ms, "p80_ms": ms,
                 "round_medians_ms": rounds, "round_spread": max(rounds) / min(rounds)}
 
@@ -561,9 +567,9 @@ def test_unsteady_rounds_and_contradictory_rows_are_flagged():
     assert eager_forward["unsteady"] and not rows[4]["unsteady"]
     assert (eager_forward["speedup_round_min"], eager_forward["speedup_round_max"]) == (2.6, 7.4)
     warned = warnings_list(rows)
-    assert warned[0] == ("unsteady: g3 480->120 14x14 1st+shuffle forward: vs eager PyTorch, NCHW 2.60x, "
+    assert warned[0] == ("unsteady: g3 480->120 14x14 1st forward: vs eager PyTorch, NCHW 2.60x, "
                          "2.60x-7.40x across the rounds")
-    assert any(w.startswith("contradiction: g3 480->120 14x14 1st+shuffle fused (C++ kernel): backward 12.10 ms > "
+    assert any(w.startswith("contradiction: g3 480->120 14x14 1st fused (C++ kernel): backward 12.10 ms > "
                             "forward+backward 7.00 ms") for w in warned)
     assert not any("eager PyTorch, NCHW: backward" in w for w in warned)
     assert "2.60x*" in layer_table(rows, detail=False)  # the table marks the ratio

@@ -11,7 +11,7 @@ a dense GEMM; two ShuffleNet units; and the whole network in eval at batch 1 (la
 16 (throughput) against eager, torch.compile(naive), ONNX Runtime and OpenVINO (the naive
 model exported to ONNX), its training step, and its time at widths 0.5x/1x/2x (the paper's
 efficiency yardstick). --full adds torch.compile of the units, of the fused model and of
-the training steps, and OpenVINO at its default precision: Inductor needs minutes per
+the training steps (the layers' backward included), and OpenVINO at its default precision: Inductor needs minutes per
 network on a 2-core CPU. The first run on a machine is slower (Inductor compiles the
 torch.compile peers; its cache serves later runs).
 
@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the two most frequent layer shapes per g and the stride-1 unit, no compiled unit "
                              "peers, no whole model, shorter timing (~15-25 s on a 2-core CPU)")
     parser.add_argument("--full", action="store_true",
-                        help="also torch.compile of the units, of the fused whole model and of the training steps, "
+                        help="also torch.compile of the units, of the fused whole model and of the training steps "
+                             "(the layers' backward too), "
                              "the compiled peers at the efficiency table's other widths, and OpenVINO at its "
                              "default precision (Inductor needs minutes per network on a small CPU)")
     parser.add_argument("--out", help="directory for results.md/csv/json and the PNG plots (default: a new folder "
@@ -206,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr)
     network_runs = [(case, provider, mode) for case in unit_cases + model_cases for mode in case.modes
                     for provider in net_providers if networks.included(case, provider, mode, args.full)]
-    total = len(problems) * len(providers) * len(args.modes) + len(network_runs)
+    layer_runs = [(provider, mode) for provider in providers for mode in args.modes
+                  if layers.layer_included(provider, mode, args.full)]
+    total = len(problems) * len(layer_runs) + len(network_runs)
     workers = args.precompile_workers
     jobs = []
     if workers:
-        jobs = precompile.compile_jobs(problems, providers, args.modes, network_runs)
+        jobs = precompile.compile_jobs(problems, providers, args.modes, network_runs, args.full)
 
     info = report.provenance(device, argv)
     info.update(batch=batch, model_batches=list(model_batches), dtype=args.dtype, layout=args.layout,
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         if problems:
             layer_rows, roofline = layers.run_layers(problems, providers, args.modes, setup, roofline, min_run_time,
-                                                     progress)
+                                                     progress, full=args.full)
             rows += layer_rows
         if unit_cases or model_cases:
             try:

@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import logging
 import os
+import warnings
 from typing import Callable, Iterator
 
 import numpy as np
@@ -61,7 +62,9 @@ def _quiet_exporter() -> Iterator[None]:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation notices about torch internals
+            yield
     finally:
         logger.setLevel(level)
 

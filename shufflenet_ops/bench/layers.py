@@ -81,6 +81,13 @@ def layer_row(
     }
 
 
+def layer_included(provider: LayerProvider, mode: str, full: bool) -> bool:
+    """Whether a run times ``provider`` in ``mode``: a compiled peer's training graph
+    (backward, forward+backward) doubles Inductor's work on a cold cache, so it waits for
+    ``--full``; its inference graph is in every run."""
+    return full or not provider.compiled or mode == "forward"
+
+
 def run_layers(
     problems: Iterable[LayerProblem],
     providers: list[LayerProvider],
@@ -89,9 +96,11 @@ def run_layers(
     roofline: Roofline,
     min_run_time: float,
     progress: Callable[[str], None],
+    full: bool = True,
 ) -> tuple[list[dict], Roofline]:
     """The rows, and ``roofline`` with its compute roof raised to the fastest same-FLOPs GEMM
-    timed here (the rows' ``compute_roof_fraction`` are against that final roof)."""
+    timed here (the rows' ``compute_roof_fraction`` are against that final roof). ``full``:
+    see ``layer_included``."""
     rows = []
     for problem in problems:
         # Each shape gets its own static graphs; a reset keeps Dynamo's recompile limit
@@ -100,7 +109,8 @@ def run_layers(
         fns = {provider.name: provider.make(problem, setup) for provider in providers}
         for mode in modes:
             runners, warmup_s = {}, {}
-            for provider in providers:
+            timed = [provider for provider in providers if layer_included(provider, mode, full)]
+            for provider in timed:
                 progress(f"{problem.name} {mode} {provider.name}")
                 start = time.perf_counter()
                 run = layer_runner(problem, provider, mode, setup, fns[provider.name])
@@ -114,7 +124,7 @@ def run_layers(
                 runners[SAME_FLOPS_GEMM], gemm_flops = same_flops_gemm(problem.flops(mode), setup.device, setup.dtype)
                 runners[SAME_FLOPS_GEMM]()
             timings = measure_many(runners, setup.device, min_run_time)
-            for provider in providers:
+            for provider in timed:
                 row = layer_row(problem, provider, mode, timings[provider.name], roofline, setup.dtype)
                 row["warmup_s"] = round(warmup_s[provider.name], 3)
                 if gemm_flops:

@@ -230,9 +230,10 @@ def run_networks(
                 runners[provider.name], warmup_s[provider.name] = run, time.perf_counter() - start
             if not runners:
                 continue
-            # Calls of 5-500 ms: their medians need more samples, and finer interleaving,
-            # than the layer rows to keep a burst of other work off any one provider.
-            timings = measure_many(runners, setup.device, min_run_time, rounds=5, min_samples=10)
+            # Calls of 2-1000 ms: finer interleaving than the layer rows keeps a burst of other
+            # work off any one provider; one sample per round at least (the slow calls get no
+            # more: a training step of a 2x model takes most of a second).
+            timings = measure_many(runners, setup.device, min_run_time, rounds=5, min_samples=5)
             for provider in (p for p in providers if p.name in timings):
                 timing = timings[provider.name]
                 row = {

@@ -41,9 +41,10 @@ class CompileJob:
     network: tuple | None = None  # a unit/model job: the case's spec (networks.case_from_spec)
 
 
-def compile_jobs(problems, providers, modes, network_runs) -> list[CompileJob]:
+def compile_jobs(problems, providers, modes, network_runs, full: bool = True) -> list[CompileJob]:
     """One ``CompileJob`` per graph the compiled peers will build, longest first
-    (whole models, then units, then layers) so the workers finish together."""
+    (whole models, then units, then layers) so the workers finish together; ``full``: the
+    layers' training graphs too (``layers.layer_included``)."""
     jobs = []
     for case, provider, mode in network_runs:
         if provider.compiled:
@@ -54,6 +55,8 @@ def compile_jobs(problems, providers, modes, network_runs) -> list[CompileJob]:
     graph_modes = [m for m in ("forward", "backward") if m in modes]
     if "forward_backward" in modes and "backward" not in modes:
         graph_modes.append("forward_backward")
+    if not full:
+        graph_modes = [m for m in graph_modes if m == "forward"]
     for problem in problems:
         for provider in (p for p in providers if p.compiled):
             for mode in graph_modes:

@@ -10,9 +10,10 @@ from ..layer_shapes import PointwiseLayer, shufflenet_v1_pointwise_layers
 
 MODES = ("forward", "backward", "forward_backward")
 LAYER_NAME_LEGEND = (
-    "1st+shuffle: a unit's first 1x1 conv as the network runs it (grouped conv, BN folded into a bias, ReLU, "
-    "channel shuffle); 2nd: its second 1x1 conv (grouped conv, BN folded); ungrouped: Stage 2's first conv "
-    "(too few input channels to group), still followed by the shuffle"
+    "Layers: g, input -> output channels, feature map, place in the unit. 1st: a unit's first 1x1 conv as "
+    "the network runs it (grouped conv, BN folded into a bias, ReLU, channel shuffle); 2nd: its second "
+    "(grouped conv, BN folded); ungrouped: Stage 2's first conv (too few input channels to group), still "
+    "followed by the shuffle"
 )
 
 
@@ -47,9 +48,9 @@ class LayerProblem:
 
     @property
     def name(self) -> str:
-        """``g3 480->120 14x14 1st+shuffle``: the network's g, channels in -> out, the feature
-        map, and the conv's place in its unit (see ``LAYER_NAME_LEGEND``)."""
-        role = "1st+shuffle" if self.shuffle_groups > 1 else "2nd"
+        """``g3 480->120 14x14 1st``: the network's g, channels in -> out, the feature map,
+        and the conv's place in its unit (see ``LAYER_NAME_LEGEND``)."""
+        role = "1st" if self.shuffle_groups > 1 else "2nd"
         if self.groups == 1:
             role += " ungrouped"
         return f"g{self.model_groups} {self.cin}->{self.cout} {self.size}x{self.size} {role}"

@@ -287,7 +287,7 @@ def layer_table(rows: list[dict], modes: Iterable[str] | None = None, detail: bo
     if not rows or fused_name is None:
         return ""
     peers = _peers(rows)
-    head = ["layer", "count", *(["mode"] if modes is None or len(list(modes)) > 1 else []),
+    head = ["layer", *(["count"] if detail else []), *(["mode"] if modes is None or len(list(modes)) > 1 else []),
             "fused ms [p20, p80]" if detail else "fused ms",
             *(["GB/s", "% copy BW", "% GEMM roof"] if detail else []), *[f"vs {short_name(p)}" for p in peers]]
     body = []
@@ -298,7 +298,7 @@ def layer_table(rows: list[dict], modes: Iterable[str] | None = None, detail: bo
         time_cell = (f"{fused['median_ms']:.3f} [{fused['p20_ms']:.3f}, {fused['p80_ms']:.3f}]" if detail
                      else f"{fused['median_ms']:.3f}")
         body.append([
-            name, str(fused["count"]), *([mode] if "mode" in head else []), time_cell,
+            name, *([str(fused["count"])] if detail else []), *([mode] if "mode" in head else []), time_cell,
             *([f"{fused['effective_gbs']:.1f}", f"{100 * fused['memory_roof_fraction']:.0f}%",
                f"{100 * fused['compute_roof_fraction']:.0f}%"] if detail else []),
             *[_ratio_cell(by_provider.get(p)) for p in peers],
@@ -414,7 +414,7 @@ TERMINAL_WARNINGS = 10
 def _title(info: dict) -> str:
     return (f"shufflenet-bench: {info.get('gpu') or info.get('cpu')} ({info['device']}, "
             f"{info.get('torch_threads')} threads), torch {info['torch']}, {info.get('dtype', 'float32')}, "
-            f"{info['date']}")
+            f"{info['date'][:16].replace('T', ' ')} UTC")
 
 
 def _roof_line(roofline: Roofline) -> str:
@@ -442,7 +442,9 @@ def sections(rows: list[dict], info: dict, roofline: Roofline | None, terminal: 
         out.append(("All 1x1 layers of the network", weighted + "\n\n" + WEIGHTED_LEGEND))
     layers = layer_table(rows, modes=("forward",), detail=False) if terminal else layer_table(rows)
     if layers:
-        legend = f"{LAYER_NAME_LEGEND}. count: layers of this shape in the network. {_layer_peers_legend(rows)}."
+        legend = f"{LAYER_NAME_LEGEND}. {_layer_peers_legend(rows)}."
+        if not terminal:
+            legend += " count: layers of this shape in the network."
         if not terminal and roofline is not None:
             legend += (" GB/s: the provider's modelled bytes / time; % copy BW: that over the copy bandwidth; "
                        "% GEMM roof: useful FLOPs / time over the best dense GEMM of the run.")
@@ -450,7 +452,25 @@ def sections(rows: list[dict], info: dict, roofline: Roofline | None, terminal: 
     return out
 
 
+TERMINAL_COLUMNS = 88
+
+
+def _wrap(text: str) -> str:
+    """Prose paragraphs wrapped for a terminal; tables and list items left as they are."""
+    import textwrap
+
+    return "\n".join(line if line.startswith("|") else textwrap.fill(line, TERMINAL_COLUMNS, subsequent_indent=(
+        "  " if line.startswith("- ") else "")) for line in text.splitlines())
+
+
 def markdown(rows: list[dict], info: dict, roofline: Roofline | None, terminal: bool = False) -> str:
+    """The report: the full results.md, or (``terminal``) the short form printed at the end
+    of a run, its prose wrapped to ``TERMINAL_COLUMNS``."""
+    text = _markdown(rows, info, roofline, terminal)
+    return _wrap(text) if terminal else text
+
+
+def _markdown(rows: list[dict], info: dict, roofline: Roofline | None, terminal: bool) -> str:
     parts = [f"# {_title(info)}", RATIO_LEGEND]
     if roofline is not None and not terminal:
         parts.append(_roof_line(roofline))
