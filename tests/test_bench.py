@@ -505,7 +505,7 @@ def test_missing_runtimes_are_skipped_with_one_line_each(tmp_path, monkeypatch, 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert main(["--levels", "models", "--groups", "3", "--width", "0.25", "--input-size", "32", "--model-batch", "1",
-                 "--no-efficiency", "--no-compile", "--min-run-time", "0.005", "--no-progress",
+                 "--no-compile", "--min-run-time", "0.005", "--no-progress",
                  "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if "skipping" in line]

@@ -2,18 +2,20 @@
 
     shufflenet-bench                   # the default run: ~2-3 min on a 2-core CPU (see below)
     shufflenet-bench --quick           # ~15-25 s: two layer shapes per g and one unit
+    shufflenet-bench --efficiency      # + the whole model at widths 0.5x, 1x, 2x
     shufflenet-bench --full            # + the slow-to-compile peers (many minutes on a small CPU)
     python -m shufflenet_ops.bench --device cuda --quick --out DIR
 
 The default run times, on the best device present: every distinct 1x1 conv shape of
-ShuffleNet V1 (forward, backward, forward+backward) against eager PyTorch, torch.compile and
-a dense GEMM; two ShuffleNet units; and the whole network in eval at batch 1 (latency) and
-16 (throughput) against eager, torch.compile(naive), ONNX Runtime and OpenVINO (the naive
-model exported to ONNX), its training step, and its time at widths 0.5x/1x/2x (the paper's
-efficiency yardstick). --full adds torch.compile of the units, of the fused model and of
-the training steps (the layers' backward included), and OpenVINO at its default precision: Inductor needs minutes per
-network on a 2-core CPU. The first run on a machine is slower (Inductor compiles the
-torch.compile peers; its cache serves later runs).
+ShuffleNet V1 (forward, backward, forward+backward) against eager PyTorch, torch.compile
+(forward) and a dense GEMM; two ShuffleNet units; and the whole network in eval at batch 1
+(latency) and 16 (throughput) against eager, torch.compile(naive), ONNX Runtime and
+OpenVINO (the naive model exported to ONNX), and its training step. --efficiency adds the
+paper's yardstick: the whole model at widths 0.5x/1x/2x. --full adds that and
+torch.compile of the units, of the fused model and of every training step, and OpenVINO
+at its default precision: Inductor needs minutes per network on a 2-core CPU. A first run
+on a machine is slower: Inductor compiles the torch.compile peers, and its on-disk cache
+serves later runs.
 
 Prints a summary; writes results.md (every table), results.csv, results.json (with
 provenance and the roofs measured in the same run) and PNG plots to a new folder under
@@ -81,8 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="widths of the efficiency table (default 0.5,1,2)")
     parser.add_argument("--efficiency-groups", type=_int_list, default=(3,),
                         help="the g values the efficiency table times at every width (default 3)")
-    parser.add_argument("--no-efficiency", dest="efficiency", action="store_false",
-                        help="skip the efficiency table's extra widths")
+    parser.add_argument("--efficiency", action="store_true",
+                        help="the efficiency table: the whole model in eval at every --efficiency-widths, batch 1 "
+                             "and 16 (~35 s more on a 2-core CPU; on in --full)")
     parser.add_argument("--no-deploy", dest="deploy", action="store_false",
                         help="skip the ONNX Runtime and OpenVINO rows")
     parser.add_argument("--input-size", type=int, default=224, help="image size the shapes derive from (default 224)")
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         unit_cases = [c for c in unit_cases if " s1 " in c.name]
     model_cases = []
     if "models" in args.levels:
-        efficiency_groups = args.efficiency_groups if args.efficiency else ()
+        efficiency_groups = args.efficiency_groups if args.efficiency or args.full else ()
         model_cases = networks.model_cases(args.groups, args.width, model_batches, args.input_size,
                                            args.efficiency_widths, efficiency_groups)
     # --quick leaves the compiled unit peers to --full like the default run does.
