@@ -575,6 +575,18 @@ def test_unsteady_rounds_and_contradictory_rows_are_flagged():
     assert "2.60x*" in layer_table(rows, detail=False)  # the table marks the ratio
 
 
+def test_a_busy_machine_is_flagged():
+    from shufflenet_ops.bench.report import busy_machine, warnings_list
+
+    info = {"device": "cpu", "cpu_count": 2, "torch_threads": 2, "load_average_start": [1.2, 1.0, 0.9],
+            "load_average_end": [2.6, 2.0, 1.5]}
+    assert busy_machine(info) is None  # the run's own 2 threads, and a little more
+    info["load_average_end"] = [3.6, 3.0, 2.5]
+    assert busy_machine(info).startswith("busy machine: load average 3.6 on 2 cores")
+    assert warnings_list([], None, info)[0].startswith("busy machine")
+    assert busy_machine({**info, "device": "cuda"}) is None
+
+
 def test_compute_roof_is_the_best_dense_gemm():
     from shufflenet_ops.bench.roofline import measure_roofline, raise_compute_roof
 

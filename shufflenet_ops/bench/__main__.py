@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                        "network_weighted": report.network_weighted_speedups(rows),
                        "gemm_rate": report.gemm_rates(rows),
                        "efficiency": efficiency(rows),
-                       "warnings": report.warnings_list(rows, roofline),
+                       "warnings": report.warnings_list(rows, roofline, info),
                        "results": rows}, os.path.join(out_dir, "results.json"))
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(report.markdown(rows, info, roofline))

@@ -376,10 +376,29 @@ def _layer_peers_legend(rows: list[dict]) -> str:
     return "; ".join(f"{short_name(p)} = {display_name(p)}" for p in peers)
 
 
-def warnings_list(rows: list[dict], roofline: Roofline | None = None) -> list[str]:
-    """Rows that contradict each other or themselves: a peer whose ratio to fused changes by
-    more than ``UNSTEADY_SPREAD`` across the interleaved rounds (worst first), a backward
-    slower than the same layer's forward+backward, a layer above the compute roof."""
+def busy_machine(info: dict | None) -> str | None:
+    """A warning when other work competed for the cores: the load average (1 minute) at the
+    start or the end of the run above the cores this run's threads leave free, plus one.
+    (A parallel region waits for its slowest thread; with another busy process on the
+    machine that thread is often descheduled for a whole time slice.)"""
+    if not info or not info.get("cpu_count") or info.get("device") != "cpu":
+        return None
+    loads = [v[0] for v in (info.get("load_average_start"), info.get("load_average_end")) if v]
+    # This run itself accounts for up to torch_threads of the load.
+    limit = max(info["cpu_count"], info.get("torch_threads") or 1) + 1
+    if loads and max(loads) > limit:
+        return (f"busy machine: load average {max(loads):.1f} on {info['cpu_count']} cores (this run counts for up "
+                f"to {info.get('torch_threads')}): other processes competed for the cores, and multi-threaded calls "
+                "slow down by up to a scheduler time slice each; rerun on a quiet machine before quoting a ratio")
+    return None
+
+
+def warnings_list(rows: list[dict], roofline: Roofline | None = None, info: dict | None = None) -> list[str]:
+    """The machine was busy (``busy_machine``); rows that contradict each other or
+    themselves: a peer whose ratio to fused changes by more than ``UNSTEADY_SPREAD`` across
+    the interleaved rounds (worst first), a backward slower than the same layer's
+    forward+backward, a layer above the compute roof."""
+    busy = busy_machine(info)
     unsteady = []
     for r in rows:
         if not r.get("unsteady") or r["provider"] == _fused_name([x for x in rows if x["level"] == r["level"]]):
@@ -391,7 +410,7 @@ def warnings_list(rows: list[dict], roofline: Roofline | None = None) -> list[st
             detail += f", {r['speedup_round_min']:.2f}x-{r['speedup_round_max']:.2f}x across the rounds"
             spread = max(spread, r["speedup_round_max"] / max(r["speedup_round_min"], 1e-12))
         unsteady.append((spread, f"unsteady: {what}: {detail}"))
-    out = [text for _, text in sorted(unsteady, key=lambda item: -item[0])]
+    out = ([busy] if busy else []) + [text for _, text in sorted(unsteady, key=lambda item: -item[0])]
     by_key = {(r["name"], r["mode"], r["provider"]): r for r in rows if r["level"] == "layer"}
     for (name, mode, provider), r in by_key.items():
         both = by_key.get((name, "forward_backward", provider))
@@ -475,7 +494,7 @@ def _markdown(rows: list[dict], info: dict, roofline: Roofline | None, terminal:
     if roofline is not None and not terminal:
         parts.append(_roof_line(roofline))
     parts += [f"## {title}\n\n{body}" for title, body in sections(rows, info, roofline, terminal)]
-    warned = warnings_list(rows, roofline)
+    warned = warnings_list(rows, roofline, info)
     if warned:
         shown = warned[:TERMINAL_WARNINGS] if terminal else warned
         more = len(warned) - len(shown)
