@@ -84,7 +84,7 @@ def test_backward_bytes_by_hand():
 def test_roofline_fractions():
     timing = Timing(1.0, 1.0, 1.0, 5)
     roof = Roofline(copy_gbs=10.0, gemm_gflops=100.0, copy_timing=timing, gemm_timing=timing, copy_bytes=1,
-                    gemm_shape=(1, 1, 1))
+                    gemm_label="mm 1^3")
     assert roof.memory_fraction(5_000_000, 1e-3) == pytest.approx(0.5)  # 5 GB/s of 10
     assert roof.compute_fraction(20_000_000, 1e-3) == pytest.approx(0.2)  # 20 GFLOP/s of 100
 
@@ -257,7 +257,7 @@ def test_cli_quick_tiny(tmp_path, capsys, monkeypatch):
     assert payload["gemm_rate"]["3"] > 0 and "GEMM rate" in stdout
     markdown = (out / "results.md").read_text()
     assert "| g3 480->120 4x4 1st | 7     | forward " in markdown  # every mode, with the count
-    assert "% GEMM roof" in markdown and "best dense torch.mm of the run" in markdown
+    assert f"% of {roof['gemm_label']} |" in markdown and "best dense GEMM of the run" in markdown
     for name in ("speedup.png", "roofline.png", "networks.png", "results.md"):
         assert (out / name).stat().st_size > 1000
     (out / "speedup.png").unlink()
@@ -588,16 +588,22 @@ def test_a_busy_machine_is_flagged():
 
 
 def test_compute_roof_is_the_best_dense_gemm():
-    from shufflenet_ops.bench.roofline import measure_roofline, raise_compute_roof
+    from shufflenet_ops.bench.roofline import DENSE_GEMMS, DenseGemm, conv1x1, measure_roofline, raise_compute_roof
 
-    shapes = ((64, 64, 64), (128, 128, 128), (256, 32, 32))
-    roof = measure_roofline(torch.device("cpu"), torch.float32, 0.02, copy_mib=1, gemm_shapes=shapes)
-    assert set(roof.gemm_rates) == {"64^3", "128^3", "256x32x32"}
+    # The roof tries MKL's torch.mm and oneDNN's dense 1x1 conv in channels_last.
+    assert {g.kind for g in DENSE_GEMMS} == {"mm", "conv1x1"}
+    gemms = (DenseGemm("mm", 64, 64, 64), DenseGemm("mm", 256, 32, 32), conv1x1(2, 32, 8))
+    assert [g.label for g in gemms] == ["mm 64^3", "mm 256x32x32", "1x1 conv 2x32x8x8->32 CL"]
+    assert gemms[2].flops == 2 * (2 * 8 * 8) * 32 * 32
+    roof = measure_roofline(torch.device("cpu"), torch.float32, 0.02, copy_mib=1, gemms=gemms)
+    assert set(roof.gemm_rates) == {g.label for g in gemms}
     assert roof.gemm_gflops == max(roof.gemm_rates.values())
     assert roof.gemm_rates[roof.gemm_label] == roof.gemm_gflops
-    lifted = raise_compute_roof(roof, 2 * roof.gemm_gflops, (100, 100, 100))
-    assert lifted.gemm_gflops == 2 * roof.gemm_gflops and lifted.gemm_label == "100^3"
-    assert raise_compute_roof(roof, roof.gemm_gflops / 2, (100, 100, 100)) is roof
+    lifted = raise_compute_roof(roof, 2 * roof.gemm_gflops, DenseGemm("mm", 100, 100, 100))
+    assert lifted.gemm_gflops == 2 * roof.gemm_gflops and lifted.gemm_label == "mm 100^3"
+    assert raise_compute_roof(roof, roof.gemm_gflops / 2, DenseGemm("mm", 100, 100, 100)) is roof
+    x = torch.randn(2, 32, 8, 8)  # the conv computes what its label says
+    assert gemms[2].make(torch.device("cpu"), torch.float32)().shape == x.shape
 
 
 def test_default_out_dir_is_a_new_folder_per_run():

@@ -10,7 +10,7 @@ import torch
 from . import bytes_model
 from .problem import LayerProblem, element_size
 from .providers import LayerFn, LayerProvider, Setup, make_layer_inputs
-from .roofline import Roofline, raise_compute_roof, same_flops_gemm
+from .roofline import DenseGemm, Roofline, raise_compute_roof, same_flops_gemm
 from .timing import UNSTEADY_SPREAD, measure_many, synchronize
 
 # The runner name of the per-layer dense GEMM yardstick (not a provider: it computes no layer).
@@ -134,7 +134,7 @@ def run_layers(
                 rows.append(row)
             if gemm_flops:
                 n = round((gemm_flops / 2) ** (1 / 3))
-                roofline = raise_compute_roof(roofline, row["same_flops_gemm_gflops"], (n, n, n))
+                roofline = raise_compute_roof(roofline, row["same_flops_gemm_gflops"], DenseGemm("mm", n, n, n))
     for row in rows:
         row["compute_roof_fraction"] = row["gflops"] / roofline.gemm_gflops
     add_speedups(rows, key=("name", "mode"))

@@ -84,7 +84,7 @@ def roofline_dict(roofline: Roofline) -> dict:
         "copy_bytes": roofline.copy_bytes,
         "copy_ms": [roofline.copy_timing.median_ms, roofline.copy_timing.p20_ms, roofline.copy_timing.p80_ms],
         "gemm_gflops": roofline.gemm_gflops,
-        "gemm_shape": list(roofline.gemm_shape),
+        "gemm_label": roofline.gemm_label,
         "gemm_ms": [roofline.gemm_timing.median_ms, roofline.gemm_timing.p20_ms, roofline.gemm_timing.p80_ms],
         "gemm_rates": roofline.gemm_rates,
     }
@@ -93,10 +93,10 @@ def roofline_dict(roofline: Roofline) -> dict:
 def roofline_from_dict(roof: dict) -> Roofline:
     from .timing import Timing
 
-    # Results from before the best-of-shapes roof name one square size.
-    shape = tuple(roof["gemm_shape"]) if "gemm_shape" in roof else (roof["gemm_size"],) * 3
+    # Results from before the best-of-several roof name one square torch.mm size.
+    label = roof.get("gemm_label") or f"mm {roof['gemm_size']}^3"
     return Roofline(roof["copy_gbs"], roof["gemm_gflops"], Timing(*roof["copy_ms"], -1),
-                    Timing(*roof["gemm_ms"], -1), roof["copy_bytes"], shape, roof.get("gemm_rates"))
+                    Timing(*roof["gemm_ms"], -1), roof["copy_bytes"], label, roof.get("gemm_rates"))
 
 
 # ----------------------------------------------------------------------------- files
@@ -279,9 +279,10 @@ def efficiency_table(rows: list[dict]) -> str:
             f"{PAPER_EFFICIENCY:.2f} on ARM (4x fewer MACs ran 2.6x faster).")
 
 
-def layer_table(rows: list[dict], modes: Iterable[str] | None = None, detail: bool = True) -> str:
-    """One line per (layer, mode): the fused time, with ``detail`` its GB/s and roof shares,
-    then each peer's time over the fused time."""
+def layer_table(rows: list[dict], modes: Iterable[str] | None = None, detail: bool = True,
+                roof_label: str = "the best dense GEMM") -> str:
+    """One line per (layer, mode): the fused time, with ``detail`` its GB/s and roof shares
+    (the compute roof named by ``roof_label``), then each peer's time over the fused time."""
     rows = [r for r in rows if r["level"] == "layer" and (modes is None or r["mode"] in modes)]
     fused_name = _fused_name(rows)
     if not rows or fused_name is None:
@@ -289,7 +290,7 @@ def layer_table(rows: list[dict], modes: Iterable[str] | None = None, detail: bo
     peers = _peers(rows)
     head = ["layer", *(["count"] if detail else []), *(["mode"] if modes is None or len(list(modes)) > 1 else []),
             "fused ms [p20, p80]" if detail else "fused ms",
-            *(["GB/s", "% copy BW", "% GEMM roof"] if detail else []), *[f"vs {short_name(p)}" for p in peers]]
+            *(["GB/s", "% copy BW", f"% of {roof_label}"] if detail else []), *[f"vs {short_name(p)}" for p in peers]]
     body = []
     for (name, mode), by_provider in _grouped(rows, ("name", "mode")).items():
         fused = by_provider.get(fused_name)
@@ -438,8 +439,9 @@ def _title(info: dict) -> str:
 
 def _roof_line(roofline: Roofline) -> str:
     return (f"Roofs measured in this run: copy {roofline.copy_gbs:.1f} GB/s (256 MiB tensor copy, read + write); "
-            f"compute {roofline.gemm_gflops:.1f} GFLOP/s, the best dense torch.mm of the run "
-            f"({roofline.gemm_label}; shapes tried: {', '.join((roofline.gemm_rates or {}).keys())}).")
+            f"compute {roofline.gemm_gflops:.1f} GFLOP/s, the best dense GEMM of the run ({roofline.gemm_label}; "
+            "tried: " + ", ".join(f"{k} {v:.0f}" for k, v in (roofline.gemm_rates or {}).items()) + " GFLOP/s; "
+            "CL = channels_last, run by oneDNN).")
 
 
 def sections(rows: list[dict], info: dict, roofline: Roofline | None, terminal: bool) -> list[tuple[str, str]]:
@@ -459,14 +461,18 @@ def sections(rows: list[dict], info: dict, roofline: Roofline | None, terminal: 
     weighted = weighted_table(rows)
     if weighted:
         out.append(("All 1x1 layers of the network", weighted + "\n\n" + WEIGHTED_LEGEND))
-    layers = layer_table(rows, modes=("forward",), detail=False) if terminal else layer_table(rows)
+    if terminal:
+        layers = layer_table(rows, modes=("forward",), detail=False)
+    else:
+        layers = layer_table(rows, roof_label=roofline.gemm_label if roofline is not None else "the best dense GEMM")
     if layers:
         legend = f"{LAYER_NAME_LEGEND}. {_layer_peers_legend(rows)}."
         if not terminal:
             legend += " count: layers of this shape in the network."
         if not terminal and roofline is not None:
             legend += (" GB/s: the provider's modelled bytes / time; % copy BW: that over the copy bandwidth; "
-                       "% GEMM roof: useful FLOPs / time over the best dense GEMM of the run.")
+                       f"% of {roofline.gemm_label}: useful FLOPs / time over the rate of that dense GEMM, the "
+                       "best of the run (the compute roof).")
         out.append(("Layers, forward" if terminal else "Layers", layers + "\n\n" + legend))
     return out
 
@@ -533,6 +539,23 @@ def _plot_title(info: dict | None, what: str, batch: int | str | None = None) ->
     return parts[0] + "\n" + ", ".join(parts[1:])
 
 
+def _figure_legend(fig, axes, title: str, columns: int = 4) -> None:
+    """One legend for the whole figure, under its title and above the panels (a legend
+    inside a panel hides bars), every series once."""
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    rows = -(-len(handles) // columns)
+    height = fig.get_figheight()
+    title_bottom = 1 - 0.5 / height  # two lines of 11 pt
+    fig.suptitle(title, fontsize=11, y=0.995)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=columns, fontsize=8,
+               bbox_to_anchor=(0.5, title_bottom), frameon=False)
+    fig.tight_layout()
+    fig.subplots_adjust(top=title_bottom - (0.35 + 0.2 * rows) / height)  # room for the panels' titles
+
+
 def _grouped_bars(ax, groups: list[str], series: dict[str, list[float]]) -> None:
     """Bars per group for the series that have a value there, centred on the group: no
     empty slots for series not measured in a group. One colour per series."""
@@ -572,10 +595,8 @@ def plot_speedups(rows: list[dict], path: str, info: dict | None = None) -> None
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names if ax is axes[-1, 0] else [""] * len(names), rotation=60, ha="right", fontsize=7)
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0, 0].legend(fontsize=8, ncol=min(4, len(peers)))
     batch = rows[0]["batch"] if rows else None
-    fig.suptitle(_plot_title(info, "Fused 1x1 conv + shuffle vs each peer, per layer", batch), fontsize=11)
-    fig.tight_layout()
+    _figure_legend(fig, axes[:, 0], _plot_title(info, "Fused 1x1 conv + shuffle vs each peer, per layer", batch))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -602,7 +623,6 @@ def plot_roofline(rows: list[dict], roofline: Roofline, path: str, mode: str = "
     left.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     left.set_ylabel("effective GB/s (model bytes / median time)")
     left.set_title(f"{mode}: bandwidth against the copy roof", fontsize=10)
-    left.legend(fontsize=7)
     left.grid(axis="y", alpha=0.3)
 
     intensities = []
@@ -622,10 +642,8 @@ def plot_roofline(rows: list[dict], roofline: Roofline, path: str, mode: str = "
     right.set_xlabel("useful FLOPs / model byte")
     right.set_ylabel("GFLOP/s")
     right.set_title("roofline", fontsize=10)
-    right.legend(fontsize=7)
     right.grid(which="both", alpha=0.3)
-    fig.suptitle(_plot_title(info, "Layers against this run's roofs", rows[0]["batch"]), fontsize=11)
-    fig.tight_layout()
+    _figure_legend(fig, [left, right], _plot_title(info, "Layers against this run's roofs", rows[0]["batch"]))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -639,22 +657,20 @@ def plot_networks(rows: list[dict], path: str, info: dict | None = None) -> None
     keys = list(dict.fromkeys((r["name"], r["batch"], r["mode"]) for r in rows))
     peers = list(dict.fromkeys(r["provider"] for r in rows if r["provider"] != _fused_name(rows)))
     index = {(r["name"], r["batch"], r["mode"], r["provider"]): r for r in rows}
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(keys) + 2), 5.5))
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(keys) + 2), 6))
     series = {display_name(p): [index.get((*k, p), {}).get("fused_speedup", float("nan")) for k in keys]
               for p in peers}
     _grouped_bars(ax, [str(k) for k in keys], series)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(keys)))
-    labels = [f"{n.replace('ShuffleNet V1 ', '')}\nbatch {b} {m.replace('_', ' ')}" for n, b, m in keys]
+    labels = [f"{n.replace('ShuffleNet V1 ', 'model ')}\nbatch {b} {m.replace('_', ' ')}" for n, b, m in keys]
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
     ax.set_yscale("log")
     _plain_log_axis(ax.yaxis, ratio=True)
     ax.set_ylabel("peer time / fused time (> 1: fused faster)")
-    ax.legend(fontsize=8, ncol=min(4, len(peers)))
     ax.grid(axis="y", which="both", alpha=0.3)
-    ax.set_title(_plot_title(info, "Units and whole models: fused against each peer",
-                             ", ".join(str(b) for b in sorted({k[1] for k in keys}))), fontsize=10)
-    fig.tight_layout()
+    batches = ", ".join(str(b) for b in sorted({k[1] for k in keys}))
+    _figure_legend(fig, [ax], _plot_title(info, "Units and whole models: fused against each peer", batches))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
