@@ -175,6 +175,23 @@ def test_measure_many_times_each_runner():
 
 
 
+def test_measure_many_pauses_after_a_runtimes_turn(monkeypatch):
+    """A runner named in settle_s is followed by a pause (its threads spin on), once per round."""
+    from shufflenet_ops.bench import timing
+
+    order = []
+    monkeypatch.setattr(timing.time, "sleep", lambda seconds: order.append(("sleep", seconds)))
+    timings = measure_many({"runtime": lambda: order.append("runtime"), "torch": lambda: order.append("torch")},
+                           torch.device("cpu"), min_run_time=0.003, rounds=3, min_samples=3,
+                           settle_s={"runtime": 0.1})
+    assert len(timings["runtime"].rounds_ms) == len(timings["torch"].rounds_ms) == 3
+    assert order.count(("sleep", 0.1)) == 3
+    # Each pause comes right after the runtime's calls, before the torch runner's turn.
+    for i, item in enumerate(order):
+        if item == ("sleep", 0.1):
+            assert order[i - 1] == "runtime" and order[i + 1] == "torch"
+
+
 def test_timed_calls_use_torchs_thread_count():
     """Every timed call, fast (blocked) or slow (one by one), runs at torch's thread count:
     torch's Timer alone would pin the measurement to one thread."""

@@ -23,6 +23,7 @@ from .providers import NetworkProvider, Setup
 from .timing import measure_many, synchronize
 
 NETWORK_MODES = ("eval", "train_step")
+RUNTIME_SETTLE_S = 0.1  # pause after a deployment runtime's turn in the interleaved rounds
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,10 @@ def run_networks(
             # Calls of 2-1000 ms: finer interleaving than the layer rows keeps a burst of other
             # work off any one provider; one sample per round at least (the slow calls get no
             # more: a training step of a 2x model takes most of a second).
-            timings = measure_many(runners, setup.device, min_run_time, rounds=5, min_samples=5)
+            # A deployment runtime's threads spin on after its turn (measured: the first
+            # torch call after ONNX Runtime's turn took 49 ms instead of 5); a pause clears it.
+            settle = {p.name: RUNTIME_SETTLE_S for p in providers if p.runtime is not None}
+            timings = measure_many(runners, setup.device, min_run_time, rounds=5, min_samples=5, settle_s=settle)
             for provider in (p for p in providers if p.name in timings):
                 timing = timings[provider.name]
                 row = {

@@ -131,10 +131,14 @@ def measure_many(
     min_run_time: float,
     rounds: int = 3,
     min_samples: int = MIN_SAMPLES,
+    settle_s: dict[str, float] | None = None,
 ) -> dict[str, Timing]:
     """Time each runner (already warmed up) for about ``min_run_time`` seconds and at least
     ``min_samples`` samples in total; on CPU in ``rounds`` interleaved rounds (see the module
-    docstring)."""
+    docstring). ``settle_s``: seconds to wait after a runner's turn, for runtimes whose
+    thread pools keep spinning on the cores after a call (ONNX Runtime's intra-op threads
+    busy-wait for new work for tens of milliseconds: the next runner's first calls would pay
+    for it)."""
     if device.type == "cuda":
         return {name: _cuda_time(fn, min_run_time) for name, fn in runners.items()}
     samples: dict[str, list[float]] = {name: [] for name in runners}
@@ -144,6 +148,8 @@ def measure_many(
             # At least min_samples over all rounds, spread evenly across them.
             wanted = -(-min_samples * (round_index + 1) // rounds) - len(samples[name])
             this_round = _cpu_samples(fn, min_run_time / rounds, wanted)
+            if settle_s and settle_s.get(name):
+                time.sleep(settle_s[name])
             samples[name].extend(this_round)
             round_medians[name].append(float(np.median(this_round)) * 1e3)
     return {name: _summary(times, tuple(round_medians[name])) for name, times in samples.items()}
