@@ -192,6 +192,18 @@ def test_measure_many_pauses_after_a_runtimes_turn(monkeypatch):
             assert order[i - 1] == "runtime" and order[i + 1] == "torch"
 
 
+def test_glibc_malloc_is_pinned_for_the_run():
+    import platform
+
+    from shufflenet_ops.bench.timing import pin_glibc_malloc
+
+    result = pin_glibc_malloc()  # idempotent: the CLI test calls it again
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert result == "glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB"
+    else:
+        assert result is None
+
+
 def test_timed_calls_use_torchs_thread_count():
     """Every timed call, fast (blocked) or slow (one by one), runs at torch's thread count:
     torch's Timer alone would pin the measurement to one thread."""
@@ -264,7 +276,8 @@ def test_cli_quick_tiny(tmp_path, capsys, monkeypatch):
     # The compiled peers were compiled in worker processes first: 2 shapes x the inference
     # graph; the unit's compiled peers are not in --quick.
     assert info["precompile"]["workers"] == 1 and info["precompile"]["jobs"] == 2
-    for key in ("device", "cpu", "torch", "triton", "git_commit", "date", "load_average_start", "load_average_end"):
+    for key in ("device", "cpu", "torch", "triton", "git_commit", "date", "load_average_start", "load_average_end",
+                "malloc"):
         assert key in info
     roof = payload["roofline"]
     assert roof["copy_gbs"] > 0 and roof["gemm_gflops"] == pytest.approx(max(roof["gemm_rates"].values()))

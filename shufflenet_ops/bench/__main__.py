@@ -39,6 +39,7 @@ from .efficiency import efficiency
 from .problem import MODES, shufflenet_problems
 from .providers import NetworkProvider, Setup, display_name, layer_providers, network_providers
 from .roofline import measure_roofline
+from .timing import pin_glibc_malloc
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = Setup(device, DTYPES[args.dtype], LAYOUTS[args.layout], compile_mode)
     warnings.filterwarnings("ignore", module="torch._inductor")
     out_dir = args.out or report.default_out_dir()
+    malloc = pin_glibc_malloc() if device.type == "cpu" else None
 
     problems = shufflenet_problems(args.groups, args.width, batch, args.input_size) if "layers" in args.levels else []
     if args.quick:
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     info.update(batch=batch, model_batches=list(model_batches), dtype=args.dtype, layout=args.layout,
                 compile_mode=compile_mode if args.compile else None, quick=args.quick, full=args.full,
                 min_run_time_s=min_run_time, groups=list(args.groups), width=args.width, input_size=args.input_size,
-                skipped=skipped_lines)
+                skipped=skipped_lines, malloc=malloc)
     started = time.perf_counter()
     from tqdm import tqdm
 
