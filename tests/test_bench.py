@@ -176,7 +176,8 @@ def test_measure_many_times_each_runner():
 
 
 def test_measure_many_pauses_after_a_runtimes_turn(monkeypatch):
-    """A runner named in settle_s is followed by a pause (its threads spin on), once per round."""
+    """A runner named in settle_s is followed by a pause (its threads spin on), once per round
+    and after the untimed pass that precedes the rounds."""
     from shufflenet_ops.bench import timing
 
     order = []
@@ -185,7 +186,8 @@ def test_measure_many_pauses_after_a_runtimes_turn(monkeypatch):
                            torch.device("cpu"), min_run_time=0.003, rounds=3, min_samples=3,
                            settle_s={"runtime": 0.1})
     assert len(timings["runtime"].rounds_ms) == len(timings["torch"].rounds_ms) == 3
-    assert order.count(("sleep", 0.1)) == 3
+    assert order.count(("sleep", 0.1)) == 1 + 3  # the untimed pass, then each round
+    assert order[:3] == ["runtime", ("sleep", 0.1), "torch"]
     # Each pause comes right after the runtime's calls, before the torch runner's turn.
     for i, item in enumerate(order):
         if item == ("sleep", 0.1):

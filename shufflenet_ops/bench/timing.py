@@ -174,6 +174,13 @@ def measure_many(
         return {name: _cuda_time(fn, min_run_time) for name, fn in runners.items()}
     samples: dict[str, list[float]] = {name: [] for name in runners}
     round_medians: dict[str, list[float]] = {name: [] for name in runners}
+    # One untimed call of each runner in the same order first: the warm-ups ran each runner
+    # alone, and the first timed round would otherwise be the one that meets the state they
+    # left (another runtime's threads still spinning, caches holding another's data).
+    for name, fn in runners.items():
+        fn()
+        if settle_s and settle_s.get(name):
+            time.sleep(settle_s[name])
     for round_index in range(rounds):
         for name, fn in runners.items():
             # At least min_samples over all rounds, spread evenly across them.
