@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the g values the efficiency table times at every width (default 3)")
     parser.add_argument("--efficiency", action="store_true",
                         help="the efficiency table: the whole model in eval at every --efficiency-widths, batch 1 "
-                             "and 16 (~35 s more on a 2-core CPU; on in --full)")
+                             "and 16 (~20 s more on a 2-core CPU; on in --full)")
     parser.add_argument("--no-deploy", dest="deploy", action="store_false",
                         help="skip the ONNX Runtime and OpenVINO rows")
     parser.add_argument("--input-size", type=int, default=224, help="image size the shapes derive from (default 224)")
