@@ -38,7 +38,7 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "expecttest", "numpy", "einops", "onnx", "onnxscript", "onnxruntime"],
         "triton": ["triton"],
-        "bench": ["tqdm", "matplotlib", "numpy", "scikit-learn"],
+        "bench": ["tqdm", "matplotlib", "numpy", "scikit-learn", "onnx", "onnxscript", "onnxruntime", "openvino"],
     },
     entry_points={"console_scripts": ["shufflenet-bench=shufflenet_ops.bench.__main__:main"]},
     ext_modules=[extension()],

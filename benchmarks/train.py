@@ -9,8 +9,17 @@ the package: nothing is downloaded), upsampled to ``--image-size`` (default 32; 
 to 3 channels; a fixed split of 1497 training and 300 test images. The model is
 ``shufflenet_v1(groups, width, num_classes=10)``; the naive model is built from the seed and
 the fused one loads its state_dict, so both start from the same weights and see the same
-batches. Reports images/s, the loss curve of each (one plot), the largest gap between the
-curves, and the final test accuracy. With ``--ddp`` (under torchrun) each rank trains on its
+batches. Reports images/s, the loss curve of each (one plot), how far the two curves part,
+and the final test accuracy.
+
+Fused and naive compute the same function in a different order of float operations (other
+kernels, the fused network's activations in channels_last), so in float32 their losses
+differ from the first step by rounding (~1e-6), and training (BatchNorm on small 1x1 maps,
+small batches) amplifies that step by step until the curves are two different, equally good
+runs: compare the curves, not single steps. In float64 (``--dtype float64``) the first
+steps agree to ~1e-9 or better and the gap grows at the same rate from a far smaller
+start (benchmarks/README.md has the figures): the implementations match, and the parting
+is the training's sensitivity to rounding, not an error. With ``--ddp`` (under torchrun) each rank trains on its
 share of every global batch with gloo (CPU) or nccl (GPU), and the ranks' parameters are
 compared at the end.
 """
@@ -33,6 +42,12 @@ import shufflenet_ops
 from shufflenet_ops.models import shufflenet_v1
 
 TEST_IMAGES = 300
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CHANCE_ACCURACY = 0.1  # 10 classes
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
 
 
 def load_digits(image_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,7 +80,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: t
     correct = 0
     with torch.no_grad():
         for start in range(0, len(y), 256):
-            logits = model(x[start:start + 256].to(device))
+            logits = model(x[start:start + 256].to(device, next(model.parameters()).dtype))
             correct += (logits.argmax(1).cpu() == y[start:start + 256]).sum().item()
     model.train()
     return correct / len(y)
@@ -75,7 +90,7 @@ def train_one(fused: bool, args: argparse.Namespace, data, device: torch.device,
     from tqdm import tqdm
 
     train_x, train_y, test_x, test_y = data
-    model = build_model(fused, args).to(device)
+    model = build_model(fused, args).to(device, DTYPES[args.dtype])
     net = model
     if args.ddp:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -90,7 +105,7 @@ def train_one(fused: bool, args: argparse.Namespace, data, device: torch.device,
         for _ in bar:
             index = torch.randint(0, len(train_y), (args.batch,), generator=batches)
             index = index[rank * per_rank:(rank + 1) * per_rank]
-            x, y = train_x[index].to(device), train_y[index].to(device)
+            x, y = train_x[index].to(device, DTYPES[args.dtype]), train_y[index].to(device)
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(net(x), y)
@@ -174,24 +189,40 @@ def plot(results: list[dict], path: str, title: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--fused", action="store_true", help="train the fused model (alone, unless --naive too)")
     parser.add_argument("--naive", action="store_true", help="train the naive model (alone, unless --fused too)")
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=150,
+                        help="SGD steps (30 end near chance accuracy, 0.10; 150 reach ~0.93)")
     parser.add_argument("--batch", type=int, default=64, help="global batch (split across DDP ranks)")
-    parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--groups", type=int, default=3)
-    parser.add_argument("--width", type=float, default=0.5)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--lr", type=float, default=0.02, help="initial learning rate, decayed linearly to 0")
+    parser.add_argument("--groups", type=int, default=3, help="ShuffleNet V1 g")
+    parser.add_argument("--width", type=float, default=0.5, help="ShuffleNet V1 width multiplier")
+    parser.add_argument("--image-size", type=int, default=32, help="digits upsampled to this size")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                        help="float64: fused and naive agree to ~1e-9 for the first few steps")
+    parser.add_argument("--seed", type=int, default=0, help="weights and batch order")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if present")
     parser.add_argument("--ddp", action="store_true", help="DistributedDataParallel; run under torchrun")
     parser.add_argument("--out", help="directory for train_results.json and loss_curve.png")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
     return args
+
+
+def loss_gap_summary(gaps: list[float], dtype: str) -> str:
+    """How the fused and naive loss curves part, in words (see the module docstring)."""
+    largest = max(range(len(gaps)), key=lambda i: gaps[i])
+    parted = next((i + 1 for i, gap in enumerate(gaps) if gap > 1e-3), None)
+    text = (f"loss gap fused vs naive: {gaps[0]:.1e} at step 1, largest {gaps[largest]:.2e} at step {largest + 1}"
+            + (f", above 1e-3 from step {parted}" if parted else ", never above 1e-3"))
+    if dtype == "float32":
+        text += (" (same weights and batches; float32 rounding differs between the implementations and training "
+                 "amplifies it step by step: compare the curves, not single steps; in --dtype float64 the first steps "
+                 "agree to ~1e-9)")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,9 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         if "ranks_max_param_diff" in result:
             line += f", max parameter difference across {world} ranks {result['ranks_max_param_diff']:.3g}"
         print(line)
+        if result["test_accuracy"] <= CHANCE_ACCURACY + 0.05:
+            print(f"  {result['implementation']}: test accuracy {result['test_accuracy']:.2f} is about chance "
+                  f"({CHANCE_ACCURACY:.2f}, 10 classes): train longer (--steps 150 or more)")
     if "max_loss_gap" in summary:
         ratio = results[0]["images_per_s"] / results[1]["images_per_s"]
-        print(f"fused/naive images/s {ratio:.2f}x; largest loss gap over {args.steps} steps {summary['max_loss_gap']:.2e}")
+        print(f"fused/naive images/s {ratio:.2f}x")
+        print(loss_gap_summary(summary["loss_gaps"], args.dtype))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "train_results.json"), "w") as f:

@@ -1,14 +1,25 @@
 """shufflenet-bench: the fused grouped 1x1 conv + channel shuffle against its peers.
 
-    shufflenet-bench                         # best device present, the full suite
-    shufflenet-bench --quick --out DIR       # about a minute on a 2-core CPU
+    shufflenet-bench                   # the default run: ~2-3 min on a 2-core CPU (see below)
+    shufflenet-bench --quick           # ~15-25 s: two layer shapes per g and one unit
+    shufflenet-bench --efficiency      # + the whole model at widths 0.5x, 1x, 2x
+    shufflenet-bench --full            # + the slow-to-compile peers (many minutes on a small CPU)
     python -m shufflenet_ops.bench --device cuda --quick --out DIR
 
-Levels: every distinct 1x1 conv shape of ShuffleNet V1 (forward, backward, forward+backward;
-providers in ``shufflenet_ops.bench.providers``), a ShuffleNet unit (stride 1 and 2) and the
-whole network (eval inference and one SGD training step). Prints markdown tables; with
-``--out`` writes results.csv, results.json (with provenance and the roofs measured in the
-same run), results.md and PNG plots.
+The default run times, on the best device present: every distinct 1x1 conv shape of
+ShuffleNet V1 (forward, backward, forward+backward) against eager PyTorch, torch.compile
+(forward) and a dense GEMM; two ShuffleNet units; and the whole network in eval at batch 1
+(latency) and 16 (throughput) against eager, torch.compile(naive), ONNX Runtime and
+OpenVINO (the naive model exported to ONNX), and its training step. --efficiency adds the
+paper's yardstick: the whole model at widths 0.5x/1x/2x. --full adds that and
+torch.compile of the units, of the fused model and of every training step, and OpenVINO
+at its default precision: Inductor needs minutes per network on a 2-core CPU. A first run
+on a machine is slower: Inductor compiles the torch.compile peers, and its on-disk cache
+serves later runs.
+
+Prints a summary; writes results.md (every table), results.csv, results.json (with
+provenance and the roofs measured in the same run) and PNG plots to a new folder under
+./shufflenet-bench-results/ (or --out DIR) and prints its path.
 """
 
 from __future__ import annotations
@@ -16,16 +27,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 import warnings
 
 import torch
 
 from .. import _extension
-from . import layers, networks, precompile, report
+from . import deploy, layers, networks, precompile, report
+from .efficiency import efficiency
 from .problem import MODES, shufflenet_problems
-from .providers import Setup, layer_providers, network_providers
+from .providers import NetworkProvider, Setup, display_name, layer_providers, network_providers
 from .roofline import measure_roofline
+from .timing import pin_glibc_malloc
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -34,6 +48,10 @@ LEVELS = ("layers", "units", "models")
 
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v)
 
 
 def _str_list(text: str) -> list[str]:
@@ -47,26 +65,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: cuda if present, else cpu")
     parser.add_argument("--quick", action="store_true",
-                        help="the two most frequent layer shapes per g, the stride-1 unit without the compiled "
-                             "peers, no whole model, shorter timing")
-    parser.add_argument("--out", help="directory for results.csv/json/md and the PNG plots")
+                        help="the two most frequent layer shapes per g and the stride-1 unit, no compiled unit "
+                             "peers, no whole model, shorter timing (~15-25 s on a 2-core CPU)")
+    parser.add_argument("--full", action="store_true",
+                        help="also torch.compile of the units, of the fused whole model and of the training steps "
+                             "(the layers' backward too), "
+                             "the compiled peers at the efficiency table's other widths, and OpenVINO at its "
+                             "default precision (Inductor needs minutes per network on a small CPU)")
+    parser.add_argument("--out", help="directory for results.md/csv/json and the PNG plots (default: a new folder "
+                        "under ./shufflenet-bench-results/)")
     parser.add_argument("--groups", type=_int_list, default=(3, 8), help="ShuffleNet g values (default 3,8)")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
     parser.add_argument("--batch", type=int, help="layer and unit batch (default: 16 on CPU, 128 on CUDA)")
-    parser.add_argument("--model-batch", type=int, help="whole-model batch (default: --batch)")
-    parser.add_argument("--input-size", type=int, default=224, help="image size the shapes derive from")
+    parser.add_argument("--model-batch", type=_int_list,
+                        help="whole-model batch sizes, eval at each, the training step at the largest "
+                             "(default: 1 and --batch)")
+    parser.add_argument("--efficiency-widths", type=_float_list, default=(0.5, 1.0, 2.0),
+                        help="widths of the efficiency table (default 0.5,1,2)")
+    parser.add_argument("--efficiency-groups", type=_int_list, default=(3,),
+                        help="the g values the efficiency table times at every width (default 3)")
+    parser.add_argument("--efficiency", action="store_true",
+                        help="the efficiency table: the whole model in eval at every --efficiency-widths, batch 1 "
+                             "and 16 (~20 s more on a 2-core CPU; on in --full)")
+    parser.add_argument("--no-deploy", dest="deploy", action="store_false",
+                        help="skip the ONNX Runtime and OpenVINO rows")
+    parser.add_argument("--input-size", type=int, default=224, help="image size the shapes derive from (default 224)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--layout", default="nchw", choices=sorted(LAYOUTS),
-                        help="input layout of every provider but eager_channels_last")
+                        help="input layout of every provider but the channels_last ones (default nchw)")
     parser.add_argument("--modes", type=_str_list, default=list(MODES), help="layer modes: " + ",".join(MODES))
     parser.add_argument("--providers", type=_str_list, help="layer providers to run (default: all present)")
     parser.add_argument("--levels", type=_str_list, help="any of " + ",".join(LEVELS) + " (default: all; "
                         "--quick: layers,units)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peers")
-    parser.add_argument("--full", action="store_true",
-                        help="also torch.compile(fused) of the whole models and the compiled whole-model training "
-                             "steps (Inductor needs minutes per network on a small CPU, so the default has only "
-                             "torch.compile(naive) in whole-model eval)")
     parser.add_argument("--compile-mode", help="torch.compile mode (default: max-autotune on CUDA, "
                         "default on CPU and in --quick)")
     parser.add_argument("--min-run-time", type=float, help="seconds of timing per layer measurement "
@@ -96,15 +127,41 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def deployment_providers(
+    providers: list[NetworkProvider], device: torch.device, dtype: torch.dtype
+) -> tuple[list[NetworkProvider], list[str]]:
+    """``providers`` without the deployment runtimes that cannot run here, and one line per
+    runtime left out saying why."""
+    kept, skipped = [], []
+    for provider in providers:
+        if provider.runtime is None:
+            kept.append(provider)
+            continue
+        reason = deploy.missing(provider.runtime)
+        if reason is None and device.type != "cpu":
+            reason = f"CPU only (this run is on {device.type})"
+        if reason is None and provider.runtime == "onnxruntime" and dtype != torch.float32:
+            reason = "float32 runs only"
+        if reason is None:
+            kept.append(provider)
+        else:
+            skipped.append(f"shufflenet-bench: skipping the {display_name(provider.name)} rows: {reason}")
+    return kept, skipped
+
+
 class _Progress:
     """Called with a label as each measurement starts: counts the one before as done and
     shows what runs now (a compile can take a while)."""
+
+    LABEL_CHARS = 34  # with the fixed-width bar, fits an 80-column terminal
 
     def __init__(self, bar) -> None:
         self.bar, self.running = bar, False
 
     def __call__(self, label: str) -> None:
         self.finish()
+        if len(label) > self.LABEL_CHARS:
+            label = "..." + label[-(self.LABEL_CHARS - 3):]
         self.bar.set_postfix_str(label, refresh=True)
         self.running = True
 
@@ -124,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and not _extension.available():
         raise SystemExit(f"shufflenet-bench: the C++ extension is not built ({_extension.LOAD_ERROR})")
     batch = args.batch or (128 if device.type == "cuda" else 16)
-    model_batch = args.model_batch or batch
+    model_batches = tuple(args.model_batch or (1, batch))
     compile_mode = args.compile_mode or ("max-autotune" if device.type == "cuda" and not args.quick else "default")
     min_run_time = args.min_run_time or (0.04 if args.quick else 0.05)
     setup = Setup(device, DTYPES[args.dtype], LAYOUTS[args.layout], compile_mode)
     warnings.filterwarnings("ignore", module="torch._inductor")
+    out_dir = args.out or report.default_out_dir()
+    malloc = pin_glibc_malloc() if device.type == "cpu" else None
 
     problems = shufflenet_problems(args.groups, args.width, batch, args.input_size) if "layers" in args.levels else []
     if args.quick:
@@ -138,59 +197,76 @@ def main(argv: list[str] | None = None) -> int:
     unit_cases = networks.unit_cases(args.groups, args.width, batch, args.input_size) if "units" in args.levels else []
     if args.quick:
         unit_cases = [c for c in unit_cases if " s1 " in c.name]
-    model_cases = networks.model_cases(args.groups, args.width, model_batch, args.input_size) if "models" in args.levels else []
-    # Compiling a training step takes 10-15 s per network on a 2-core CPU: --quick leaves
-    # the compiled peers to the layer level.
-    net_providers = network_providers(args.compile and not args.quick)
-    network_runs = [(case, provider, mode) for case in unit_cases + model_cases for mode in networks.NETWORK_MODES
-                    for provider in net_providers
-                    if not networks.compiled_peer_skipped(case, provider, mode, args.full)]
-    total = len(problems) * len(providers) * len(args.modes) + len(network_runs)
+    model_cases = []
+    if "models" in args.levels:
+        efficiency_groups = args.efficiency_groups if args.efficiency or args.full else ()
+        model_cases = networks.model_cases(args.groups, args.width, model_batches, args.input_size,
+                                           args.efficiency_widths, efficiency_groups)
+    # --quick leaves the compiled unit peers to --full like the default run does.
+    net_providers = [p for p in network_providers(args.compile, args.deploy)
+                     if args.full or p.name != "openvino_default"]
+    skipped_lines = []
+    if model_cases:
+        net_providers, skipped_lines = deployment_providers(net_providers, device, setup.dtype)
+    for line in skipped_lines:
+        print(line, file=sys.stderr)
+    network_runs = [(case, provider, mode) for case in unit_cases + model_cases for mode in case.modes
+                    for provider in net_providers if networks.included(case, provider, mode, args.full)]
+    layer_runs = [(provider, mode) for provider in providers for mode in args.modes
+                  if layers.layer_included(provider, mode, args.full)]
+    total = len(problems) * len(layer_runs) + len(network_runs)
     workers = args.precompile_workers
     jobs = []
     if workers:
-        jobs = precompile.compile_jobs(problems, providers, args.modes, network_runs, args, batch, model_batch)
+        jobs = precompile.compile_jobs(problems, providers, args.modes, network_runs, args.full)
 
     info = report.provenance(device, argv)
-    info.update(batch=batch, model_batch=model_batch, dtype=args.dtype, layout=args.layout,
+    info.update(batch=batch, model_batches=list(model_batches), dtype=args.dtype, layout=args.layout,
                 compile_mode=compile_mode if args.compile else None, quick=args.quick, full=args.full,
-                min_run_time_s=min_run_time,
-                groups=list(args.groups), width=args.width, input_size=args.input_size)
+                min_run_time_s=min_run_time, groups=list(args.groups), width=args.width, input_size=args.input_size,
+                skipped=skipped_lines, malloc=malloc)
     started = time.perf_counter()
     from tqdm import tqdm
 
     with tqdm(total=total, desc="shufflenet-bench", unit="run", file=sys.stderr, disable=args.no_progress,
-              dynamic_ncols=True) as bar:
+              bar_format="{percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt} {elapsed}<{remaining} {postfix}") as bar, \
+            tempfile.TemporaryDirectory(prefix="shufflenet-bench-onnx-") as onnx_dir:
         progress = _Progress(bar)
         if jobs:
             info["precompile"] = precompile.precompile(jobs, setup, workers, lambda label: bar.set_postfix_str(
                 label, refresh=True))
-        roofline = measure_roofline(device, setup.dtype, max(0.3, 3 * min_run_time))
+        roofline = measure_roofline(device, setup.dtype, max(0.2, 2 * min_run_time))
         rows = []
         if problems:
-            rows += layers.run_layers(problems, providers, args.modes, setup, roofline, min_run_time, progress)
+            layer_rows, roofline = layers.run_layers(problems, providers, args.modes, setup, roofline, min_run_time,
+                                                     progress, full=args.full)
+            rows += layer_rows
         if unit_cases or model_cases:
-            rows += networks.run_networks(unit_cases + model_cases, net_providers, list(networks.NETWORK_MODES),
-                                          setup, 2 * min_run_time, progress, compile_model_training=args.full)
+            try:
+                rows += networks.run_networks(unit_cases + model_cases, net_providers, setup, 2 * min_run_time,
+                                              progress, full=args.full, exports=deploy.ExportCache(onnx_dir))
+            except deploy.OutputMismatch as error:
+                raise SystemExit(f"shufflenet-bench: {error}: refusing to time a runtime that computes "
+                                 "something else") from error
         progress.finish()
     info["elapsed_s"] = round(time.perf_counter() - started, 1)
     info["load_average_end"] = report.load_average()
-    text = report.markdown(rows, info, roofline)
-    print(text)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        report.write_csv(rows, os.path.join(args.out, "results.csv"))
-        report.write_json({"provenance": info, "roofline": report.roofline_dict(roofline),
-                           "providers": {p.name: p.description for p in providers}
-                           | {p.name: p.description for p in net_providers},
-                           "network_weighted": report.network_weighted_speedups(rows),
-                           "gemm_rate": report.gemm_rates(rows),
-                           "results": rows}, os.path.join(args.out, "results.json"))
-        with open(os.path.join(args.out, "results.md"), "w") as f:
-            f.write(text)
-        report.write_plots(rows, roofline, args.out)
-        print(f"wrote {args.out}: results.csv, results.json, results.md and plots ({info['elapsed_s']} s)",
-              file=sys.stderr)
+    print(report.markdown(rows, info, roofline, terminal=True))
+    os.makedirs(out_dir, exist_ok=True)
+    report.write_csv(rows, os.path.join(out_dir, "results.csv"))
+    report.write_json({"provenance": info, "roofline": report.roofline_dict(roofline),
+                       "providers": {p.name: p.description for p in providers}
+                       | {p.name: p.description for p in net_providers},
+                       "network_weighted": report.network_weighted_speedups(rows),
+                       "gemm_rate": report.gemm_rates(rows),
+                       "efficiency": efficiency(rows),
+                       "warnings": report.warnings_list(rows, roofline, info),
+                       "results": rows}, os.path.join(out_dir, "results.json"))
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(report.markdown(rows, info, roofline))
+    plots = report.write_plots(rows, roofline, out_dir, info)
+    print(f"shufflenet-bench: {info['elapsed_s']} s; results in {os.path.abspath(out_dir)}: results.md (every "
+          f"table), results.csv, results.json" + (f", {', '.join(plots)}" if plots else ""), file=sys.stderr)
     return 0
 
 

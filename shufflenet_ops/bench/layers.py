@@ -10,8 +10,8 @@ import torch
 from . import bytes_model
 from .problem import LayerProblem, element_size
 from .providers import LayerFn, LayerProvider, Setup, make_layer_inputs
-from .roofline import Roofline, same_flops_gemm
-from .timing import measure_many, synchronize
+from .roofline import DenseGemm, Roofline, raise_compute_roof, same_flops_gemm
+from .timing import UNSTEADY_SPREAD, measure_many, synchronize
 
 # The runner name of the per-layer dense GEMM yardstick (not a provider: it computes no layer).
 SAME_FLOPS_GEMM = "same_flops_gemm"
@@ -81,6 +81,13 @@ def layer_row(
     }
 
 
+def layer_included(provider: LayerProvider, mode: str, full: bool) -> bool:
+    """Whether a run times ``provider`` in ``mode``: a compiled peer's training graph
+    (backward, forward+backward) doubles Inductor's work on a cold cache, so it waits for
+    ``--full``; its inference graph is in every run."""
+    return full or not provider.compiled or mode == "forward"
+
+
 def run_layers(
     problems: Iterable[LayerProblem],
     providers: list[LayerProvider],
@@ -89,7 +96,11 @@ def run_layers(
     roofline: Roofline,
     min_run_time: float,
     progress: Callable[[str], None],
-) -> list[dict]:
+    full: bool = True,
+) -> tuple[list[dict], Roofline]:
+    """The rows, and ``roofline`` with its compute roof raised to the fastest same-FLOPs GEMM
+    timed here (the rows' ``compute_roof_fraction`` are against that final roof). ``full``:
+    see ``layer_included``."""
     rows = []
     for problem in problems:
         # Each shape gets its own static graphs; a reset keeps Dynamo's recompile limit
@@ -98,7 +109,8 @@ def run_layers(
         fns = {provider.name: provider.make(problem, setup) for provider in providers}
         for mode in modes:
             runners, warmup_s = {}, {}
-            for provider in providers:
+            timed = [provider for provider in providers if layer_included(provider, mode, full)]
+            for provider in timed:
                 progress(f"{problem.name} {mode} {provider.name}")
                 start = time.perf_counter()
                 run = layer_runner(problem, provider, mode, setup, fns[provider.name])
@@ -112,7 +124,7 @@ def run_layers(
                 runners[SAME_FLOPS_GEMM], gemm_flops = same_flops_gemm(problem.flops(mode), setup.device, setup.dtype)
                 runners[SAME_FLOPS_GEMM]()
             timings = measure_many(runners, setup.device, min_run_time)
-            for provider in providers:
+            for provider in timed:
                 row = layer_row(problem, provider, mode, timings[provider.name], roofline, setup.dtype)
                 row["warmup_s"] = round(warmup_s[provider.name], 3)
                 if gemm_flops:
@@ -120,18 +132,34 @@ def run_layers(
                     row["same_flops_gemm_gflops"] = gemm_gflops
                     row["gemm_rate"] = row["gflops"] / gemm_gflops
                 rows.append(row)
+            if gemm_flops:
+                n = round((gemm_flops / 2) ** (1 / 3))
+                roofline = raise_compute_roof(roofline, row["same_flops_gemm_gflops"], DenseGemm("mm", n, n, n))
+    for row in rows:
+        row["compute_roof_fraction"] = row["gflops"] / roofline.gemm_gflops
     add_speedups(rows, key=("name", "mode"))
-    return rows
+    return rows, roofline
 
 
 def add_speedups(rows: list[dict], key: tuple[str, ...]) -> None:
     """``fused_speedup`` on every row: this provider's median over the (first) fused
-    provider's median for the same key, from the same run (> 1: fused is faster)."""
-    fused_median = {}
+    provider's median for the same key, from the same run (> 1: fused is faster). Where both
+    were timed in the same interleaved rounds, also the lowest and highest of the per-round
+    ratios (``speedup_round_min``/``_max``) and ``unsteady``: the rounds disagree by more than
+    ``UNSTEADY_SPREAD`` (the row's own round medians, or the ratio from round to round)."""
+    fused_rows = {}
     for row in rows:
         k = tuple(row[f] for f in key)
-        if row["fused"] and k not in fused_median:
-            fused_median[k] = row["median_ms"]
+        if row["fused"] and k not in fused_rows:
+            fused_rows[k] = row
     for row in rows:
-        reference_ms = fused_median.get(tuple(row[f] for f in key))
-        row["fused_speedup"] = row["median_ms"] / reference_ms if reference_ms else float("nan")
+        reference = fused_rows.get(tuple(row[f] for f in key))
+        row["fused_speedup"] = row["median_ms"] / reference["median_ms"] if reference else float("nan")
+        spread = row.get("round_spread", 1.0)
+        mine, theirs = row.get("round_medians_ms") or [], (reference or {}).get("round_medians_ms") or []
+        if reference is not None and len(mine) == len(theirs) > 1 and min(theirs) > 0:
+            ratios = [a / b for a, b in zip(mine, theirs)]
+            row["speedup_round_min"], row["speedup_round_max"] = min(ratios), max(ratios)
+            if min(ratios) > 0:
+                spread = max(spread, max(ratios) / min(ratios))
+        row["unsteady"] = spread > UNSTEADY_SPREAD

@@ -38,25 +38,25 @@ class CompileJob:
     mode: str
     provider: str
     problem: LayerProblem | None = None  # a layer job
-    network: tuple | None = None  # a unit/model job: (level, name, groups, width, batch, input_size)
+    network: tuple | None = None  # a unit/model job: the case's spec (networks.case_from_spec)
 
 
-def compile_jobs(
-    problems, providers, modes, network_runs, args, batch: int, model_batch: int
-) -> list[CompileJob]:
+def compile_jobs(problems, providers, modes, network_runs, full: bool = True) -> list[CompileJob]:
     """One ``CompileJob`` per graph the compiled peers will build, longest first
-    (whole models, then units, then layers) so the workers finish together."""
+    (whole models, then units, then layers) so the workers finish together; ``full``: the
+    layers' training graphs too (``layers.layer_included``)."""
     jobs = []
     for case, provider, mode in network_runs:
         if provider.compiled:
-            size = model_batch if case.level == "model" else batch
-            network = (case.level, case.name, tuple(args.groups), args.width, size, args.input_size)
-            jobs.append(CompileJob(f"{case.name} {mode} {provider.name}", mode, provider.name, network=network))
+            label = f"{case.name} b{case.batch} {mode} {provider.name}"
+            jobs.append(CompileJob(label, mode, provider.name, network=case.spec))
     jobs.sort(key=lambda job: job.network[0] != "model")
     # forward runs the inference graph; backward and forward_backward share the training graph.
     graph_modes = [m for m in ("forward", "backward") if m in modes]
     if "forward_backward" in modes and "backward" not in modes:
         graph_modes.append("forward_backward")
+    if not full:
+        graph_modes = [m for m in graph_modes if m == "forward"]
     for problem in problems:
         for provider in (p for p in providers if p.compiled):
             for mode in graph_modes:
@@ -74,11 +74,8 @@ def _run_job(job: CompileJob, setup: Setup) -> tuple[str, float]:
         provider = next(p for p in LAYER_PROVIDERS if p.name == job.provider)
         run = layers.layer_runner(job.problem, provider, job.mode, setup)
     else:
-        level, name, groups, width, batch, input_size = job.network
-        build_cases = networks.unit_cases if level == "unit" else networks.model_cases
-        case = next(c for c in build_cases(groups, width, batch, input_size) if c.name == name)
         provider = next(p for p in NETWORK_PROVIDERS if p.name == job.provider)
-        run = networks.prepare(case, provider, job.mode, setup)
+        run = networks.prepare(networks.case_from_spec(job.network), provider, job.mode, setup)
     run()
     return job.label, time.perf_counter() - start
 

@@ -9,6 +9,12 @@ import torch
 from ..layer_shapes import PointwiseLayer, shufflenet_v1_pointwise_layers
 
 MODES = ("forward", "backward", "forward_backward")
+LAYER_NAME_LEGEND = (
+    "Layers: g, input -> output channels, feature map, place in the unit. 1st: a unit's first 1x1 conv as "
+    "the network runs it (grouped conv, BN folded into a bias, ReLU, channel shuffle); 2nd: its second "
+    "(grouped conv, BN folded); ungrouped: Stage 2's first conv (too few input channels to group), still "
+    "followed by the shuffle"
+)
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,12 @@ class LayerProblem:
 
     @property
     def name(self) -> str:
-        role = "gconv1+shuffle" if self.shuffle_groups > 1 else "gconv2"
-        return f"g{self.model_groups} {self.cin}->{self.cout}/{self.groups} {self.size}x{self.size} {role}"
+        """``g3 480->120 14x14 1st``: the network's g, channels in -> out, the feature map,
+        and the conv's place in its unit (see ``LAYER_NAME_LEGEND``)."""
+        role = "1st" if self.shuffle_groups > 1 else "2nd"
+        if self.groups == 1:
+            role += " ungrouped"
+        return f"g{self.model_groups} {self.cin}->{self.cout} {self.size}x{self.size} {role}"
 
     @property
     def pixels(self) -> int:

@@ -13,7 +13,11 @@ Layer level (one 1x1 conv as the real layer computes it, see ``LayerProblem``):
   one pass at g times the FLOPs (the "just use a GEMM" alternative).
 
 Unit and model level: ``fused`` (``fused=True`` modules), ``naive`` (``fused=False``, the
-same weights), ``compile_naive`` and ``compile_fused`` (``torch.compile`` of each).
+same weights), ``compile_naive`` and ``compile_fused`` (``torch.compile`` of each), and at the
+model level the deployment peers ``onnxruntime`` and ``openvino``: the naive model exported to
+ONNX (``bench/deploy.py``).
+
+``DISPLAY`` gives each provider the name tables and plots show.
 """
 
 from __future__ import annotations
@@ -178,6 +182,7 @@ class NetworkProvider:
     fused: bool
     compiled: bool
     channels_last: bool = False  # weights and input in channels_last, whatever --layout says
+    runtime: str | None = None  # a deployment runtime that runs the exported naive model (eval only)
 
 
 NETWORK_PROVIDERS: tuple[NetworkProvider, ...] = (
@@ -187,8 +192,42 @@ NETWORK_PROVIDERS: tuple[NetworkProvider, ...] = (
                     compiled=False, channels_last=True),
     NetworkProvider("compile_naive", "torch.compile of the naive network", fused=False, compiled=True),
     NetworkProvider("compile_fused", "torch.compile of the fused network", fused=True, compiled=True),
+    NetworkProvider("onnxruntime", "ONNX Runtime (CPU) on the naive model exported with torch.onnx.export(dynamo=True)",
+                    fused=False, compiled=False, runtime="onnxruntime"),
+    NetworkProvider("openvino", "OpenVINO (CPU, LATENCY hint, the run's precision) on the same ONNX file",
+                    fused=False, compiled=False, runtime="openvino"),
+    NetworkProvider("openvino_default", "OpenVINO (CPU, LATENCY hint) at its default precision (bf16 on CPUs "
+                    "with AVX512_BF16 or AMX)", fused=False, compiled=False, runtime="openvino_default"),
 )
 
 
-def network_providers(compile: bool = True) -> list[NetworkProvider]:
-    return [p for p in NETWORK_PROVIDERS if compile or not p.compiled]
+def network_providers(compile: bool = True, deploy: bool = True) -> list[NetworkProvider]:
+    return [p for p in NETWORK_PROVIDERS if (compile or not p.compiled) and (deploy or p.runtime is None)]
+
+
+# name -> (display name for legends and descriptions, short name for table headers)
+DISPLAY: dict[str, tuple[str, str]] = {
+    "fused_cpp": ("fused (C++ kernel)", "fused"),
+    "fused_triton": ("fused (Triton kernel)", "fused"),
+    "eager": ("eager PyTorch, NCHW", "eager"),
+    "eager_channels_last": ("eager PyTorch, channels_last", "eager CL"),
+    "compile": ("torch.compile (unfused code)", "compile"),
+    "dense": ("dense conv (block-diagonal weight)", "dense"),
+    "fused": ("fused (this package)", "fused"),
+    "naive": ("eager naive", "eager"),
+    "naive_channels_last": ("eager naive, channels_last", "eager CL"),
+    "compile_naive": ("torch.compile(naive)", "compile"),
+    "compile_fused": ("torch.compile(fused)", "compile(fused)"),
+    "onnxruntime": ("ONNX Runtime", "ORT"),
+    "openvino": ("OpenVINO", "OpenVINO"),
+    "openvino_default": ("OpenVINO, default precision", "OV default"),
+    "same_flops_gemm": ("dense torch.mm, same FLOPs", "mm"),
+}
+
+
+def display_name(name: str) -> str:
+    return DISPLAY.get(name, (name, name))[0]
+
+
+def short_name(name: str) -> str:
+    return DISPLAY.get(name, (name, name))[1]

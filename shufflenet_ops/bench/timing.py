@@ -9,7 +9,9 @@ the median and the 20th/80th percentiles in milliseconds.
 ``measure_many`` times the implementations being compared in interleaved rounds on CPU
 (A B C, A B C, ...): the machine is shared, and a burst of someone else's work then lands
 on all of them instead of on whichever happened to be running, which keeps the same-run
-ratios honest.
+ratios honest. It also keeps each round's median: when the rounds disagree (the machine's
+speed changed, or a provider's time is bimodal), ``round_spread`` says by how much, and the
+report warns instead of letting one lucky run claim a speed-up.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 QUANTILES = (0.5, 0.2, 0.8)
+UNSTEADY_SPREAD = 1.5  # max/min of the round medians above which a measurement is flagged
 MIN_SAMPLES = 5  # percentiles of fewer samples say little
 SLOW_CALL_S = 1e-3  # calls at least this long are timed one by one (timer overhead < 0.1%)
 
@@ -34,15 +37,24 @@ class Timing:
     p20_ms: float
     p80_ms: float
     samples: int
+    rounds_ms: tuple[float, ...] = ()  # the median of each interleaved round (CPU)
+
+    @property
+    def round_spread(self) -> float:
+        """Slowest round median / fastest (1.0 with fewer than two rounds)."""
+        if len(self.rounds_ms) < 2 or min(self.rounds_ms) <= 0:
+            return 1.0
+        return max(self.rounds_ms) / min(self.rounds_ms)
 
     def columns(self) -> dict:
         """The result-row columns every level reports."""
-        return {"median_ms": self.median_ms, "p20_ms": self.p20_ms, "p80_ms": self.p80_ms, "samples": self.samples}
+        return {"median_ms": self.median_ms, "p20_ms": self.p20_ms, "p80_ms": self.p80_ms, "samples": self.samples,
+                "round_medians_ms": [round(v, 6) for v in self.rounds_ms], "round_spread": self.round_spread}
 
 
-def _summary(times_s: list[float]) -> Timing:
+def _summary(times_s: list[float], rounds_ms: tuple[float, ...] = ()) -> Timing:
     median, p20, p80 = (float(v) * 1e3 for v in np.quantile(times_s, QUANTILES))
-    return Timing(median, p20, p80, len(times_s))
+    return Timing(median, p20, p80, len(times_s), rounds_ms)
 
 
 @contextlib.contextmanager
@@ -108,6 +120,37 @@ def measure(fn: Callable[[], object], device: torch.device, min_run_time: float)
     return _cpu_time(fn, min_run_time)
 
 
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def pin_glibc_malloc() -> str | None:
+    """Serve allocations below 32 MiB from glibc's heap and never trim it, for the whole run;
+    returns what was set (None where the C library is not glibc).
+
+    By default glibc maps each large block (>= 128 KiB) fresh and unmaps it on free, so every
+    call of a whole model pays page faults on its activations, until a free of a larger
+    mapped block raises the threshold for the rest of the process. Whether a provider ran
+    before or after that moment changed its time: the fused model at batch 16 took 43 ms per
+    call before the naive model had run in the same process and 28 ms after. ONNX Runtime and
+    OpenVINO reuse their own arenas. A fixed threshold makes every provider's allocations
+    cost the same whatever ran before (what jemalloc or tcmalloc, the usual advice for CPU
+    inference with PyTorch, also give)."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and libc.mallopt(_M_TRIM_THRESHOLD, 2**30)
+    except (OSError, AttributeError):
+        return None
+    return "glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB" if ok else None
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -119,16 +162,32 @@ def measure_many(
     min_run_time: float,
     rounds: int = 3,
     min_samples: int = MIN_SAMPLES,
+    settle_s: dict[str, float] | None = None,
 ) -> dict[str, Timing]:
     """Time each runner (already warmed up) for about ``min_run_time`` seconds and at least
     ``min_samples`` samples in total; on CPU in ``rounds`` interleaved rounds (see the module
-    docstring)."""
+    docstring). ``settle_s``: seconds to wait after a runner's turn, for runtimes whose
+    thread pools keep spinning on the cores after a call (ONNX Runtime's intra-op threads
+    busy-wait for new work for tens of milliseconds: the next runner's first calls would pay
+    for it)."""
     if device.type == "cuda":
         return {name: _cuda_time(fn, min_run_time) for name, fn in runners.items()}
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    round_medians: dict[str, list[float]] = {name: [] for name in runners}
+    # One untimed call of each runner in the same order first: the warm-ups ran each runner
+    # alone, and the first timed round would otherwise be the one that meets the state they
+    # left (another runtime's threads still spinning, caches holding another's data).
+    for name, fn in runners.items():
+        fn()
+        if settle_s and settle_s.get(name):
+            time.sleep(settle_s[name])
     for round_index in range(rounds):
         for name, fn in runners.items():
             # At least min_samples over all rounds, spread evenly across them.
             wanted = -(-min_samples * (round_index + 1) // rounds) - len(samples[name])
-            samples[name].extend(_cpu_samples(fn, min_run_time / rounds, wanted))
-    return {name: _summary(times) for name, times in samples.items()}
+            this_round = _cpu_samples(fn, min_run_time / rounds, wanted)
+            if settle_s and settle_s.get(name):
+                time.sleep(settle_s[name])
+            samples[name].extend(this_round)
+            round_medians[name].append(float(np.median(this_round)) * 1e3)
+    return {name: _summary(times, tuple(round_medians[name])) for name, times in samples.items()}
