@@ -483,9 +483,15 @@ def _fold_cache(conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_order: int) -> FoldCache
     shuffle the BN is indexed by (1: the conv's own order)."""
     if torch.compiler.is_compiling():
         return None  # folded in the graph (FoldCache does not cache under compile either)
-    caches = _fold_caches.setdefault(bn, {})
+    caches = _fold_caches.get(bn)
+    if caches is None:
+        caches = _fold_caches[bn] = {}
     # FoldCache checks tensor identities, so a reused id() never matches a stale entry.
-    return caches.setdefault((id(conv), bn_order), FoldCache())
+    key = (id(conv), bn_order)
+    cache = caches.get(key)
+    if cache is None:  # not setdefault: that would build a FoldCache on every call
+        cache = caches[key] = FoldCache()
+    return cache
 
 
 def _fits_epilogue(residual: object, x: torch.Tensor, out_channels: int) -> bool:
