@@ -4,12 +4,16 @@
     y = so.group_conv1x1_shuffle(x, weight, groups=3, bias=b, relu=True)
 """
 
-from . import _extension, _ops  # noqa: F401  (loads the C++ ops and registers fakes/autograd)
-from . import reference
-from .triton import register_cuda_kernels
+from . import _extension  # noqa: F401  (loads the C++ ops: the schema and the CPU kernels)
+from . import ops, reference  # ops: registers every op's fake kernel and autograd formula
 from ._backend import BACKENDS, backend
-from .autograd import ChannelShuffleFunction, GroupConv1x1ShuffleFunction, ShuffleGroupConv1x1Function
-from .functional import channel_shuffle, group_conv1x1_shuffle, shuffle_group_conv1x1
+from .functional import (
+    avg_pool3x3s2_relu,
+    channel_shuffle,
+    group_conv1x1_shuffle,
+    max_pool3x3s2_relu,
+    shuffle_group_conv1x1,
+)
 from .modules import (
     GroupConv1x1BNShuffle,
     GroupConv1x1Shuffle,
@@ -24,21 +28,19 @@ from .fuse import FuseWarning, fuse, fused_convs, original_forwards
 
 # Triton becomes the CUDA implementation of the ops (a no-op without triton, CUDA or the
 # C++ extension that defines the schema).
-register_cuda_kernels()
+ops.register_cuda_kernels()
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
-    "ChannelShuffleFunction",
     "FuseWarning",
     "GroupConv1x1BNShuffle",
     "GroupConv1x1Shuffle",
-    "GroupConv1x1ShuffleFunction",
     "ShuffleGroupConv1x1",
     "ShuffleGroupConv1x1BN",
-    "ShuffleGroupConv1x1Function",
     "ShuffleUnit",
+    "avg_pool3x3s2_relu",
     "backend",
     "channel_shuffle",
     "count_flops",
@@ -47,7 +49,9 @@ __all__ = [
     "fuse",
     "fused_convs",
     "group_conv1x1_shuffle",
+    "max_pool3x3s2_relu",
     "models",
+    "ops",
     "original_forwards",
     "onnx",
     "reference",

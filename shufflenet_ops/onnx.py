@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._ops import LIB
+from .ops.spec import LIBRARY
 
 __all__ = ["INFERENCE_OPS", "export", "translation_table"]
 
@@ -204,7 +204,7 @@ def translation_table() -> dict[torch._ops.OpOverload, Callable]:
     from . import _extension
 
     _extension.require()
-    library = getattr(torch.ops, LIB)
+    library = getattr(torch.ops, LIBRARY)
     return {getattr(library, name).default: _TRANSLATIONS[name] for name in INFERENCE_OPS}
 
 

@@ -28,7 +28,9 @@ if not _extension.available():
     pytest.skip(f"the C++ extension (which defines the ops) is not built: {_extension.LOAD_ERROR}",
                 allow_module_level=True)
 
-from shufflenet_ops.triton import OPS, _common, kernels  # noqa: E402
+from shufflenet_ops.ops import SPECS  # noqa: E402
+from shufflenet_ops.triton import _common  # noqa: E402
+from shufflenet_ops.triton.table import TRITON  # noqa: E402
 
 # The interpreter suite's helpers and cases (loaded by path: tests/ need not be a package).
 _spec = importlib.util.spec_from_file_location("_triton_cases", pathlib.Path(__file__).with_name("test_triton.py"))
@@ -48,8 +50,8 @@ def fixed_tiles(monkeypatch):
 
 
 def test_triton_is_the_cuda_kernel_of_every_op():
-    for op in OPS:
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"shufflenet_ops::{op}", "CUDA"), op
+    for spec in SPECS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(spec.qualname, "CUDA"), spec.name
 
 
 # ------------------------------------------------------- the interpreter suite on CUDA
@@ -116,11 +118,11 @@ def test_int64_offsets_past_2_to_the_31():
     ref = reference.group_conv1x1_shuffle(x[-1:].float(), wt.float(), 3, relu=True)
     cases.assert_close_scaled(y[-1:], ref, torch.bfloat16, "forward past 2^31")
     go = torch.randn_like(y)
-    gx = kernels.conv1x1_shuffle_grad_input(go, wt, 3, 1, 3)
+    gx = TRITON.conv1x1_shuffle_grad_input(go, wt, 3, 1, 3)
     xl = x[-1:].float().requires_grad_()
     (rx,) = torch.autograd.grad(reference.group_conv1x1_shuffle(xl, wt.float(), 3), xl, go[-1:].float())
     cases.assert_close_scaled(gx[-1:], rx, torch.bfloat16, "grad input past 2^31")
-    gi = kernels.relu_grad(go, y)
+    gi = TRITON.relu_grad(go, y)
     assert torch.equal(gi[-1:], go[-1:] * (y[-1:] > 0))
 
 
@@ -165,8 +167,8 @@ def test_opcheck():
 def test_grad_weight_bit_for_bit_reproducible(dtype, fmt):
     x, _, _ = cases.make_conv_inputs(3, 240, 60, 64, 28, 28, dtype, DEVICE, fmt, False)
     go = torch.randn(64, 60, 28, 28, device=DEVICE, dtype=dtype).contiguous(memory_format=cases.FORMATS[fmt])
-    runs = [kernels.conv1x1_shuffle_grad_weight(go, x, 3, 1, 3) for _ in range(3)]
-    biases = [kernels.conv1x1_shuffle_grad_bias(go, 3) for _ in range(3)]
+    runs = [TRITON.conv1x1_shuffle_grad_weight(go, x, 3, 1, 3) for _ in range(3)]
+    biases = [TRITON.conv1x1_shuffle_grad_bias(go, 3) for _ in range(3)]
     assert all(torch.equal(runs[0], r) for r in runs[1:])
     assert all(torch.equal(biases[0], r) for r in biases[1:])
 

@@ -82,35 +82,33 @@ def test_bad_input_raises_clear_error(backend, call, error, message):
         call(*good())
 
 
-# The C++ ops check their arguments too, for callers of torch.ops.shufflenet_ops.* directly.
-RAW_BAD_CALLS = [
-    ("forward: groups 0", lambda ops, x, w, b: ops.group_conv1x1_shuffle(x, w, b, 0, 1, False), ValueError,
-     r"groups must be >= 1"),
-    ("forward: weight mismatch", lambda ops, x, w, b: ops.shuffle_group_conv1x1(x, w[:, :3], b, 3, 3, False),
-     ValueError, r"expected weight.shape\[1\] == 4"),
-    ("forward: int input", lambda ops, x, w, b: ops.group_conv1x1_shuffle(x.int(), w.int(), None, 3, 3, False),
-     TypeError, r"unsupported dtype Int"),
-    ("forward: residual shape",
-     lambda ops, x, w, b: ops.group_conv1x1_shuffle(x, w, b, 3, 3, True, torch.randn(2, 24, 4, 3)),
-     ValueError, r"residual must have the output's shape \(2, 24, 4, 4\)"),
-    ("forward: bias dtype", lambda ops, x, w, b: ops.group_conv1x1_shuffle(x, w, b.double(), 3, 3, False),
-     TypeError, r"bias dtype Double does not match input dtype Float"),
-    ("grad input: channels", lambda ops, x, w, b: ops.conv1x1_shuffle_grad_input(x, w, 3, 1, 3), ValueError,
-     r"grad_output has 12 channels, weight expects 24"),
-    ("grad weight: shape", lambda ops, x, w, b: ops.conv1x1_shuffle_grad_weight(torch.randn(2, 24, 3, 4), x, 3, 1, 3),
-     ValueError, r"does not match input shape"),
-    ("grad bias: shuffle", lambda ops, x, w, b: ops.conv1x1_shuffle_grad_bias(torch.randn(2, 24, 4, 4), 5),
-     ValueError, r"output channels \(24\) must be divisible by out_shuffle \(5\)"),
-    ("relu grad: shape", lambda ops, x, w, b: ops.relu_grad(x, x[:, :3]), ValueError, r"does not match output shape"),
-    ("shuffle: groups", lambda ops, x, w, b: ops.channel_shuffle(x, 7), ValueError, r"divisible by groups \(7\)"),
-]
+# Every op's own bad calls (its spec's ``bad_calls``) through each place that checks them:
+# the spec's check (the public functions), the C++ op (or its fake kernel, for meta tensors),
+# and the dispatcher's CUDA kernel (whose check runs before any launch, so CPU tensors do).
+BAD_OP_CALLS = [(spec, bad) for spec in so.ops.SPECS for bad in spec.bad_calls]
 
 
-@requires_extension
-@pytest.mark.parametrize("call,error,message", [c[1:] for c in RAW_BAD_CALLS], ids=[c[0] for c in RAW_BAD_CALLS])
-def test_raw_ops_check_their_arguments(call, error, message):
-    with pytest.raises(error, match=message):
-        call(torch.ops.shufflenet_ops, *good())
+def _checkers(spec):
+    from shufflenet_ops.ops.spec import checked_cuda_kernel
+
+    yield "check", spec.check
+    if so._extension.available():
+        yield "C++", getattr(torch.ops.shufflenet_ops, spec.name)
+    yield "CUDA kernel", checked_cuda_kernel(spec)
+
+
+@pytest.mark.parametrize("spec,bad", BAD_OP_CALLS, ids=[f"{spec.name}: {bad[0]}" for spec, bad in BAD_OP_CALLS])
+def test_ops_check_their_arguments_everywhere(spec, bad):
+    _, make_args, error, message = bad
+    args = make_args(next(iter(spec.samples())))
+    for where, call in _checkers(spec):
+        with pytest.raises(error, match=message):
+            call(*args)
+            pytest.fail(f"{where} accepted the call")
+
+
+def test_every_op_has_bad_calls():
+    assert all(spec.bad_calls for spec in so.ops.SPECS)
 
 
 def test_unknown_backend_names_the_choices(monkeypatch):

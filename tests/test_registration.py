@@ -1,5 +1,6 @@
-"""Op registration: opcheck on every op, torch.compile(fullgraph=True), backend selection,
-the package without its extension, and a property test over random valid shapes."""
+"""Op registration, from every op's spec: opcheck and the C++ kernel vs the reference on the
+spec's samples; torch.compile(fullgraph=True), backend selection, the package without its
+extension, and a property test over random valid shapes."""
 
 from __future__ import annotations
 
@@ -22,46 +23,31 @@ pytestmark = requires_extension
 ops = torch.ops.shufflenet_ops
 
 
-def _samples():
-    gen = torch.Generator().manual_seed(0)
-
-    def randn(*shape, grad=False):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_(grad)
-
-    for layout in (torch.contiguous_format, torch.channels_last):
-        x = randn(2, 12, 3, 5).to(memory_format=layout).detach().requires_grad_()
-        w = randn(24, 4, 1, 1, grad=True)
-        b = randn(24, grad=True)
-        go = randn(2, 24, 3, 5).to(memory_format=layout)
-        y = randn(2, 24, 3, 5).to(memory_format=layout)
-        yield ops.channel_shuffle, (x, 3)
-        yield ops.channel_shuffle, (x, 4)
-        yield ops.group_conv1x1_shuffle, (x, w, b, 3, 3, True)
-        yield ops.group_conv1x1_shuffle, (x, w, None, 3, 8, False)
-        yield ops.group_conv1x1_shuffle, (x, w, b, 3, 3, True, y.detach().clone().requires_grad_())
-        yield ops.shuffle_group_conv1x1, (x, w, None, 3, 4, True, go.detach().clone().requires_grad_())
-        yield ops.shuffle_group_conv1x1, (x, w, b, 3, 4, True)
-        yield ops.shuffle_group_conv1x1, (x, w.reshape(24, 4), None, 3, 3, False)
-        # The backward ops are called on detached tensors (they raise on double backward).
-        yield ops.conv1x1_shuffle_grad_input, (go, w.detach(), 3, 4, 1)
-        yield ops.conv1x1_shuffle_grad_input, (go, w.detach(), 3, 1, 3)
-        yield ops.conv1x1_shuffle_grad_weight, (go, x.detach(), 3, 1, 8)
-        yield ops.conv1x1_shuffle_grad_weight, (go, x.detach(), 3, 3, 1)
-        yield ops.conv1x1_shuffle_grad_bias, (go, 3)
-        yield ops.relu_grad, (go, y)
-        yield ops.max_pool3x3s2_relu, (x,)
-        yield ops.avg_pool3x3s2_relu, (x,)
+SAMPLES = [(spec, args) for spec in so.ops.SPECS for args in spec.samples()]
+SAMPLE_IDS = [f"{spec.name}-{i}" for i, (spec, _) in enumerate(SAMPLES)]
 
 
-@pytest.mark.parametrize("op,args", list(_samples()), ids=lambda v: getattr(v, "__name__", None))
-def test_opcheck(op, args):
-    torch.library.opcheck(op, args)
+@pytest.mark.parametrize("spec,args", SAMPLES, ids=SAMPLE_IDS)
+def test_opcheck(spec, args):
+    torch.library.opcheck(getattr(ops, spec.name), args)
 
 
-def test_every_schema_op_is_opchecked():
-    checked = {op._qualified_op_name for op, _ in _samples()}
+@pytest.mark.parametrize("spec,args", SAMPLES, ids=SAMPLE_IDS)
+def test_cpp_kernel_matches_reference(spec, args):
+    """Every op's C++ kernel against its spec's reference (float64), in value and layout."""
+    got = getattr(ops, spec.name)(*args)
+    expected = spec.reference(*args)
+    assert_close_to(got, expected, torch.float64)
+    if got.dim() == 4:
+        assert got.is_contiguous(memory_format=suggest_memory_format(args[0])), "output not in the input's layout"
+
+
+def test_every_schema_op_has_a_spec_and_a_table_entry():
     schema = {s.name for s in torch._C._jit_get_all_schemas() if s.name.startswith("shufflenet_ops::")}
-    assert len(schema) == 9 and schema == checked
+    assert schema == {spec.qualname for spec in so.ops.SPECS}
+    protocol = {name for name in vars(so.ops.KernelTable) if not name.startswith("_")}
+    assert protocol == {spec.name for spec in so.ops.SPECS}
+    assert all(any(True for _ in spec.samples()) for spec in so.ops.SPECS), "a spec without samples"
 
 
 def test_torch_compile_fullgraph_forward_and_backward():

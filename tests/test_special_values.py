@@ -180,7 +180,7 @@ def check_relu_grad_specials(fmt: str, dtype: torch.dtype, backend: str, device:
     grad = grad.reshape(shape).to(device, dtype).contiguous(memory_format=FORMATS[fmt])
     out = out.reshape(shape).to(device, dtype).contiguous(memory_format=FORMATS[fmt])
     if backend == "triton":
-        from shufflenet_ops.triton import kernels as table
+        from shufflenet_ops.triton.table import TRITON as table
     else:
         table = torch.ops.shufflenet_ops
     got = table.relu_grad(grad, out)

@@ -252,7 +252,7 @@ def test_tf32_is_opt_in():
 
 def test_registration_is_a_noop_without_cuda():
     from shufflenet_ops import _extension
-    from shufflenet_ops.triton import register_cuda_kernels
+    from shufflenet_ops.ops import register_cuda_kernels
 
     expected = torch.cuda.is_available() and _extension.available()
     assert register_cuda_kernels() is expected
@@ -271,10 +271,10 @@ def test_registration_puts_triton_on_the_cuda_key():
         pytest.skip(f"the C++ extension (which defines the ops) is not built: {_extension.LOAD_ERROR}")
     code = (
         "import torch, shufflenet_ops\n"
-        "from shufflenet_ops.triton import OPS, register_cuda_kernels\n"
+        "from shufflenet_ops.ops import SPECS, register_cuda_kernels\n"
         "assert register_cuda_kernels(force=True)\n"
-        "for op in OPS:\n"
-        "    assert torch._C._dispatch_has_kernel_for_dispatch_key('shufflenet_ops::' + op, 'CUDA'), op\n"
+        "for spec in SPECS:\n"
+        "    assert torch._C._dispatch_has_kernel_for_dispatch_key(spec.qualname, 'CUDA'), spec.name\n"
         "print('ok')\n"
     )
     proc = _subprocess(code)
@@ -285,9 +285,9 @@ def test_cpu_tensor_without_interpreter_is_a_clear_error():
     code = (
         "import torch, warnings\n"
         "warnings.simplefilter('ignore')\n"
-        "from shufflenet_ops.triton import kernels\n"
+        "from shufflenet_ops.triton.table import TRITON\n"
         "try:\n"
-        "    kernels.channel_shuffle(torch.zeros(1, 4, 2, 2), 2)\n"
+        "    TRITON.channel_shuffle(torch.zeros(1, 4, 2, 2), 2)\n"
         "except RuntimeError as e:\n"
         "    assert 'TRITON_INTERPRET=1' in str(e), e\n"
         "    print('ok')\n"
@@ -312,7 +312,18 @@ if not INTERPRETING:
         assert proc.returncode == 0, proc.stdout[-30000:] + proc.stderr[-5000:]
 
 else:
-    from shufflenet_ops.triton import _common, conv_backward, conv_forward, kernels
+    from shufflenet_ops.triton import _common, conv_backward, conv_forward
+    from shufflenet_ops.triton.table import TRITON
+
+    # ------------------------------------------------------- every op on its spec's samples
+    SPEC_SAMPLES = [(spec, args) for spec in so.ops.SPECS for args in spec.samples()]
+
+    @pytest.mark.parametrize("spec,args", SPEC_SAMPLES, ids=[f"{s.name}-{i}" for i, (s, _) in enumerate(SPEC_SAMPLES)])
+    def test_table_matches_reference_on_spec_samples(spec, args):
+        got = getattr(TRITON, spec.name)(*args)
+        torch.testing.assert_close(got, spec.reference(*args), rtol=1e-7, atol=1e-7)
+        if got.dim() == 4:
+            assert got.is_contiguous(memory_format=suggest_memory_format(args[0]))
 
     # -------------------------------------------------------------------- channel shuffle
     @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -327,9 +338,9 @@ else:
 
     def test_channel_shuffle_non_dense_input():
         x = torch.randn(2, 24, 4, 6, dtype=torch.float64)[:, 2:14, :, ::2]  # sliced: not dense
-        assert torch.equal(kernels.channel_shuffle(x, 4), torch.channel_shuffle(x, 4))
+        assert torch.equal(TRITON.channel_shuffle(x, 4), torch.channel_shuffle(x, 4))
         xt = torch.randn(2, 4, 6, 12, dtype=torch.float64).permute(0, 3, 1, 2)  # channels_last view
-        assert torch.equal(kernels.channel_shuffle(xt, 3), torch.channel_shuffle(xt, 3))
+        assert torch.equal(TRITON.channel_shuffle(xt, 3), torch.channel_shuffle(xt, 3))
 
     # --------------------------------------------------------- fused conv, every path
     @pytest.mark.parametrize("index", range(len(COMBOS)))
@@ -380,9 +391,9 @@ else:
         conv_tile, gw_tile = PATH_TILES[path]
         with _common.forced_tile("conv", conv_tile), _common.forced_tile("grad_weight", gw_tile):
             fwd = conv_forward.conv1x1_shuffle_forward(x, w, None, g, si, s_out, False)
-            gx = kernels.conv1x1_shuffle_grad_input(go, w, g, si, s_out)
-            gw = kernels.conv1x1_shuffle_grad_weight(go, x, g, si, s_out)
-        gb = kernels.conv1x1_shuffle_grad_bias(go, s_out)
+            gx = TRITON.conv1x1_shuffle_grad_input(go, w, g, si, s_out)
+            gw = TRITON.conv1x1_shuffle_grad_weight(go, x, g, si, s_out)
+        gb = TRITON.conv1x1_shuffle_grad_bias(go, s_out)
         assert_close_scaled(fwd, y.detach(), torch.float64, "forward")
         assert_close_scaled(gx, rx, torch.float64, "grad input")
         assert_close_scaled(gw, rw, torch.float64, "grad weight")
@@ -398,13 +409,13 @@ else:
         y = torch.channel_shuffle(torch.nn.functional.conv2d(x64, w64[:, :, None, None], groups=g), g)
         rx, rw = torch.autograd.grad(y, (x64, w64), go)
         with _common.forced_splits(3):
-            assert_close_scaled(kernels.conv1x1_shuffle_grad_weight(go, x, g, 1, g).reshape(rw.shape), rw,
+            assert_close_scaled(TRITON.conv1x1_shuffle_grad_weight(go, x, g, 1, g).reshape(rw.shape), rw,
                                 torch.float64, "grad weight")
-        gx = kernels.conv1x1_shuffle_grad_input(go, w, g, 1, g)
+        gx = TRITON.conv1x1_shuffle_grad_input(go, w, g, 1, g)
         assert gx.is_contiguous()  # grad_output's format
         assert_close_scaled(gx, rx, torch.float64, "grad input")
         out = torch.randn(2, cout, 3, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(kernels.relu_grad(go, out), go * (out > 0), rtol=0, atol=0)
+        torch.testing.assert_close(TRITON.relu_grad(go, out), go * (out > 0), rtol=0, atol=0)
 
     @pytest.mark.parametrize("fmt", list(FORMATS))
     @pytest.mark.parametrize("path", list(PATH_TILES))
@@ -418,14 +429,14 @@ else:
     def test_non_dense_input_forward():
         x = torch.randn(2, 48, 4, 10, dtype=torch.float64)[:, ::2, :, 1:8]  # 24 channels, 4x7, strided
         w = torch.randn(12, 8, 1, 1, dtype=torch.float64)
-        y = kernels.group_conv1x1_shuffle(x, w, None, 3, 3, False)
+        y = TRITON.group_conv1x1_shuffle(x, w, None, 3, 3, False)
         assert_close_scaled(y, reference.group_conv1x1_shuffle(x, w, 3, shuffle_groups=3), torch.float64, "forward")
 
     def test_relu_grad():
         for fmt in FORMATS:
             go = torch.randn(2, 6, 5, 7, dtype=torch.float32).contiguous(memory_format=FORMATS[fmt])
             out = torch.randn(2, 6, 5, 7, dtype=torch.float32).contiguous(memory_format=FORMATS[fmt])
-            got = kernels.relu_grad(go, out)
+            got = TRITON.relu_grad(go, out)
             assert torch.equal(got, go * (out > 0)) and got.is_contiguous(memory_format=FORMATS[fmt])
 
     def test_batch_zero():
@@ -454,29 +465,9 @@ else:
         x, _, _ = make_conv_inputs(4, 64, 32, 3, 5, 7, torch.float32, "cpu", "nchw", False)
         go = torch.randn(3, 32, 5, 7)
         with _common.forced_splits(3):
-            first = kernels.conv1x1_shuffle_grad_weight(go, x, 4, 1, 4)
-            again = kernels.conv1x1_shuffle_grad_weight(go, x, 4, 1, 4)
+            first = TRITON.conv1x1_shuffle_grad_weight(go, x, 4, 1, 4)
+            again = TRITON.conv1x1_shuffle_grad_weight(go, x, 4, 1, 4)
         assert torch.equal(first, again)
-
-    def test_bad_inputs_are_clear_errors():
-        x = torch.randn(2, 12, 3, 3)
-        w = torch.randn(6, 4, 1, 1)
-        with pytest.raises(ValueError, match="divisible by groups"):
-            kernels.channel_shuffle(x, 5)
-        with pytest.raises(ValueError, match="expected weight.shape\\[1\\] == 6"):
-            kernels.group_conv1x1_shuffle(x, w, None, 2, 2, False)
-        with pytest.raises(TypeError, match="dtype"):
-            kernels.group_conv1x1_shuffle(x, w.double(), None, 3, 3, False)
-        with pytest.raises(ValueError, match="grad_output has 5 channels"):
-            kernels.conv1x1_shuffle_grad_input(torch.randn(2, 5, 3, 3), w, 3, 1, 3)
-        with pytest.raises(ValueError, match="does not match grad_output"):
-            kernels.conv1x1_shuffle_grad_weight(torch.randn(2, 6, 3, 3), torch.randn(2, 12, 4, 3), 3, 1, 3)
-        with pytest.raises(ValueError, match="out_shuffle"):
-            kernels.conv1x1_shuffle_grad_bias(torch.randn(2, 6, 3, 3), 4)
-        with pytest.raises(ValueError, match="does not match grad_output shape"):
-            kernels.relu_grad(torch.randn(2, 6, 3, 3), torch.randn(2, 6, 3, 4))
-        with pytest.raises(ValueError, match="4-D"):
-            kernels.channel_shuffle(torch.randn(12, 3), 3)
 
     # ------------------------------------------------------------------ property test
     from hypothesis import HealthCheck, given, settings
@@ -502,7 +493,7 @@ else:
 def test_kernels_launch_on_the_input_device(monkeypatch):
     """Triton launches on the current CUDA device: the kernel table switches to the input's
     device first (checked with a stand-in tensor and device context, no GPU needed)."""
-    from shufflenet_ops.triton import kernels as table
+    from shufflenet_ops.triton.table import on_input_device
 
     entered = []
 
@@ -523,7 +514,7 @@ def test_kernels_launch_on_the_input_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device", RecordingDevice)
     seen = []
-    wrapped = table.on_input_device(lambda t, *args: seen.append(args) or "ran")
+    wrapped = on_input_device("op", lambda t, *args: seen.append(args) or "ran")
     assert wrapped(FakeCudaTensor(), 3) == "ran"
     assert entered == [torch.device("cuda", 1)] and seen == [(3,)]
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)

@@ -247,3 +247,12 @@ def conv1x1_shuffle_forward(
         _common.shuffled_source(in_shuffle, cin), _common.shuffled_target(out_shuffle, cout), relu, residual,
     )
     return y
+
+
+# The schema's two placements (csrc/ops.cpp): entries of the Triton kernel table.
+def group_conv1x1_shuffle(x, weight, bias, groups: int, shuffle_groups: int, relu: bool, residual=None):
+    return conv1x1_shuffle_forward(x, weight, bias, groups, 1, shuffle_groups, relu, residual)
+
+
+def shuffle_group_conv1x1(x, weight, bias, groups: int, shuffle_groups: int, relu: bool, residual=None):
+    return conv1x1_shuffle_forward(x, weight, bias, groups, shuffle_groups, 1, relu, residual)

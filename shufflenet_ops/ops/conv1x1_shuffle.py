@@ -1,0 +1,342 @@
+"""The fused grouped 1x1 conv with a channel shuffle on its output or its input, and its
+backward ops: specs and public functions.
+
+The forward is ``y = act(Pout(conv1x1(Pin(x), W, groups) + bias) + residual)`` with
+``P = channel_shuffle`` by ``out_shuffle`` / ``in_shuffle`` groups (1 = none); exactly one of
+them is 1 in the two public placements. Backward (docs/design.md, "Backward"), with
+``go = dL/dy`` masked by the ReLU as torch masks it (threshold_backward: 0 where y <= 0, so a
+NaN output passes its gradient)::
+
+    grad_x = Pin^-1(conv_transpose(Pout^-1(go), W))
+    grad_W = sum over pixels of Pout^-1(go) (x) Pin(x), per group
+    grad_b = channel sums of Pout^-1(go)
+    grad_residual = go                      (the residual is added in output order)
+
+The kernels read and write through the permuted channel indices, so no shuffled tensor is
+ever materialised; the references below write the same formulas with explicit shuffles.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks, reference
+from ._samples import empty_like_format, sample_tensors
+from .spec import OpSpec
+from .table import kernel_table
+
+Tensor = torch.Tensor
+
+
+def _inverse(t: Tensor, shuffle_groups: int) -> Tensor:
+    """``P^-1(t)`` for ``P = channel_shuffle(., shuffle_groups)``."""
+    return reference.channel_shuffle(t, t.shape[1] // shuffle_groups)
+
+
+# ----------------------------------------------------------------------- forward
+def _conv_fake(x, weight, bias, groups, shuffle_groups, relu, residual=None):
+    n, _, h, w = x.shape
+    return empty_like_format(x, (n, weight.shape[0], h, w))
+
+
+def _conv_setup_context(in_shuffle_of, out_shuffle_of):
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias, groups, shuffle_groups, relu, residual = inputs
+        ctx.save_for_backward(x, weight, output if relu else None)
+        ctx.groups, ctx.relu = groups, relu
+        ctx.in_shuffle, ctx.out_shuffle = in_shuffle_of(shuffle_groups), out_shuffle_of(shuffle_groups)
+        ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+
+    return setup_context
+
+
+def _conv_backward(ctx, grad: Tensor) -> tuple:
+    """The gradients of (x, weight, bias, groups, shuffle_groups, relu, residual)."""
+    x, weight, output = ctx.saved_tensors
+    table = kernel_table(ctx.backend, grad.device)
+    if ctx.relu:
+        grad = table.relu_grad(grad, output)
+    grad_x = grad_weight = grad_bias = grad_residual = None
+    if ctx.needs_input_grad[0]:
+        grad_x = table.conv1x1_shuffle_grad_input(grad, weight, ctx.groups, ctx.in_shuffle, ctx.out_shuffle)
+    if ctx.needs_input_grad[1]:
+        grad_weight = table.conv1x1_shuffle_grad_weight(grad, x, ctx.groups, ctx.in_shuffle, ctx.out_shuffle)
+        grad_weight = grad_weight.reshape(weight.shape)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = table.conv1x1_shuffle_grad_bias(grad, ctx.out_shuffle)
+    if ctx.has_residual and ctx.needs_input_grad[6]:
+        grad_residual = grad
+    return grad_x, grad_weight, grad_bias, None, None, None, grad_residual
+
+
+def _conv_samples(placement: str):
+    t = sample_tensors()
+    for layout, x in enumerate(t.x):
+        w, b, r = t.w, t.b, t.residual[layout]
+        if placement == "output":  # shuffle_groups divides Cout = 24
+            yield x, w, b, 3, 3, True
+            yield x, w, None, 3, 8, False
+            yield x, w, b, 3, 3, True, r
+        else:  # shuffle_groups divides Cin = 12
+            yield x, w, b, 3, 4, True
+            yield x, w, None, 3, 4, True, r
+            yield x, w.reshape(24, 4), None, 3, 3, False
+
+
+_CONV_BAD_CALLS = (
+    ("groups 0", lambda a: (a[0], a[1], a[2], 0, 1, False), ValueError, r"groups must be >= 1"),
+    ("weight mismatch", lambda a: (a[0], a[1][:, :3], a[2], 3, 3, False), ValueError,
+     r"expected weight.shape\[1\] == 4"),
+    ("3x3 kernel", lambda a: (a[0], a[1].expand(24, 4, 3, 3), a[2], 3, 3, False), ValueError, r"1x1 kernel"),
+    ("integer input", lambda a: (a[0].int(), a[1].int(), None, 3, 3, False), TypeError, r"unsupported dtype"),
+    ("bias dtype", lambda a: (a[0], a[1], a[2].float(), 3, 3, False), TypeError,
+     r"bias dtype .* does not match input dtype"),
+    ("bias length", lambda a: (a[0], a[1], a[2][:5], 3, 3, False), ValueError, r"bias must have shape \(24,\)"),
+    ("weight device", lambda a: (a[0], a[1].to("meta"), a[2], 3, 3, False), RuntimeError,
+     r"weight is on meta but input is on cpu"),
+    ("residual shape", lambda a: (a[0], a[1], a[2], 3, 3, True, a[0]), ValueError,
+     r"residual must have the output's shape \(2, 24, 3, 5\), got .2, 12, 3, 5."),
+    ("shuffle_groups 0", lambda a: (a[0], a[1], a[2], 3, 0, False), ValueError, r"shuffle_groups must be >= 1"),
+)
+
+
+def _reference_output_shuffled(x, weight, bias, groups, shuffle_groups, relu, residual=None):
+    return reference.group_conv1x1_shuffle(
+        x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=relu, residual=residual
+    )
+
+
+def _reference_input_shuffled(x, weight, bias, groups, shuffle_groups, relu, residual=None):
+    return reference.shuffle_group_conv1x1(x, weight, groups, shuffle_groups, bias=bias, relu=relu, residual=residual)
+
+
+GROUP_CONV1X1_SHUFFLE = OpSpec(
+    name="group_conv1x1_shuffle",
+    reference=_reference_output_shuffled,
+    fake=_conv_fake,
+    check=lambda x, weight, bias, groups, shuffle_groups, relu, residual=None: _checks.check_conv1x1(
+        x, weight, bias, groups, 1, shuffle_groups, residual
+    ),
+    triton="conv_forward:group_conv1x1_shuffle",
+    setup_context=_conv_setup_context(lambda s: 1, lambda s: s),
+    backward=_conv_backward,
+    samples=lambda: _conv_samples("output"),
+    bad_calls=_CONV_BAD_CALLS,
+)
+
+SHUFFLE_GROUP_CONV1X1 = OpSpec(
+    name="shuffle_group_conv1x1",
+    reference=_reference_input_shuffled,
+    fake=_conv_fake,
+    check=lambda x, weight, bias, groups, shuffle_groups, relu, residual=None: _checks.check_conv1x1(
+        x, weight, bias, groups, shuffle_groups, 1, residual
+    ),
+    triton="conv_forward:shuffle_group_conv1x1",
+    setup_context=_conv_setup_context(lambda s: s, lambda s: 1),
+    backward=_conv_backward,
+    samples=lambda: _conv_samples("input"),
+    bad_calls=_CONV_BAD_CALLS
+    + (("input channels not divisible by shuffle_groups", lambda a: (a[0], a[1], a[2], 3, 5, False), ValueError,
+        r"input channels \(12\) must be divisible by shuffle_groups \(5\)"),),
+)
+
+
+# ---------------------------------------------------------------------- backward
+def _check_grad_output(grad_output: Tensor, out_shuffle: int) -> None:
+    _checks.check_input(grad_output, "grad_output")
+    _checks.check_groups(out_shuffle, "out_shuffle", grad_output.shape[1], "output channels")
+
+
+def _check_grad_input(grad_output, weight, groups, in_shuffle, out_shuffle) -> None:
+    _checks.check_input(grad_output, "grad_output")
+    _checks.check_tensor(weight, "weight")
+    cout = weight.shape[0]
+    _checks.check_groups(groups, "groups", cout, "output channels (weight.shape[0])")
+    if grad_output.shape[1] != cout:
+        raise ValueError(f"grad_output has {grad_output.shape[1]} channels, weight expects {cout}")
+    _checks.check_groups(in_shuffle, "in_shuffle", weight.shape[1] * groups, "input channels")
+    _checks.check_groups(out_shuffle, "out_shuffle", cout, "output channels")
+    _checks.check_same(weight, grad_output, "weight")
+
+
+def _check_grad_weight(grad_output, x, groups, in_shuffle, out_shuffle) -> None:
+    _checks.check_input(grad_output, "grad_output")
+    _checks.check_input(x, "input")
+    _checks.check_same(grad_output, x, "grad_output")
+    _checks.check_groups(groups, "groups", x.shape[1], "input channels")
+    _checks.check_groups(groups, "groups", grad_output.shape[1], "output channels")
+    _checks.check_groups(in_shuffle, "in_shuffle", x.shape[1], "input channels")
+    _checks.check_groups(out_shuffle, "out_shuffle", grad_output.shape[1], "output channels")
+    if grad_output.shape[0] != x.shape[0] or grad_output.shape[2:] != x.shape[2:]:
+        raise ValueError(f"grad_output shape {list(grad_output.shape)} does not match input shape {list(x.shape)}")
+
+
+def _check_relu_grad(grad_output, output) -> None:
+    _checks.check_input(grad_output, "grad_output")
+    _checks.check_tensor(output, "output")
+    if grad_output.shape != output.shape:
+        raise ValueError(
+            f"relu_grad: grad_output shape {list(grad_output.shape)} does not match output shape {list(output.shape)}"
+        )
+    _checks.check_same(output, grad_output, "output", "grad_output")
+
+
+def _reference_grad_input(grad_output, weight, groups, in_shuffle, out_shuffle):
+    w = weight if weight.dim() == 4 else weight[:, :, None, None]
+    return _inverse(F.conv_transpose2d(_inverse(grad_output, out_shuffle), w, groups=groups), in_shuffle)
+
+
+def _reference_grad_weight(grad_output, x, groups, in_shuffle, out_shuffle):
+    go = _inverse(grad_output, out_shuffle)
+    shape = (go.shape[1], x.shape[1] // groups, 1, 1)
+    return torch.nn.grad.conv2d_weight(reference.channel_shuffle(x, in_shuffle), shape, go, groups=groups)
+
+
+def _grad_samples():
+    t = sample_tensors()
+    for layout in range(2):
+        go, x, w = t.go[layout], t.x[layout].detach(), t.w.detach()
+        yield "grad_input", (go, w, 3, 4, 1)
+        yield "grad_input", (go, w, 3, 1, 3)
+        yield "grad_weight", (go, x, 3, 1, 8)
+        yield "grad_weight", (go, x, 3, 3, 1)
+        yield "grad_bias", (go, 3)
+        yield "grad_bias", (go, 1)
+        yield "relu_grad", (go, t.y[layout])
+
+
+def _samples_of(kind: str):
+    return lambda: (args for k, args in _grad_samples() if k == kind)
+
+
+GRAD_INPUT = OpSpec(
+    name="conv1x1_shuffle_grad_input",
+    reference=_reference_grad_input,
+    fake=lambda grad_output, weight, groups, in_shuffle, out_shuffle: empty_like_format(
+        grad_output, (grad_output.shape[0], weight.shape[1] * groups, *grad_output.shape[2:])
+    ),
+    check=_check_grad_input,
+    triton="conv_backward:conv1x1_grad_input",
+    samples=_samples_of("grad_input"),
+    bad_calls=(
+        ("channels", lambda a: (a[0][:, :12], a[1], 3, 1, 3), ValueError, r"grad_output has 12 channels, weight expects 24"),
+        ("in_shuffle", lambda a: (a[0], a[1], 3, 5, 1), ValueError,
+         r"input channels \(12\) must be divisible by in_shuffle \(5\)"),
+    ),
+)
+
+GRAD_WEIGHT = OpSpec(
+    name="conv1x1_shuffle_grad_weight",
+    reference=_reference_grad_weight,
+    fake=lambda grad_output, x, groups, in_shuffle, out_shuffle: grad_output.new_empty(
+        (grad_output.shape[1], x.shape[1] // groups, 1, 1)
+    ),
+    check=_check_grad_weight,
+    triton="conv_backward:conv1x1_grad_weight",
+    samples=_samples_of("grad_weight"),
+    bad_calls=(
+        ("spatial size", lambda a: (a[0][:, :, :2], a[1], 3, 1, 3), ValueError, r"does not match input shape"),
+        ("dtype", lambda a: (a[0].float(), a[1], 3, 1, 3), TypeError, r"grad_output dtype .* does not match"),
+    ),
+)
+
+GRAD_BIAS = OpSpec(
+    name="conv1x1_shuffle_grad_bias",
+    reference=lambda grad_output, out_shuffle: _inverse(grad_output, out_shuffle).sum((0, 2, 3)),
+    fake=lambda grad_output, out_shuffle: grad_output.new_empty((grad_output.shape[1],)),
+    check=_check_grad_output,
+    triton="conv_backward:conv1x1_grad_bias",
+    samples=_samples_of("grad_bias"),
+    bad_calls=(
+        ("out_shuffle", lambda a: (a[0], 5), ValueError, r"output channels \(24\) must be divisible by out_shuffle \(5\)"),
+    ),
+)
+
+RELU_GRAD = OpSpec(
+    name="relu_grad",
+    reference=lambda grad_output, output: torch.ops.aten.threshold_backward(grad_output, output, 0),
+    fake=lambda grad_output, output: torch.empty_like(grad_output),
+    check=_check_relu_grad,
+    triton="conv_backward:relu_grad",
+    samples=_samples_of("relu_grad"),
+    bad_calls=(("shape", lambda a: (a[0], a[1][:, :3]), ValueError, r"does not match output shape"),),
+)
+
+
+# ------------------------------------------------------------------ public functions
+_CONV_ARGS = """
+    Args:
+        x: ``(N, Cin, H, W)``, float32, float64, bfloat16 or float16, any strides.
+        weight: ``(Cout, Cin // groups, 1, 1)`` or ``(Cout, Cin // groups)``, ``x``'s dtype
+            and device.
+        groups: the conv's group count, an int >= 1 dividing ``Cin`` and ``Cout``.
+        shuffle_groups: {shuffle_groups}
+        bias: ``(Cout,)`` or None; a BatchNorm folds into ``weight`` and ``bias``
+            (``shufflenet_ops.fold_batchnorm``).
+        relu: apply ``max(0, .)`` last (NaN stays NaN, as ``torch.relu``).
+        residual: ``(N, Cout, H, W)`` or None, added in output channel order before the ReLU
+            (a ShuffleNet unit's ``relu(x + branch)``).
+
+    Returns:
+        ``(N, Cout, H, W)`` in ``x``'s dtype, device and memory format (NCHW or
+        channels_last). Differentiable in ``x``, ``weight``, ``bias`` and ``residual``, once
+        (double backward raises; the reference backend supports it).
+
+    Raises:
+        TypeError: a non-tensor operand, an unsupported or mismatched dtype, a non-int group
+            count.
+        ValueError: ``x`` not 4-D, a weight that is not 1x1 or does not match ``x`` and
+            ``groups``, a group count < 1 or not dividing its channels, a bias or residual of
+            the wrong shape.
+        RuntimeError: an operand on another device; the configured backend cannot run on
+            ``x``'s device; the C++ extension is not built (CPU).
+"""
+
+
+def group_conv1x1_shuffle(
+    x: Tensor,
+    weight: Tensor,
+    groups: int,
+    *,
+    bias: Tensor | None = None,
+    shuffle_groups: int | None = None,
+    relu: bool = False,
+    residual: Tensor | None = None,
+) -> Tensor:
+    return GROUP_CONV1X1_SHUFFLE(x, weight, bias, groups, groups if shuffle_groups is None else shuffle_groups, relu, residual)
+
+
+def shuffle_group_conv1x1(
+    x: Tensor,
+    weight: Tensor,
+    groups: int,
+    shuffle_groups: int,
+    *,
+    bias: Tensor | None = None,
+    relu: bool = False,
+    residual: Tensor | None = None,
+) -> Tensor:
+    return SHUFFLE_GROUP_CONV1X1(x, weight, bias, groups, shuffle_groups, relu, residual)
+
+
+group_conv1x1_shuffle.__doc__ = (
+    """``act(channel_shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)`` in one pass.
+
+    The shuffle on the conv's output: ShuffleNet's first GConv followed by its channel shuffle
+    (Zhang et al. 2018, Fig. 2). ``shuffle_groups=1`` is a plain grouped 1x1 conv with the
+    fused epilogue.
+"""
+    + _CONV_ARGS.format(shuffle_groups="shuffles the output; None (default) = ``groups``, as in the paper. An\n"
+                        "            int >= 1 dividing ``Cout``.")
+)
+
+shuffle_group_conv1x1.__doc__ = (
+    """``act(conv1x1(channel_shuffle(x, shuffle_groups), weight, groups) + bias + residual)`` in one pass.
+
+    The shuffle on the conv's input, for a shuffle placed right before a grouped conv. The
+    official ShuffleNet code's shuffle is the inverse permutation: ``shuffle_groups =
+    Cin // groups`` here.
+"""
+    + _CONV_ARGS.format(shuffle_groups="shuffles the input; an int >= 1 dividing ``Cin``.")
+)
