@@ -26,19 +26,14 @@ from typing import Any, Callable
 
 import torch
 
+from .ops import SPECS
 from .ops.spec import LIBRARY
 
 __all__ = ["INFERENCE_OPS", "export", "translation_table"]
 
-# The ops of the library an inference (forward-only) graph can contain; the others are the
-# pieces of the backward pass.
-INFERENCE_OPS = (
-    "group_conv1x1_shuffle",
-    "shuffle_group_conv1x1",
-    "channel_shuffle",
-    "max_pool3x3s2_relu",
-    "avg_pool3x3s2_relu",
-)
+# The ops of the library an inference (forward-only) graph can contain: the differentiable
+# ones; the others are the pieces of their backward pass. Each needs a translation below.
+INFERENCE_OPS = tuple(spec.name for spec in SPECS if spec.differentiable)
 
 
 def _opset():

@@ -32,7 +32,7 @@ BACKWARD_OPS = {"conv1x1_shuffle_grad_input", "conv1x1_shuffle_grad_weight", "co
 
 def library_ops() -> set[str]:
     """Every op of the shufflenet_ops library, from the registered schemas."""
-    prefix = f"{so.onnx.LIB}::"
+    prefix = f"{so.ops.spec.LIBRARY}::"
     return {s.name[len(prefix):] for s in torch._C._jit_get_all_schemas() if s.name.startswith(prefix)}
 
 
@@ -81,7 +81,7 @@ def model_pair(groups: int, width_mult: float = 1.0) -> tuple[nn.Module, nn.Modu
 def test_translation_table_covers_every_inference_op():
     table = so.onnx.translation_table()
     assert set(so.onnx.INFERENCE_OPS) == library_ops() - BACKWARD_OPS  # a new op must be classified
-    assert {op.name() for op in table} == {f"{so.onnx.LIB}::{name}" for name in so.onnx.INFERENCE_OPS}
+    assert {op.name() for op in table} == {f"{so.ops.spec.LIBRARY}::{name}" for name in so.onnx.INFERENCE_OPS}
     assert all(callable(fn) for fn in table.values())
 
 
