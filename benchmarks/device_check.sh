@@ -1,35 +1,41 @@
 #!/usr/bin/env bash
 # One prepared check of the Triton GPU kernels on a fresh GPU machine with no internet
-# (Python 3.12, torch 2.11 + CUDA 13, triton 3.6, pytest, ncu preinstalled).
+# (Python 3.12, torch + CUDA, triton, pytest, ncu preinstalled). Every measurement is a
+# subcommand of the project's one benchmark CLI, python -m shufflenet_ops.bench.
 #
 #   bash benchmarks/device_check.sh OUTDIR          # from the repository root
 #
-# Steps (each time-boxed; the whole run stays under ~7 minutes):
+# Steps (each time-boxed; the whole run stays within DEVICE_CHECK_BUDGET_S):
 #   1. environment: nvidia-smi, python/torch/triton/CUDA versions, ncu, git commit
 #   2. build + install against the torch that is there: pip install --no-build-isolation -e .
 #   3. CUDA tests: tests/test_cuda.py (the interpreter suite's cases on CUDA, every ShuffleNet V1
 #      1x1 layer, fp16/bf16, batch 128, >2^31 elements, compile, opcheck, determinism)
-#   3b. host time per call of each launcher: benchmarks/host_overhead.py --device cuda
-#   4. GPU micro-benchmark: benchmarks/gpu_bench.py (fused vs eager NCHW/channels_last vs
-#      torch.compile max-autotune; forward rows also timed as CUDA-graph replays)
-#   5. the project's CLI on CUDA: python -m shufflenet_ops.bench --device cuda --quick
-#   6. Nsight Compute: DRAM bytes and kernel time of fused vs unfused forward on three layers,
-#      beside the analytic bytes model
+#   3b. host time per call of each launcher: shufflenet_ops.bench host-overhead --device cuda
+#   4. the GPU benchmark: shufflenet_ops.bench kernels (both shuffle placements on Stage 2's
+#      layers, bf16 channels_last and fp32 NCHW: fused vs eager NCHW/channels_last vs
+#      torch.compile max-autotune vs the dense conv; wall time and CUDA-graph replay)
+#   5. the README's main job on CUDA: python -m shufflenet_ops.bench --device cuda --quick
+#   6. Nsight Compute: shufflenet_ops.bench ncu, DRAM bytes and kernel time of fused vs unfused
+#      forward on three layers, beside the bytes model (shufflenet_ops/bench/bytes_model.py)
+#   7. torch.profiler of one fused forward+backward step: shufflenet_ops.bench profile-step
 # OUTDIR receives at most 8 files (what the device tool brings back): device_check.log,
-# summary.json, cuda_tests.xml, gpu_bench.{csv,json}, ncu_bytes.{csv,json}, extras.tar.gz.
+# summary.json, cuda_tests.xml, kernels.{csv,json} (step 4's results.csv/json),
+# ncu_bytes.{csv,json}, extras.tar.gz (build log, step 4's results.md, the host-overhead JSON,
+# the CLI's results folder, ncu's raw output, the profile).
 #
-# Knobs: PYTHON (default python3), DEVICE_CHECK_BUDGET_S (default 420), GPU_BENCH_ARGS (extra
-# flags for gpu_bench.py, e.g. "--compile-mode default"), BENCH_CLI_ARGS (extra flags for the CLI step,
-# e.g. "--no-compile"), DEVICE_CHECK_XDIST (pytest-xdist workers, default 4), SHUFFLENET_OPS_TRITON_AUTOTUNE (default
-# 0 here: fixed tiles, no autotuning compiles; 1 to autotune),
-# DEVICE_CHECK_SKIP="build tests bench ncu" (any subset), DEVICE_CHECK_ALLOW_CPU=1 (smoke-run
-# the steps a CPU can do: environment, build, test collection, benchmark CLI parsing).
+# Knobs: PYTHON (default python3), DEVICE_CHECK_BUDGET_S (default 420), KERNELS_ARGS (extra
+# flags for the kernels step, e.g. "--compile-mode default"), BENCH_CLI_ARGS (extra flags for
+# the CLI step, e.g. "--no-compile"), DEVICE_CHECK_XDIST (pytest-xdist workers, default 4),
+# SHUFFLENET_OPS_TRITON_AUTOTUNE (default 0 here: fixed tiles, no autotuning compiles; 1 to
+# autotune), DEVICE_CHECK_SKIP="build tests host kernels bench_cli ncu profile" (any subset),
+# DEVICE_CHECK_ALLOW_CPU=1 (smoke-run the steps a CPU can do: environment, build, test
+# collection, the CLI's argument parsing).
 set -uo pipefail
 
 OUT=${1:?usage: bash benchmarks/device_check.sh OUTDIR}
 PY=${PYTHON:-python3}
-# Fixed tiles unless asked otherwise: on the first H100 run, autotuning compiles (seconds per
-# shape and config) used up the benchmark steps' whole budget.
+# Fixed tiles unless asked otherwise: autotuning compiles every tile config of every shape
+# before its first call, which does not fit the benchmark steps' budget.
 export SHUFFLENET_OPS_TRITON_AUTOTUNE=${SHUFFLENET_OPS_TRITON_AUTOTUNE:-0}
 BUDGET=${DEVICE_CHECK_BUDGET_S:-420}
 SKIP=" ${DEVICE_CHECK_SKIP:-} "
@@ -38,7 +44,8 @@ cd "$ROOT" || exit 2
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d)
-mkdir -p "$WORK/ncu" "$WORK/bench_cli"
+mkdir -p "$WORK/ncu" "$WORK/bench_cli" "$WORK/kernels"
+BENCH=("$PY" -m shufflenet_ops.bench)
 exec > >(tee "$OUT/device_check.log") 2>&1
 START=$(date +%s)
 declare -A STATUS DURATION
@@ -119,52 +126,53 @@ else
 fi
 
 # ------------------------------------------------------------------- 3b. host overhead
-# Host time per call of each piece of a fused forward+backward (the H200's first run: fused
-# forward+backward took 1.1-1.4 ms of wall time for 0.14-0.6 ms of GPU work).
+# Host time per call of each piece of a fused forward+backward: where a step's wall time
+# exceeds its GPU time, this says which calls the host path goes to.
 if (( HAVE_GPU )); then
-  step host 60 "$PY" benchmarks/host_overhead.py --device cuda --out "$WORK/host_overhead_cuda.json"
+  step host 60 "${BENCH[@]}" host-overhead --device cuda --out "$WORK/host_overhead_cuda.json"
 fi
 
 # -------------------------------------------------------------------------- 4. benchmark
 if (( HAVE_GPU )); then
   # max-autotune compiles dominate: keep them only if there is time for them.
   COMPILE=(); (( $(left) < 200 )) && COMPILE=(--no-compile)
-  # shellcheck disable=SC2086  # GPU_BENCH_ARGS is a list of flags
-  step bench 190 "$PY" benchmarks/gpu_bench.py --quick "${COMPILE[@]}" ${GPU_BENCH_ARGS:-} --out "$OUT"
+  # shellcheck disable=SC2086  # KERNELS_ARGS is a list of flags
+  step kernels 190 "${BENCH[@]}" kernels --device cuda --quick "${COMPILE[@]}" ${KERNELS_ARGS:-} --no-progress \
+    --out "$WORK/kernels"
+  # The results are rewritten after every layer: a step cut off by its timeout keeps its rows.
+  for ext in csv json; do
+    [[ -f "$WORK/kernels/results.$ext" ]] && mv "$WORK/kernels/results.$ext" "$OUT/kernels.$ext"
+  done
 else
-  step bench 60 "$PY" benchmarks/gpu_bench.py --help
+  step kernels 60 "${BENCH[@]}" kernels --help
 fi
 
 # ------------------------------------------------- 5. the README's main job on this GPU
-# Before ncu: on the first H200 run (350 s budget) ncu used the time the CLI needed.
-if "$PY" -c "import shufflenet_ops.bench.__main__" 2>/dev/null; then
+# Before ncu: the ncu profiles take whatever budget is left.
+if (( HAVE_GPU )); then
   # shellcheck disable=SC2086  # BENCH_CLI_ARGS is a list of flags
-  step bench_cli 90 "$PY" -m shufflenet_ops.bench --device cuda --quick ${BENCH_CLI_ARGS:-} --out "$WORK/bench_cli"
+  step bench_cli 90 "${BENCH[@]}" --device cuda --quick ${BENCH_CLI_ARGS:-} --no-progress --out "$WORK/bench_cli"
 else
-  STATUS[bench_cli]="absent"; echo "== bench_cli: shufflenet_ops.bench not importable, skipped"
+  step bench_cli 60 "${BENCH[@]}" --help
 fi
 
 # -------------------------------------------------------------------------------- 6. ncu
-run_ncu() {
-  local layer
-  for layer in g3_gconv1_240to60 g8_gconv1_384to96 g8_gconv2_96to384; do
-    for variant in fused unfused; do
-      (( $(left) < 15 )) && { echo "ncu: out of time before $layer $variant"; return 1; }
-      ncu --profile-from-start off --clock-control none --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
-        --csv --page raw --print-units base \
-        "$PY" benchmarks/gpu_bench.py profile-once "$layer" "$variant" --precision bf16 \
-        > "$WORK/ncu/ncu_${layer}__bf16__${variant}.csv" 2> "$WORK/ncu/ncu_${layer}__bf16__${variant}.err" \
-        || { echo "ncu failed on $layer $variant:"; tail -5 "$WORK/ncu/ncu_${layer}__bf16__${variant}.err"; return 1; }
-    done
-  done
-}
+# One profile per layer and provider (a process each under ncu); the summary is rewritten
+# after every profile, so a step cut off by its timeout keeps the profiles done.
+NCU_LAYERS=g3_240to60_28x28_1st,g8_384to96_28x28_1st,g8_96to384_28x28_2nd_in-shuffle
 if (( HAVE_GPU )) && command -v ncu >/dev/null; then
-  export -f run_ncu left elapsed; export START BUDGET PY WORK
-  step ncu 100 bash -c run_ncu
-  shopt -s nullglob; CSVS=("$WORK"/ncu/ncu_*.csv); shopt -u nullglob
-  (( ${#CSVS[@]} )) && "$PY" benchmarks/gpu_bench.py ncu-summary --out "$OUT" "${CSVS[@]}"
+  step ncu 100 "${BENCH[@]}" ncu --layers "$NCU_LAYERS" --providers fused,eager_channels_last --precision bf16-cl \
+    --out "$OUT" --raw-dir "$WORK/ncu"
+elif (( HAVE_GPU )); then
+  STATUS[ncu]="no ncu"
 else
-  STATUS[ncu]="no GPU or no ncu"
+  step ncu 60 "${BENCH[@]}" ncu --help
+fi
+
+# ------------------------------------------------------------------------ 7. profile-step
+if (( HAVE_GPU )); then
+  step profile 40 "${BENCH[@]}" profile-step --layers g3_240to60_28x28_1st --precisions bf16-cl --steps 10 \
+    --out "$WORK"
 fi
 
 # ---------------------------------------------------------------------------- summary
@@ -176,7 +184,7 @@ tar -czf "$OUT/extras.tar.gz" -C "$WORK" . 2>/dev/null
   echo "  \"git_commit\": \"$(git rev-parse HEAD 2>/dev/null)\","
   echo "  \"steps\": {"
   first=1
-  for k in build tests host bench bench_cli ncu; do
+  for k in build tests host kernels bench_cli ncu profile; do
     [[ -n "${STATUS[$k]:-}" ]] || continue
     (( first )) || echo ","
     printf '    "%s": {"status": "%s", "seconds": %s}' "$k" "${STATUS[$k]}" "${DURATION[$k]:-null}"
@@ -190,5 +198,7 @@ cat "$OUT/summary.json"
 echo "== done in $(elapsed)s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 rm -rf "$WORK"
 FAILED=0
-for k in build tests host bench ncu; do [[ "${STATUS[$k]:-ok}" == ok || "${STATUS[$k]}" == skipped ]] || FAILED=1; done
+for k in build tests host kernels bench_cli ncu profile; do
+  [[ "${STATUS[$k]:-ok}" == ok || "${STATUS[$k]}" == skipped ]] || FAILED=1
+done
 exit $FAILED

@@ -1,10 +1,11 @@
 """The benchmark suite: bytes model by hand, providers computing the same thing, timing,
-the CLI on a tiny configuration, benchmarks/train.py, and 2-process DDP."""
+the CLI and its subcommands on tiny configurations (kernels, ncu with a stand-in ncu,
+profile-step, host-overhead, train and 2-process DDP), and benchmarks/device_check.sh's use
+of them."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ import torch
 import shufflenet_ops
 from shufflenet_ops import reference
 from shufflenet_ops.bench import bytes_model
-from shufflenet_ops.bench.problem import MODES, LayerProblem, shufflenet_problems
+from shufflenet_ops.bench.problem import MODES, LayerProblem, find_problems, placement_problems, shufflenet_problems
 from shufflenet_ops.bench.providers import (
     LAYER_PROVIDERS,
     NETWORK_PROVIDERS,
@@ -37,6 +38,9 @@ GCONV1 = LayerProblem(cin=480, cout=120, groups=3, size=14, batch=2, shuffle_gro
                       model_groups=3)
 GCONV2 = LayerProblem(cin=120, cout=480, groups=3, size=14, batch=2, shuffle_groups=1, relu=False, bias=True,
                       model_groups=3)
+# The same second GConv with the unit's shuffle on its input, in the official code's convention.
+GCONV2_IN = LayerProblem(cin=120, cout=480, groups=3, size=14, batch=2, shuffle_groups=40, relu=False, bias=True,
+                         model_groups=3, placement="in")
 
 
 # ------------------------------------------------------------------------- bytes model
@@ -62,6 +66,23 @@ def test_forward_bytes_by_hand():
     assert bytes_model.bytes_moved("dense", GCONV1, "forward", 4) == 4 * (X + 3 * W + B + Y + 2 * Y)
     # bf16 halves everything.
     assert bytes_model.bytes_moved("fused", GCONV1, "forward", 2) == 2 * fused
+
+
+def test_input_shuffle_costs_an_input_sized_copy():
+    """An input shuffle copies the conv's input (X), not its output: for this expanding conv
+    the Y-sized charge of an output shuffle would be 4x too much."""
+    X, Y, W, B = 47040, 188160, 19200, 480
+    fused = X + W + B + Y
+    assert GCONV2_IN.x_numel == X and GCONV2_IN.y_numel == Y == 4 * X
+    assert bytes_model.bytes_moved("fused", GCONV2_IN, "forward", 4) == 4 * fused
+    assert bytes_model.bytes_moved("eager", GCONV2_IN, "forward", 4) == 4 * (fused + 2 * X)
+    assert bytes_model.bytes_moved("compile", GCONV2_IN, "forward", 4) == 4 * (fused + 2 * X)
+    assert bytes_model.bytes_moved("dense", GCONV2_IN, "forward", 4) == 4 * (X + 3 * W + B + Y)
+    conv = (Y + W + X) + (Y + X + W) + (Y + B)
+    assert bytes_model.bytes_moved("fused", GCONV2_IN, "backward", 4) == 4 * conv
+    # The unfused backward unshuffles grad input (X -> X).
+    assert bytes_model.bytes_moved("eager", GCONV2_IN, "backward", 4) == 4 * (conv + 2 * X)
+    assert bytes_model.bytes_moved("compile", GCONV2_IN, "backward", 4) == 4 * (conv + 2 * X)
 
 
 def test_layer_without_shuffle_or_relu_costs_the_same_unfused():
@@ -132,18 +153,36 @@ def test_problems_cover_every_distinct_layer():
     assert sum(p.count for p in problems if p.model_groups == 3) == 2 * 16  # two 1x1 convs per unit
 
 
+def test_placement_problems_are_stage2_in_both_placements():
+    problems = placement_problems((3, 8), 1.0, 128)
+    assert [p.slug for p in problems] == ["g3_240to60_28x28_1st", "g8_384to96_28x28_1st",
+                                          "g3_60to240_28x28_2nd_in-shuffle", "g8_96to384_28x28_2nd_in-shuffle"]
+    first, second = problems[0], problems[2]
+    assert (first.placement, first.shuffle_groups, first.relu, first.groups) == ("out", 3, True, 3)
+    # The official code's convention: shuffle groups = Cin / g on the second conv's input.
+    assert (second.placement, second.shuffle_groups, second.relu, second.groups) == ("in", 20, False, 3)
+    assert find_problems(problems, ["g8_384to96_28x28_1st", "g3 240->60 28x28 1st"]) == [problems[1], first]
+    with pytest.raises(ValueError, match="unknown layer 'g9'"):
+        find_problems(problems, ["g9"])
+
+
 # -------------------------------------------------------------------------- providers
-def test_dense_block_diagonal_is_conv_then_shuffle():
+@pytest.mark.parametrize("placement", ["out", "in"])
+def test_dense_block_diagonal_is_the_grouped_conv_with_its_shuffle(placement):
     x = torch.randn(2, 12, 3, 3, dtype=torch.float64)
     w = torch.randn(6, 4, 1, 1, dtype=torch.float64)
     b = torch.randn(6, dtype=torch.float64)
-    dense_w, dense_b = dense_block_diagonal(w, b, 3, 3)
-    expected = reference.group_conv1x1_shuffle(x, w, 3, bias=b, shuffle_groups=3)
+    if placement == "out":
+        dense_w, dense_b = dense_block_diagonal(w, b, 3, 3)
+        expected = reference.group_conv1x1_shuffle(x, w, 3, bias=b, shuffle_groups=3)
+    else:
+        dense_w, dense_b = dense_block_diagonal(w, b, 3, 4, "in")
+        expected = reference.shuffle_group_conv1x1(x, w, 3, 4, bias=b)
     torch.testing.assert_close(torch.nn.functional.conv2d(x, dense_w, dense_b), expected)
 
 
 @requires_extension
-@pytest.mark.parametrize("problem", [GCONV1, GCONV2], ids=["gconv1", "gconv2"])
+@pytest.mark.parametrize("problem", [GCONV1, GCONV2, GCONV2_IN], ids=["gconv1", "gconv2", "gconv2_in"])
 def test_every_eager_provider_computes_the_layer(problem):
     setup = Setup(torch.device("cpu"), torch.float32, torch.contiguous_format, "default")
     expected = None
@@ -153,9 +192,25 @@ def test_every_eager_provider_computes_the_layer(problem):
             y = provider.make(problem, setup)(x, w, b)
         if expected is None:
             x, w, b = make_layer_inputs(problem, LAYER_PROVIDERS[2], setup, requires_grad=False)  # eager inputs
-            expected = reference.group_conv1x1_shuffle(x.double(), w.double(), problem.groups, bias=b.double(),
-                                                       shuffle_groups=problem.shuffle_groups, relu=problem.relu)
+            x, w, b = x.double(), w.double(), b.double()
+            if problem.placement == "in":
+                expected = reference.shuffle_group_conv1x1(x, w, problem.groups, problem.shuffle_groups, bias=b)
+            else:
+                expected = reference.group_conv1x1_shuffle(x, w, problem.groups, bias=b,
+                                                           shuffle_groups=problem.shuffle_groups, relu=problem.relu)
         torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4, msg=provider.name)
+
+
+def test_provider_layouts_follow_their_names():
+    """eager is NCHW and eager_channels_last channels_last whatever the run's layout; the
+    others take the run's."""
+    setup = Setup(torch.device("cpu"), torch.float32, torch.channels_last, "default")
+    layouts = {}
+    for provider in LAYER_PROVIDERS:
+        x, _, _ = make_layer_inputs(GCONV1, provider, setup, requires_grad=False)
+        layouts[provider.name] = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    assert layouts == {"fused_cpp": True, "fused_triton": True, "eager": False, "eager_channels_last": True,
+                       "compile": True, "dense": True}
 
 
 def test_unknown_provider_is_rejected():
@@ -356,18 +411,160 @@ def test_precompile_fills_the_inductor_cache(tmp_path, monkeypatch):
 
 
 def test_console_script_help():
+    from shufflenet_ops.bench.__main__ import SUBCOMMANDS
+
     script = os.path.join(os.path.dirname(sys.executable), "shufflenet-bench")
     command = [script] if os.path.exists(script) else [sys.executable, "-m", "shufflenet_ops.bench"]
     result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--quick" in result.stdout and "--no-compile" in result.stdout
+    # The help names every subcommand but the one ncu runs.
+    assert all(f"shufflenet-bench {name} " in result.stdout for name in SUBCOMMANDS if name != "ncu-profile")
+
+
+# ---------------------------------------------------------------- the GPU subcommands
+@requires_extension
+def test_kernels_both_placements_in_each_precision(tmp_path, capsys):
+    """`kernels` on the CPU: the layer level of the main run on both placements, per
+    precision, into one results set (the same code times them on CUDA, with CUDA graphs)."""
+    from shufflenet_ops.bench.__main__ import main
+
+    layers = "g3_240to60_8x8_1st,g3_60to240_8x8_2nd_in-shuffle"
+    assert main(["kernels", "--device", "cpu", "--groups", "3", "--batch", "2", "--input-size", "64",
+                 "--layers", layers, "--precisions", "fp32-nchw,fp32-cl", "--providers", "fused_cpp,eager,dense",
+                 "--min-run-time", "0.005", "--no-progress", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert {(r["precision"], r["layout"], r["layer"], r["placement"]) for r in rows} == {
+        (p, layout, layer, placement) for p, layout in (("fp32-nchw", "nchw"), ("fp32-cl", "channels_last"))
+        for layer, placement in zip(layers.split(","), ("out", "in"))}
+    assert {r["provider"] for r in rows} == {"fused_cpp", "eager", "dense"}
+    assert {r["mode"] for r in rows} == {"forward", "forward_backward"}
+    assert not any("graph_ms" in r for r in rows)  # CUDA only
+    in_shuffle = next(r for r in rows if r["placement"] == "in" and r["provider"] == "eager" and r["mode"] == "forward")
+    problem = placement_problems((3,), 1.0, 2, 64)[1]
+    assert int(in_shuffle["model_bytes"]) == bytes_model.bytes_moved("eager", problem, "forward", 4)
+    payload = json.load(open(tmp_path / "results.json"))
+    assert set(payload["rooflines"]) == {"fp32-nchw", "fp32-cl"}
+    assert payload["provenance"]["command"][:2] == ["shufflenet-bench", "kernels"]
+    assert [p["slug"] for p in payload["problems"]] == layers.split(",")
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## fp32-nchw: float32, nchw inputs" in markdown and "## fp32-cl: float32, channels_last inputs" in markdown
+    assert "in-shuffle: the unit's shuffle moved to the second conv's input" in markdown
+    assert "results in" in capsys.readouterr().err
+
+
+def test_cuda_graph_times_get_their_own_ratios_and_table():
+    from shufflenet_ops.bench.layers import add_speedups, graph_time
+    from shufflenet_ops.bench.report import graph_table, kernels_markdown
+
+    def row(provider, ms, graph):
+        return {"level": "layer", "name": "g3 240->60 28x28 1st", "count": 3, "mode": "forward",
+                "provider": provider, "fused": provider == "fused_triton", "median_ms": ms, "p20_ms": ms,
+                "p80_ms": ms, "graph_ms": graph, "precision": "bf16-cl", "dtype": "bfloat16",
+                "layout": "channels_last"}
+
+    rows = [row("fused_triton", 0.10, 0.04), row("eager", 0.30, 0.20), row("compile", 0.12, 0.12)]
+    add_speedups(rows, key=("name", "mode"))
+    assert rows[1]["fused_speedup"] == pytest.approx(3.0) and rows[1]["graph_fused_speedup"] == pytest.approx(5.0)
+    lines = [[c.strip() for c in line.strip("|").split("|")] for line in graph_table(rows).splitlines()]
+    assert lines[0] == ["layer", "mode", "fused ms", "vs eager", "vs compile"]
+    assert lines[2] == ["g3 240->60 28x28 1st", "forward", "0.040", "5.00x", "3.00x"]
+    info = {"device": "cuda", "gpu": "H200", "torch": "2.x", "date": "2026-12-01T00:00:00", "precisions": ["bf16-cl"]}
+    roofline = Roofline(copy_gbs=4000.0, gemm_gflops=5e5, copy_timing=Timing(1, 1, 1, 1),
+                        gemm_timing=Timing(1, 1, 1, 1), copy_bytes=1, gemm_label="mm 8192^3")
+    for r in rows:
+        r.update(effective_gbs=1.0, memory_roof_fraction=0.1, compute_roof_fraction=0.1)
+    text = kernels_markdown(rows, info, {"bf16-cl": roofline})
+    assert "### CUDA-graph replay (GPU time)" in text and "triton.testing.do_bench" in text
+
+    # A peer compiled with CUDA graphs of its own is not captured again: its wall time stands in.
+    compiled = next(p for p in LAYER_PROVIDERS if p.name == "compile")
+    setup = Setup(torch.device("cuda"), torch.bfloat16, torch.channels_last, "max-autotune")
+    assert graph_time(lambda: None, compiled, setup, Timing(0.12, 0.1, 0.2, -1)) == (0.12, "inductor cudagraph trees (wall)")
+
+
+NCU_CSV = """==PROF== Connected to process 1234
+{"layer": "ignored: the profiled program's own output"}
+"ID","Kernel Name","dram__bytes_read.sum","dram__bytes_write.sum","gpu__time_duration.sum"
+"","","byte","byte","nsecond"
+"0","conv_kernel","1,000,000","500,000","30,000"
+"1","shuffle_kernel","250000","250000","10000"
+"""
+
+
+def test_ncu_sums_each_profile_beside_the_bytes_model(tmp_path, monkeypatch):
+    """`ncu` runs one profile per layer and provider (here a stand-in ncu that prints a
+    canned CSV) and sums each profile's kernels beside the bytes model."""
+    from shufflenet_ops.bench import profiling
+
+    fake = tmp_path / "ncu"
+    (tmp_path / "canned.csv").write_text(NCU_CSV)
+    fake.write_text(f'#!/usr/bin/env bash\n[ "$1" = --version ] && {{ echo "Version 2025.3"; exit 0; }}\n'
+                    f'echo "$*" >> {tmp_path}/calls.log\ncat {tmp_path}/canned.csv\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(profiling, "pick_device", lambda name: torch.device("cpu"))
+    out = tmp_path / "out"
+    assert profiling.ncu_main(["--out", str(out), "--ncu", str(fake), "--layers", "g3_240to60_28x28_1st",
+                               "--providers", "fused,eager", "--precision", "bf16-cl", "--batch", "4"]) == 0
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(calls) == 2 and all("--profile-from-start off" in c and " ncu-profile g3_240to60_28x28_1st " in c
+                                   for c in calls)
+    payload = json.load(open(out / "ncu_bytes.json"))
+    assert payload["provenance"]["ncu"] == "Version 2025.3"
+    fused, eager = payload["results"]
+    problem = placement_problems((3, 8), 1.0, 4)[0]
+    assert fused["provider"] == "fused_cpp" and eager["provider"] == "eager"
+    assert fused["dram_bytes"] == 2_000_000 and fused["kernels"] == 2 and fused["kernel_us"] == pytest.approx(40)
+    assert fused["model_bytes"] == bytes_model.bytes_moved("fused", problem, "forward", 2)
+    assert eager["model_bytes"] == bytes_model.bytes_moved("eager", problem, "forward", 2)
+    assert fused["measured_over_model"] == pytest.approx(2_000_000 / fused["model_bytes"])
+    assert (out / "ncu" / "ncu_g3_240to60_28x28_1st__bf16-cl__eager.csv").exists()
+    assert len(list(csv.DictReader(open(out / "ncu_bytes.csv")))) == 2
+
+
+@requires_extension
+def test_profile_step_tables(tmp_path):
+    from shufflenet_ops.bench.__main__ import main
+
+    assert main(["profile-step", "--device", "cpu", "--groups", "3", "--batch", "2", "--input-size", "64",
+                 "--layers", "g3_240to60_8x8_1st", "--precisions", "fp32-nchw", "--steps", "2",
+                 "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "profile_step.txt").read_text()
+    assert json.loads(text.splitlines()[0])["command"][1] == "profile-step"
+    assert "=== g3_240to60_8x8_1st fp32-nchw batch 2: fused_cpp forward+backward, wall" in text
+    assert "Self CPU" in text and "shufflenet_ops::" in text
+
+
+@requires_extension
+def test_host_overhead_on_the_cpu(tmp_path):
+    from shufflenet_ops.bench.__main__ import main
+
+    assert main(["host-overhead", "--min-run-time", "0.01", "--out", str(tmp_path / "host.json")]) == 0
+    payload = json.load(open(tmp_path / "host.json"))
+    assert payload["provenance"]["command"][:2] == ["shufflenet-bench", "host-overhead"]
+    us = payload["us_per_call"]
+    assert us["public op, no autograd"] > 0 and us["dispatcher only (torch.ops)"] > 0
+
+
+def test_device_check_runs_the_cli():
+    """benchmarks/device_check.sh parses, and every measurement in it is a subcommand of the
+    one benchmark CLI (no script of its own)."""
+    import re
+
+    from shufflenet_ops.bench.__main__ import SUBCOMMANDS
+
+    path = os.path.join(ROOT, "benchmarks", "device_check.sh")
+    assert subprocess.run(["bash", "-n", path], capture_output=True).returncode == 0
+    script = open(path).read()
+    used = set(re.findall(r'"\$\{BENCH\[@\]\}" ([a-z][a-z-]+)', script))
+    assert used == {"host-overhead", "kernels", "ncu", "profile-step"} and used <= set(SUBCOMMANDS)
+    assert not re.search(r"benchmarks/\w+\.py", script)
 
 
 # ---------------------------------------------------------------------------- training
 def _train_module():
-    spec = importlib.util.spec_from_file_location("bench_train", os.path.join(ROOT, "benchmarks", "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from shufflenet_ops.bench import train
+
+    return train
 
 
 @requires_extension
@@ -405,7 +602,7 @@ def test_train_float64_fused_and_naive_agree(tmp_path):
 
 
 def test_train_help_shows_the_defaults():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--help"],
+    result = subprocess.run([sys.executable, "-m", "shufflenet_ops.bench", "train", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "(default: 150)" in result.stdout and "(default: float32)" in result.stdout
@@ -415,12 +612,13 @@ def test_train_help_shows_the_defaults():
 def test_train_ddp_two_processes_stay_in_sync(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               os.path.join(ROOT, "benchmarks", "train.py"), "--ddp", "--fused", "--steps", "3", "--batch", "16",
+               "-m", "shufflenet_ops.bench", "train", "--ddp", "--fused", "--steps", "3", "--batch", "16",
                "--width", "0.25", "--no-progress", "--device", "cpu", "--out", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.load(open(tmp_path / "train_results.json"))
     assert summary["provenance"]["world_size"] == 2
+    assert summary["provenance"]["command"][:2] == ["shufflenet-bench", "train"]
     (fused,) = summary["results"]
     assert len(fused["losses"]) == 3
     # DDP averages the gradients across ranks: the two replicas must hold identical weights.

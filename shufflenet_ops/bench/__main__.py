@@ -1,7 +1,7 @@
 """shufflenet-bench: the fused grouped 1x1 conv + channel shuffle against its peers.
 
-    shufflenet-bench                   # the default run: ~2-3 min on a 2-core CPU (see below)
-    shufflenet-bench --quick           # ~15-25 s: two layer shapes per g and one unit
+    shufflenet-bench                   # the default run (run times: benchmarks/README.md)
+    shufflenet-bench --quick           # two layer shapes per g and one unit
     shufflenet-bench --efficiency      # + the whole model at widths 0.5x, 1x, 2x
     shufflenet-bench --full            # + the slow-to-compile peers (many minutes on a small CPU)
     python -m shufflenet_ops.bench --device cuda --quick --out DIR
@@ -13,18 +13,27 @@ ShuffleNet V1 (forward, backward, forward+backward) against eager PyTorch, torch
 OpenVINO (the naive model exported to ONNX), and its training step. --efficiency adds the
 paper's yardstick: the whole model at widths 0.5x/1x/2x. --full adds that and
 torch.compile of the units, of the fused model and of every training step, and OpenVINO
-at its default precision: Inductor needs minutes per network on a 2-core CPU. A first run
+at its default precision: Inductor needs minutes per network on a small CPU. A first run
 on a machine is slower: Inductor compiles the torch.compile peers, and its on-disk cache
 serves later runs.
 
 Prints a summary; writes results.md (every table), results.csv, results.json (with
 provenance and the roofs measured in the same run) and PNG plots to a new folder under
 ./shufflenet-bench-results/ (or --out DIR) and prints its path.
+
+Subcommands (each has its own --help):
+    shufflenet-bench kernels        # both shuffle placements on Stage 2's layers, per precision
+                                    # (bf16 channels_last, fp32 NCHW), wall and CUDA-graph time
+    shufflenet-bench ncu            # Nsight Compute DRAM bytes and kernel time beside the bytes model
+    shufflenet-bench profile-step   # torch.profiler of the fused forward+backward step
+    shufflenet-bench host-overhead  # host (CPU-side) time per call of the ops and launchers
+    shufflenet-bench train          # train ShuffleNet V1 on a small dataset, fused against naive
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
@@ -35,38 +44,47 @@ import torch
 
 from .. import _extension
 from . import deploy, layers, networks, precompile, report
+from .cli import (
+    DTYPES,
+    LAYOUTS,
+    Progress,
+    add_device_option,
+    add_layer_run_options,
+    add_shape_options,
+    check_choices,
+    float_list,
+    int_list,
+    pick_device,
+    progress_bar,
+    str_list,
+)
 from .efficiency import efficiency
 from .problem import MODES, shufflenet_problems
+from .provenance import load_average, provenance
 from .providers import NetworkProvider, Setup, display_name, layer_providers, network_providers
 from .roofline import measure_roofline
 from .timing import pin_glibc_malloc
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 LEVELS = ("layers", "units", "models")
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v)
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v)
-
-
-def _str_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+# name -> (module, its entry point taking the arguments after the name)
+SUBCOMMANDS = {
+    "kernels": ("kernels", "main"),
+    "ncu": ("profiling", "ncu_main"),
+    "ncu-profile": ("profiling", "ncu_profile_main"),
+    "profile-step": ("profiling", "profile_step_main"),
+    "host-overhead": ("host_overhead", "main"),
+    "train": ("train", "main"),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="shufflenet-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto: cuda if present, else cpu")
+    add_device_option(parser)
     parser.add_argument("--quick", action="store_true",
                         help="the two most frequent layer shapes per g and the stride-1 unit, no compiled unit "
-                             "peers, no whole model, shorter timing (~15-25 s on a 2-core CPU)")
+                             "peers, no whole model, shorter timing")
     parser.add_argument("--full", action="store_true",
                         help="also torch.compile of the units, of the fused whole model and of the training steps "
                              "(the layers' backward too), "
@@ -74,32 +92,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "default precision (Inductor needs minutes per network on a small CPU)")
     parser.add_argument("--out", help="directory for results.md/csv/json and the PNG plots (default: a new folder "
                         "under ./shufflenet-bench-results/)")
-    parser.add_argument("--groups", type=_int_list, default=(3, 8), help="ShuffleNet g values (default 3,8)")
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
-    parser.add_argument("--batch", type=int, help="layer and unit batch (default: 16 on CPU, 128 on CUDA)")
-    parser.add_argument("--model-batch", type=_int_list,
+    add_shape_options(parser)
+    parser.add_argument("--model-batch", type=int_list,
                         help="whole-model batch sizes, eval at each, the training step at the largest "
                              "(default: 1 and --batch)")
-    parser.add_argument("--efficiency-widths", type=_float_list, default=(0.5, 1.0, 2.0),
+    parser.add_argument("--efficiency-widths", type=float_list, default=(0.5, 1.0, 2.0),
                         help="widths of the efficiency table (default 0.5,1,2)")
-    parser.add_argument("--efficiency-groups", type=_int_list, default=(3,),
+    parser.add_argument("--efficiency-groups", type=int_list, default=(3,),
                         help="the g values the efficiency table times at every width (default 3)")
     parser.add_argument("--efficiency", action="store_true",
                         help="the efficiency table: the whole model in eval at every --efficiency-widths, batch 1 "
-                             "and 16 (~20 s more on a 2-core CPU; on in --full)")
+                             "and 16 (on in --full)")
     parser.add_argument("--no-deploy", dest="deploy", action="store_false",
                         help="skip the ONNX Runtime and OpenVINO rows")
-    parser.add_argument("--input-size", type=int, default=224, help="image size the shapes derive from (default 224)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--layout", default="nchw", choices=sorted(LAYOUTS),
-                        help="input layout of every provider but the channels_last ones (default nchw)")
-    parser.add_argument("--modes", type=_str_list, default=list(MODES), help="layer modes: " + ",".join(MODES))
-    parser.add_argument("--providers", type=_str_list, help="layer providers to run (default: all present)")
-    parser.add_argument("--levels", type=_str_list, help="any of " + ",".join(LEVELS) + " (default: all; "
+                        help="input layout of every provider but those with a layout in their name (eager: "
+                             "NCHW; eager_channels_last, naive_channels_last) (default nchw)")
+    add_layer_run_options(parser, MODES, MODES)
+    parser.add_argument("--levels", type=str_list, help="any of " + ",".join(LEVELS) + " (default: all; "
                         "--quick: layers,units)")
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peers")
-    parser.add_argument("--compile-mode", help="torch.compile mode (default: max-autotune on CUDA, "
-                        "default on CPU and in --quick)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="CUDA: also time every layer row replayed from a CUDA graph (GPU time without the "
+                             "host path; graph_ms in the CSV, a table of its own in results.md)")
     parser.add_argument("--min-run-time", type=float, help="seconds of timing per layer measurement "
                         "(default 0.05, --quick 0.04; units/models 2x)")
     parser.add_argument("--precompile-workers", type=int, default=0,
@@ -109,22 +124,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--replot", metavar="DIR", help="only redraw the plots of a finished run from DIR/results.json")
     args = parser.parse_args(argv)
-    for mode in args.modes:
-        if mode not in MODES:
-            parser.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    check_choices(parser, "mode", args.modes, MODES)
     args.levels = args.levels or (["layers", "units"] if args.quick else list(LEVELS))
-    for level in args.levels:
-        if level not in LEVELS:
-            parser.error(f"unknown level {level!r}; choose from {', '.join(LEVELS)}")
+    check_choices(parser, "level", args.levels, LEVELS)
     return args
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("shufflenet-bench: --device cuda, but no CUDA device is available")
-    return torch.device(name)
 
 
 def deployment_providers(
@@ -149,30 +152,11 @@ def deployment_providers(
     return kept, skipped
 
 
-class _Progress:
-    """Called with a label as each measurement starts: counts the one before as done and
-    shows what runs now (a compile can take a while)."""
-
-    LABEL_CHARS = 34  # with the fixed-width bar, fits an 80-column terminal
-
-    def __init__(self, bar) -> None:
-        self.bar, self.running = bar, False
-
-    def __call__(self, label: str) -> None:
-        self.finish()
-        if len(label) > self.LABEL_CHARS:
-            label = "..." + label[-(self.LABEL_CHARS - 3):]
-        self.bar.set_postfix_str(label, refresh=True)
-        self.running = True
-
-    def finish(self) -> None:
-        if self.running:
-            self.bar.update(1)
-        self.running = False
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        module, entry = SUBCOMMANDS[argv[0]]
+        return getattr(importlib.import_module(f".{module}", __package__), entry)(argv[1:])
     args = parse_args(argv)
     if args.replot:
         report.replot(args.replot)
@@ -220,18 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     if workers:
         jobs = precompile.compile_jobs(problems, providers, args.modes, network_runs, args.full)
 
-    info = report.provenance(device, argv)
+    info = provenance(device, argv)
     info.update(batch=batch, model_batches=list(model_batches), dtype=args.dtype, layout=args.layout,
                 compile_mode=compile_mode if args.compile else None, quick=args.quick, full=args.full,
                 min_run_time_s=min_run_time, groups=list(args.groups), width=args.width, input_size=args.input_size,
-                skipped=skipped_lines, malloc=malloc)
+                skipped=skipped_lines, malloc=malloc, cuda_graph=args.cuda_graph and device.type == "cuda")
     started = time.perf_counter()
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc="shufflenet-bench", unit="run", file=sys.stderr, disable=args.no_progress,
-              bar_format="{percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt} {elapsed}<{remaining} {postfix}") as bar, \
+    with progress_bar(total, args.no_progress) as bar, \
             tempfile.TemporaryDirectory(prefix="shufflenet-bench-onnx-") as onnx_dir:
-        progress = _Progress(bar)
+        progress = Progress(bar)
         if jobs:
             info["precompile"] = precompile.precompile(jobs, setup, workers, lambda label: bar.set_postfix_str(
                 label, refresh=True))
@@ -239,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         if problems:
             layer_rows, roofline = layers.run_layers(problems, providers, args.modes, setup, roofline, min_run_time,
-                                                     progress, full=args.full)
+                                                     progress, full=args.full, cuda_graph=args.cuda_graph)
             rows += layer_rows
         if unit_cases or model_cases:
             try:
@@ -250,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "something else") from error
         progress.finish()
     info["elapsed_s"] = round(time.perf_counter() - started, 1)
-    info["load_average_end"] = report.load_average()
+    info["load_average_end"] = load_average()
     print(report.markdown(rows, info, roofline, terminal=True))
     os.makedirs(out_dir, exist_ok=True)
     report.write_csv(rows, os.path.join(out_dir, "results.csv"))

@@ -1,26 +1,41 @@
 """Analytic memory traffic of each provider: the passes it makes over memory.
 
+The one bytes model of the project: the layer tables' GB/s and roof shares, and the ncu
+comparison (``shufflenet-bench ncu``) both read it.
+
 Each pass (one kernel, or one ATen call) is assumed to read each operand once and write
 each result once; caches are ignored (at batch 16 the activations do not fit in them).
 Counts are in elements; ``bytes_moved`` multiplies by the element size. X, Y, W, B are
 the sizes of the input, the output, the grouped weight and the bias; G (the output
 gradient) is Y-sized.
 
-Forward (the real layer: conv + bias, then the shuffle and ReLU where it has them):
-- fused: one pass, read X W B, write Y.
-- eager (NCHW or channels_last): conv (X W B -> Y), shuffle copy (Y -> Y), ReLU (Y -> Y):
-  the unfused cost is the conv output's write and read and the shuffled copy's write,
-  plus ReLU's read and write.
-- compile: the conv is an external kernel (X W B -> Y); Inductor fuses the shuffle and the
-  ReLU into one pointwise pass (Y -> Y).
-- dense: one dense conv whose block-diagonal weight has its rows permuted, so it writes
-  the shuffled output directly (X, g*W, B -> Y); eager ReLU (Y -> Y).
+Where the shuffle is (``LayerProblem.placement``) decides what an unfused shuffle costs: a
+channel shuffle is a copy of the tensor it permutes, so an output shuffle (``"out"``, after
+the conv) is a Y-sized pass and an input shuffle (``"in"``, before the conv, the official
+code's placement) an X-sized one: read X, write the shuffled copy, which the conv then reads
+in place of X. Charging an input shuffle a Y-sized pass, as if every shuffle sat on the
+output, overstates the unfused cost of an expanding second GConv (Cout = 4 Cin: Y = 4 X)
+fourfold; ncu's DRAM counts of eager PyTorch on those layers sit near the X-sized model
+(benchmarks/README.md).
+
+Forward (the real layer: conv + bias, the shuffle where it has one, ReLU where it has it):
+- fused: one pass, read X W B, write Y; the shuffle is an index, not a pass.
+- eager (NCHW or channels_last): output placement: conv (X W B -> Y), shuffle copy (Y -> Y),
+  ReLU (Y -> Y); input placement: shuffle copy (X -> X), conv, ReLU.
+- compile: the conv is an external kernel (X W B -> Y); Inductor fuses an output shuffle and
+  the ReLU into one pointwise pass (Y -> Y); an input shuffle is a pointwise pass of its own
+  (X -> X) before the conv, the ReLU another after it.
+- dense: one dense conv whose block-diagonal weight has its rows (output placement) or
+  columns (input placement) permuted, so no shuffle pass (X, g*W, B -> Y); eager ReLU (Y -> Y).
 
 Backward (given the output gradient G; each provider's autograd as implemented):
 - fused: ReLU mask (G, Y -> G'), grad input (G', W -> X), grad weight (G', X -> W),
-  grad bias (G' -> B); the shuffle is read through permuted indices, no pass of its own.
-- eager: ReLU backward (G, Y -> G'), unshuffle copy (G' -> G''), conv backward as fused.
-- compile: ReLU backward and unshuffle fused (G, Y -> G''), conv backward.
+  grad bias (G' -> B); the shuffle is read or written through permuted indices, no pass of
+  its own.
+- eager: ReLU backward (G, Y -> G'), an output shuffle's unshuffle copy (G' -> G''), conv
+  backward as fused, an input shuffle's unshuffle of grad input (X -> X).
+- compile: ReLU backward and an output shuffle's unshuffle fused (G, Y -> G''), conv
+  backward, an input shuffle's unshuffle of grad input (X -> X).
 - dense: ReLU backward, conv backward with the dense weight.
 """
 
@@ -40,50 +55,48 @@ class Pass:
     written: int
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in TRAFFIC_KINDS:
+        raise ValueError(f"unknown traffic kind {kind!r}; choose one of {TRAFFIC_KINDS}")
+
+
 def forward_passes(kind: str, p: LayerProblem) -> list[Pass]:
+    _check_kind(kind)
     X, Y, W, B = p.x_numel, p.y_numel, p.weight_numel, p.bias_numel
-    shuffled, relu = p.shuffle_groups > 1, p.relu
     if kind == "fused":
         return [Pass("conv+bias+shuffle+relu", X + W + B, Y)]
-    if kind == "eager":
-        passes = [Pass("conv+bias", X + W + B, Y)]
-        if shuffled:
-            passes.append(Pass("shuffle", Y, Y))
-        if relu:
-            passes.append(Pass("relu", Y, Y))
-        return passes
-    if kind == "compile":
-        passes = [Pass("conv+bias", X + W + B, Y)]
-        if shuffled or relu:
-            passes.append(Pass("shuffle+relu", Y, Y))
-        return passes
     if kind == "dense":
-        passes = [Pass("dense conv+bias (permuted rows)", X + p.groups * W + B, Y)]
-        if relu:
-            passes.append(Pass("relu", Y, Y))
+        passes = [Pass("dense conv+bias (permuted weight)", X + p.groups * W + B, Y)]
+        return passes + ([Pass("relu", Y, Y)] if p.relu else [])
+    passes = [Pass("input shuffle", X, X)] if p.input_shuffled else []
+    passes.append(Pass("conv+bias", X + W + B, Y))
+    if kind == "compile" and p.output_shuffled:
+        passes.append(Pass("shuffle+relu" if p.relu else "shuffle", Y, Y))
         return passes
-    raise ValueError(f"unknown traffic kind {kind!r}; choose one of {TRAFFIC_KINDS}")
+    if p.output_shuffled:
+        passes.append(Pass("shuffle", Y, Y))
+    if p.relu:
+        passes.append(Pass("relu", Y, Y))
+    return passes
 
 
 def backward_passes(kind: str, p: LayerProblem) -> list[Pass]:
+    _check_kind(kind)
     X, Y, W, B = p.x_numel, p.y_numel, p.weight_numel, p.bias_numel
-    shuffled, relu = p.shuffle_groups > 1, p.relu
     weight = p.groups * W if kind == "dense" else W
     conv = [Pass("grad input", Y + weight, X), Pass("grad weight", Y + X, weight)]
     if B:
         conv.append(Pass("grad bias", Y, B))
-    if kind not in TRAFFIC_KINDS:
-        raise ValueError(f"unknown traffic kind {kind!r}; choose one of {TRAFFIC_KINDS}")
     front: list[Pass] = []
-    if kind == "compile":
-        if shuffled or relu:
-            front.append(Pass("relu grad+unshuffle", Y * (2 if relu else 1), Y))
+    if kind == "compile" and p.output_shuffled:
+        front.append(Pass("relu grad+unshuffle", Y * (2 if p.relu else 1), Y))
     else:
-        if relu:
+        if p.relu:
             front.append(Pass("relu grad", 2 * Y, Y))
-        if shuffled and kind == "eager":
+        if kind == "eager" and p.output_shuffled:
             front.append(Pass("unshuffle", Y, Y))
-    return front + conv
+    back = [Pass("unshuffle grad input", X, X)] if kind in ("eager", "compile") and p.input_shuffled else []
+    return front + conv + back
 
 
 def passes(kind: str, p: LayerProblem, mode: str) -> list[Pass]:

@@ -11,7 +11,7 @@ from . import bytes_model
 from .problem import LayerProblem, element_size
 from .providers import LayerFn, LayerProvider, Setup, make_layer_inputs
 from .roofline import DenseGemm, Roofline, raise_compute_roof, same_flops_gemm
-from .timing import UNSTEADY_SPREAD, measure_many, synchronize
+from .timing import UNSTEADY_SPREAD, cuda_graph_ms, measure_many, synchronize
 
 # The runner name of the per-layer dense GEMM yardstick (not a provider: it computes no layer).
 SAME_FLOPS_GEMM = "same_flops_gemm"
@@ -97,10 +97,12 @@ def run_layers(
     min_run_time: float,
     progress: Callable[[str], None],
     full: bool = True,
+    cuda_graph: bool = False,
 ) -> tuple[list[dict], Roofline]:
     """The rows, and ``roofline`` with its compute roof raised to the fastest same-FLOPs GEMM
     timed here (the rows' ``compute_roof_fraction`` are against that final roof). ``full``:
-    see ``layer_included``."""
+    see ``layer_included``. ``cuda_graph`` (CUDA): each row also gets ``graph_ms``, the same
+    call replayed from a CUDA graph (``graph_time``)."""
     rows = []
     for problem in problems:
         # Each shape gets its own static graphs; a reset keeps Dynamo's recompile limit
@@ -127,6 +129,9 @@ def run_layers(
             for provider in timed:
                 row = layer_row(problem, provider, mode, timings[provider.name], roofline, setup.dtype)
                 row["warmup_s"] = round(warmup_s[provider.name], 3)
+                if cuda_graph and setup.device.type == "cuda":
+                    row["graph_ms"], row["graph_source"] = graph_time(
+                        runners[provider.name], provider, setup, timings[provider.name])
                 if gemm_flops:
                     gemm_gflops = gemm_flops / (timings[SAME_FLOPS_GEMM].median_ms * 1e-3) / 1e9
                     row["same_flops_gemm_gflops"] = gemm_gflops
@@ -141,11 +146,22 @@ def run_layers(
     return rows, roofline
 
 
+def graph_time(run: Callable[[], object], provider: LayerProvider, setup: Setup, timing) -> tuple[float, str]:
+    """(ms, how it was measured) of ``run`` replayed from a CUDA graph. A peer compiled in a
+    mode that uses CUDA graphs already replays Inductor's own graphs (cudagraph trees), which
+    cannot be captured inside another: its wall time is its graph time."""
+    mode = setup.compile_mode or ""
+    if provider.compiled and mode.startswith(("max-autotune", "reduce-overhead")) and "no-cudagraphs" not in mode:
+        return timing.median_ms, "inductor cudagraph trees (wall)"
+    return cuda_graph_ms(run), "captured"
+
+
 def add_speedups(rows: list[dict], key: tuple[str, ...]) -> None:
     """``fused_speedup`` on every row: this provider's median over the (first) fused
     provider's median for the same key, from the same run (> 1: fused is faster). Where both
     were timed in the same interleaved rounds, also the lowest and highest of the per-round
-    ratios (``speedup_round_min``/``_max``) and ``unsteady``: the rounds disagree by more than
+    ratios (``speedup_round_min``/``_max``), ``graph_fused_speedup`` from rows with a CUDA-graph
+    time, and ``unsteady``: the rounds disagree by more than
     ``UNSTEADY_SPREAD`` (the row's own round medians, or the ratio from round to round)."""
     fused_rows = {}
     for row in rows:
@@ -155,6 +171,9 @@ def add_speedups(rows: list[dict], key: tuple[str, ...]) -> None:
     for row in rows:
         reference = fused_rows.get(tuple(row[f] for f in key))
         row["fused_speedup"] = row["median_ms"] / reference["median_ms"] if reference else float("nan")
+        if "graph_ms" in row:  # the same ratio in GPU time alone
+            row["graph_fused_speedup"] = (row["graph_ms"] / reference["graph_ms"]
+                                          if reference and reference.get("graph_ms") else float("nan"))
         spread = row.get("round_spread", 1.0)
         mine, theirs = row.get("round_medians_ms") or [], (reference or {}).get("round_medians_ms") or []
         if reference is not None and len(mine) == len(theirs) > 1 and min(theirs) > 0:

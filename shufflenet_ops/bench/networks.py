@@ -231,11 +231,11 @@ def run_networks(
                 runners[provider.name], warmup_s[provider.name] = run, time.perf_counter() - start
             if not runners:
                 continue
-            # Calls of 2-1000 ms: finer interleaving than the layer rows keeps a burst of other
-            # work off any one provider; one sample per round at least (the slow calls get no
-            # more: a training step of a 2x model takes most of a second).
-            # A deployment runtime's threads spin on after its turn (measured: the first
-            # torch call after ONNX Runtime's turn took 49 ms instead of 5); a pause clears it.
+            # Calls of milliseconds to most of a second (a training step of a 2x model): finer
+            # interleaving than the layer rows keeps a burst of other work off any one
+            # provider; one sample per round at least (the slow calls get no more).
+            # A deployment runtime's threads spin on after its turn and slow the next
+            # provider's first calls (benchmarks/README.md); a pause clears it.
             settle = {p.name: RUNTIME_SETTLE_S for p in providers if p.runtime is not None}
             timings = measure_many(runners, setup.device, min_run_time, rounds=5, min_samples=5, settle_s=settle)
             for provider in (p for p in providers if p.name in timings):

@@ -1,17 +1,16 @@
 """Compile the torch.compile peers in worker processes before anything is timed
 (``shufflenet-bench --precompile-workers N``; off by default).
 
-A first run (an empty Inductor cache) spends most of its time compiling the peers: ~200 s of
-a ~290 s default run on this project's 2-core CPU, one graph after another. Here each
-compiled peer is compiled once in a pool of worker processes, which fills Inductor's on-disk
-caches (FX graph and AOTAutograd caches); the main process then builds the same graphs and
-loads them from the cache. Nothing is timed while the workers run, so they cannot disturb a
-measurement.
+A first run (an empty Inductor cache) spends most of its time compiling the peers, one graph
+after another. Here each compiled peer is compiled once in a pool of worker processes, which
+fills Inductor's on-disk caches (FX graph and AOTAutograd caches); the main process then
+builds the same graphs and loads them from the cache. Nothing is timed while the workers
+run, so they cannot disturb a measurement.
 
-Measured on that CPU (benchmarks/README.md): 2 workers took a first run from 291 s to 259 s
-(the compiles are CPU-bound, ~280 core-seconds, so 2 cores cannot take them below ~140 s),
-and added ~17 s to a run whose cache is already warm (every job still traces and loads its
-graph once more). Hence off by default: worth it on a fresh machine with more cores.
+The compiles are CPU-bound, so the workers save at most what the machine's idle cores can
+take over, and a run whose cache is already warm pays for them (every job still traces and
+loads its graph once more): off by default, worth it on a fresh machine with more cores
+(measured gains and costs: benchmarks/README.md).
 
 A job names a peer by value (the layer problem, or the unit/model case by name, the
 provider and the mode), and the worker builds it with the same code the main process uses

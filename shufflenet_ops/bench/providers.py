@@ -3,13 +3,15 @@
 Layer level (one 1x1 conv as the real layer computes it, see ``LayerProblem``):
 
 - ``fused_cpp`` / ``fused_triton``: this package's one-pass kernel, per backend present
-  (C++ on CPU, Triton on CUDA);
+  (C++ on CPU, Triton on CUDA): ``group_conv1x1_shuffle``, or ``shuffle_group_conv1x1`` for
+  a problem whose shuffle is on its input (``LayerProblem.placement``);
 - ``eager``: the unfused code, ``shufflenet_ops.reference`` (conv2d with bias, then the
-  channel shuffle copy, then ReLU), NCHW;
+  channel shuffle copy, then ReLU; the input shuffle's copy first), NCHW whatever the run's
+  layout;
 - ``eager_channels_last``: the same code on channels_last tensors;
 - ``compile``: ``torch.compile`` of the same unfused code (max-autotune on GPU);
 - ``dense``: one dense 1x1 conv whose weight is the block-diagonal expansion of the
-  grouped weight with its rows permuted by the shuffle, so it computes the same output in
+  grouped weight with its rows (or, input shuffle, columns) permuted by the shuffle, so it computes the same output in
   one pass at g times the FLOPs (the "just use a GEMM" alternative).
 
 Unit and model level: ``fused`` (``fused=True`` modules), ``naive`` (``fused=False``, the
@@ -55,18 +57,28 @@ class LayerProvider:
     make: Callable[[LayerProblem, Setup], LayerFn]  # (x, weight, bias) -> y
     fused: bool = False
     compiled: bool = False
-    channels_last: bool = False  # forces channels_last inputs whatever the run's layout
+    memory_format: torch.memory_format | None = None  # forces this input layout (None: the run's)
     dense_weight: bool = False  # takes the block-diagonal dense weight instead
     available: Callable[[torch.device], bool] = lambda device: True
 
 
+def _layer_fn(module, p: LayerProblem) -> LayerFn:
+    """``(x, weight, bias) -> y`` of ``p`` by ``module`` (``functional`` or ``reference``):
+    the op of ``p``'s placement."""
+    if p.placement == "in":
+        return lambda x, weight, bias: module.shuffle_group_conv1x1(
+            x, weight, p.groups, p.shuffle_groups, bias=bias, relu=p.relu)
+    return lambda x, weight, bias: module.group_conv1x1_shuffle(
+        x, weight, p.groups, bias=bias, shuffle_groups=p.shuffle_groups, relu=p.relu)
+
+
 def _fused(backend_name: str) -> Callable[[LayerProblem, Setup], LayerFn]:
     def make(p: LayerProblem, setup: Setup) -> LayerFn:
+        op = _layer_fn(functional, p)
+
         def run(x, weight, bias):
             with backend(backend_name):
-                return functional.group_conv1x1_shuffle(
-                    x, weight, p.groups, bias=bias, shuffle_groups=p.shuffle_groups, relu=p.relu
-                )
+                return op(x, weight, bias)
 
         return run
 
@@ -74,12 +86,7 @@ def _fused(backend_name: str) -> Callable[[LayerProblem, Setup], LayerFn]:
 
 
 def _unfused(p: LayerProblem, setup: Setup) -> LayerFn:
-    def run(x, weight, bias):
-        return reference.group_conv1x1_shuffle(
-            x, weight, p.groups, bias=bias, shuffle_groups=p.shuffle_groups, relu=p.relu
-        )
-
-    return run
+    return _layer_fn(reference, p)
 
 
 def _compiled_unfused(p: LayerProblem, setup: Setup) -> LayerFn:
@@ -96,15 +103,21 @@ def _dense(p: LayerProblem, setup: Setup) -> LayerFn:
 
 
 def dense_block_diagonal(
-    weight: torch.Tensor, bias: torch.Tensor | None, groups: int, shuffle_groups: int
+    weight: torch.Tensor, bias: torch.Tensor | None, groups: int, shuffle_groups: int, placement: str = "out"
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The dense ``(Cout, Cin, 1, 1)`` weight equal to the grouped conv followed by the
-    shuffle: block-diagonal, rows (and bias) permuted by the shuffle."""
+    """The dense ``(Cout, Cin, 1, 1)`` weight equal to the grouped conv with its shuffle:
+    block-diagonal; ``placement="out"`` (shuffle after the conv): rows and bias permuted by
+    the shuffle; ``"in"`` (shuffle before it): columns moved to the input channels they read,
+    ``conv(shuffle(x), D) == conv(x, D')`` with ``D'[:, perm] = D``."""
     cout, k = weight.shape[0], weight.shape[1]
     n = cout // groups
     dense = weight.new_zeros(cout, k * groups, 1, 1)
     for i in range(groups):
         dense[i * n:(i + 1) * n, i * k:(i + 1) * k] = weight[i * n:(i + 1) * n]
+    if placement == "in":
+        moved = torch.empty_like(dense)
+        moved[:, shuffle_permutation(k * groups, shuffle_groups, weight.device)] = dense
+        return moved, None if bias is None else bias.contiguous()
     order = shuffle_permutation(cout, shuffle_groups, weight.device)
     return dense[order].contiguous(), None if bias is None else bias[order].contiguous()
 
@@ -128,11 +141,12 @@ LAYER_PROVIDERS: tuple[LayerProvider, ...] = (
                   available=_on_cpu_with_extension),
     LayerProvider("fused_triton", "fused Triton kernel (one pass)", "fused", _fused("triton"), fused=True,
                   available=_on_cuda_with_triton),
-    LayerProvider("eager", "conv2d + channel_shuffle + relu, NCHW", "eager", _unfused),
+    LayerProvider("eager", "conv2d + channel_shuffle + relu, NCHW", "eager", _unfused,
+                  memory_format=torch.contiguous_format),
     LayerProvider("eager_channels_last", "conv2d + channel_shuffle + relu, channels_last", "eager", _unfused,
-                  channels_last=True),
+                  memory_format=torch.channels_last),
     LayerProvider("compile", "torch.compile of the unfused code", "compile", _compiled_unfused, compiled=True),
-    LayerProvider("dense", "dense conv, block-diagonal weight with shuffled rows", "dense", _dense,
+    LayerProvider("dense", "dense conv, block-diagonal weight, rows (columns) permuted by the output (input) shuffle", "dense", _dense,
                   dense_weight=True),
 )
 
@@ -156,15 +170,15 @@ def make_layer_inputs(
     p: LayerProblem, provider: LayerProvider, setup: Setup, requires_grad: bool, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(x, weight, bias)`` for one provider: the same values for every provider (same
-    seed), in its layout, the dense weight for ``dense``."""
+    seed), in its layout (``provider.memory_format``, else the run's), the dense weight for
+    ``dense``."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(p.batch, p.cin, p.size, p.size, generator=generator)
     weight = torch.randn(p.cout, p.cin // p.groups, 1, 1, generator=generator) / (p.cin // p.groups) ** 0.5
     bias = torch.randn(p.cout, generator=generator) if p.bias else None
     if provider.dense_weight:
-        weight, bias = dense_block_diagonal(weight, bias, p.groups, p.shuffle_groups)
-    memory_format = torch.channels_last if provider.channels_last else setup.memory_format
-    x = x.to(setup.device, setup.dtype).contiguous(memory_format=memory_format)
+        weight, bias = dense_block_diagonal(weight, bias, p.groups, p.shuffle_groups, p.placement)
+    x = x.to(setup.device, setup.dtype).contiguous(memory_format=provider.memory_format or setup.memory_format)
     weight = weight.to(setup.device, setup.dtype)
     bias = None if bias is None else bias.to(setup.device, setup.dtype)
     if requires_grad:

@@ -1,4 +1,4 @@
-"""Results out: markdown tables, CSV, JSON with provenance, PNG plots."""
+"""Results out: markdown tables, CSV, JSON (with ``provenance.provenance``), PNG plots."""
 
 from __future__ import annotations
 
@@ -7,75 +7,14 @@ import datetime
 import json
 import math
 import os
-import platform
-import subprocess
 from collections import defaultdict
 from typing import Iterable
 
-import torch
-
-from .. import _extension
 from .efficiency import PAPER_EFFICIENCY, efficiency
 from .problem import LAYER_NAME_LEGEND
 from .providers import display_name, short_name
 from .roofline import Roofline
 from .timing import UNSTEADY_SPREAD
-
-
-# ------------------------------------------------------------------------ provenance
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def provenance(device: torch.device, argv: list[str]) -> dict:
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    status = _git("status", "--porcelain")
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device.type,
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_gemm": _extension.cpu_gemm() if device.type == "cpu" else None,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "cuda": torch.version.cuda,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "command": ["shufflenet-bench", *argv],
-        # Other processes share this machine: the load average says how busy it was.
-        "load_average_start": load_average(),
-    }
-    return info
 
 
 def roofline_dict(roofline: Roofline) -> dict:
@@ -432,8 +371,9 @@ TERMINAL_WARNINGS = 10
 
 
 def _title(info: dict) -> str:
+    precisions = ", ".join(info["precisions"]) if info.get("precisions") else info.get("dtype", "float32")
     return (f"shufflenet-bench: {info.get('gpu') or info.get('cpu')} ({info['device']}, "
-            f"{info.get('torch_threads')} threads), torch {info['torch']}, {info.get('dtype', 'float32')}, "
+            f"{info.get('torch_threads')} threads), torch {info['torch']}, {precisions}, "
             f"{info['date'][:16].replace('T', ' ')} UTC")
 
 
@@ -474,7 +414,53 @@ def sections(rows: list[dict], info: dict, roofline: Roofline | None, terminal: 
                        f"% of {roofline.gemm_label}: useful FLOPs / time over the rate of that dense GEMM, the "
                        "best of the run (the compute roof).")
         out.append(("Layers, forward" if terminal else "Layers", layers + "\n\n" + legend))
+    graph = graph_table(rows, modes=("forward",) if terminal else None)
+    if graph:
+        out.append(("Layers, CUDA-graph replay", graph + "\n\n" + GRAPH_LEGEND))
     return out
+
+
+GRAPH_LEGEND = (
+    "The same calls replayed from a CUDA graph (triton.testing.do_bench_cudagraph): the GPU time without the "
+    "Python, dispatcher and launch path in front of each call, which the tables above include. `vs X` = X's "
+    "graph time / the fused graph time. A peer compiled in a mode with CUDA graphs (max-autotune) already "
+    "replays Inductor's own graphs: its wall time stands in (`graph_source` in the CSV)."
+)
+
+
+def graph_table(rows: list[dict], modes: Iterable[str] | None = None) -> str:
+    """``layer_table`` of the CUDA-graph replay times (rows without one left out)."""
+    timed = [{**r, "median_ms": r["graph_ms"], "fused_speedup": r.get("graph_fused_speedup", float("nan")),
+              "unsteady": False}
+             for r in rows if r["level"] == "layer" and isinstance(r.get("graph_ms"), float)
+             and math.isfinite(r["graph_ms"])]
+    return layer_table(timed, modes=modes, detail=False)
+
+
+def kernels_markdown(rows: list[dict], info: dict, rooflines: dict[str, Roofline], terminal: bool = False) -> str:
+    """The report of ``shufflenet-bench kernels``: per precision, the layer table (wall time)
+    and the CUDA-graph table; ``terminal``: without the roof columns."""
+    parts = [f"# {_title(info)}", RATIO_LEGEND]
+    for name, roofline in rooflines.items():
+        these = [r for r in rows if r.get("precision") == name]
+        if not these:
+            continue
+        dtype, layout = these[0].get("dtype", ""), these[0].get("layout", "")
+        head = f"## {name}: {dtype}, {layout} inputs"
+        if not terminal:
+            head += "\n\n" + _roof_line(roofline)
+        table = layer_table(these, detail=not terminal, roof_label=roofline.gemm_label)
+        timer = "triton.testing.do_bench" if info.get("device") == "cuda" else "torch.utils.benchmark"
+        parts.append(f"{head}\n\n### Wall time ({timer})\n\n{table}")
+        graph = graph_table(these)
+        if graph:
+            parts.append(f"### CUDA-graph replay (GPU time)\n\n{graph}")
+    legend = f"{LAYER_NAME_LEGEND}. {_layer_peers_legend(rows)}."
+    if any(isinstance(r.get("graph_ms"), float) for r in rows):
+        legend += " " + GRAPH_LEGEND
+    parts.append(legend)
+    text = "\n\n".join(parts) + "\n"
+    return _wrap(text) if terminal else text
 
 
 TERMINAL_COLUMNS = 88

@@ -2,7 +2,7 @@
 
 Memory: the bandwidth of a large tensor copy (256 MiB into a preallocated tensor: bytes
 read + bytes written per second), the most a memory-bound kernel can hope for. (A
-``clone`` would time the page faults of a fresh allocation too: 5x slower on CPU.)
+``clone`` would time the page faults of a fresh allocation too, far slower on CPU.)
 
 Compute: the best FLOP rate of a few dense GEMMs in the run's dtype (``DENSE_GEMMS``), the
 most a GEMM-shaped kernel can hope for. One large square ``torch.mm`` is not that: on CPU it

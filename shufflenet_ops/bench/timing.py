@@ -4,7 +4,8 @@ CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` at torch's thread count (
 is the mean of a block of calls sized to beat timer overhead), or single calls timed with
 ``perf_counter`` when one call takes a millisecond or more; GPU: ``triton.testing.do_bench``
 with quantiles (0.5, 0.2, 0.8), which syncs and flushes the L2 between calls. Both report
-the median and the 20th/80th percentiles in milliseconds.
+the median and the 20th/80th percentiles in milliseconds. On CUDA, ``cuda_graph_ms`` also
+times a call replayed from a CUDA graph: its GPU time without the host path in front of it.
 
 ``measure_many`` times the implementations being compared in interleaved rounds on CPU
 (A B C, A B C, ...): the machine is shared, and a burst of someone else's work then lands
@@ -113,6 +114,20 @@ def _cuda_time(fn: Callable[[], object], min_run_time: float) -> Timing:
     return Timing(float(median), float(p20), float(p80), -1)  # do_bench does not say how many
 
 
+def cuda_graph_ms(fn: Callable[[], object]) -> float:
+    """Median ms of ``fn`` (already warmed up) replayed from a CUDA graph
+    (``triton.testing.do_bench_cudagraph``): the GPU time alone, without the Python,
+    dispatcher and launch path that ``measure`` includes. NaN where ``fn`` cannot be
+    captured (the failure is printed: a capture failure must not lose the rest of a run)."""
+    import triton.testing
+
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, return_mode="median"))
+    except Exception as exc:  # noqa: BLE001  (any capture failure)
+        print(f"shufflenet-bench: CUDA graph capture failed: {type(exc).__name__}: {exc}", flush=True)
+        return float("nan")
+
+
 def measure(fn: Callable[[], object], device: torch.device, min_run_time: float) -> Timing:
     """Time ``fn()`` (already warmed up) for about ``min_run_time`` seconds."""
     if device.type == "cuda":
@@ -132,8 +147,8 @@ def pin_glibc_malloc() -> str | None:
     By default glibc maps each large block (>= 128 KiB) fresh and unmaps it on free, so every
     call of a whole model pays page faults on its activations, until a free of a larger
     mapped block raises the threshold for the rest of the process. Whether a provider ran
-    before or after that moment changed its time: the fused model at batch 16 took 43 ms per
-    call before the naive model had run in the same process and 28 ms after. ONNX Runtime and
+    before or after that moment changed its time (benchmarks/README.md has the figures of
+    the fused model before and after the naive one had run). ONNX Runtime and
     OpenVINO reuse their own arenas. A fixed threshold makes every provider's allocations
     cost the same whatever ran before (what jemalloc or tcmalloc, the usual advice for CPU
     inference with PyTorch, also give)."""

@@ -1,45 +1,44 @@
-"""Train ShuffleNet V1 on a small real image dataset, fused against naive.
+"""``shufflenet-bench train``: train ShuffleNet V1 on a small real image dataset, fused
+against naive: the whole-program training numbers of the project.
 
-    python benchmarks/train.py --steps 200 --out DIR           # fused and naive, same seed and weights
-    python benchmarks/train.py --fused --steps 50               # one implementation only
-    torchrun --nproc-per-node 2 benchmarks/train.py --ddp --steps 20 --out DIR   # DistributedDataParallel
+    shufflenet-bench train --steps 200 --out DIR         # fused and naive, same seed and weights
+    shufflenet-bench train --fused --steps 50            # one implementation only
+    torchrun --nproc-per-node 2 -m shufflenet_ops.bench train --ddp --steps 20 --out DIR   # DistributedDataParallel
 
 Data: scikit-learn's handwritten digits (1797 8x8 grayscale images, 10 classes, shipped in
-the package: nothing is downloaded), upsampled to ``--image-size`` (default 32; the network downsamples by 32) and repeated
-to 3 channels; a fixed split of 1497 training and 300 test images. The model is
-``shufflenet_v1(groups, width, num_classes=10)``; the naive model is built from the seed and
-the fused one loads its state_dict, so both start from the same weights and see the same
-batches. Reports images/s, the loss curve of each (one plot), how far the two curves part,
-and the final test accuracy.
+the package: nothing is downloaded), upsampled to ``--image-size`` (the network downsamples
+by 32) and repeated to 3 channels; a fixed split of 1497 training and 300 test images. The
+model is ``shufflenet_v1(groups, width, num_classes=10)``; the naive model is built from the
+seed and the fused one loads its state_dict, so both start from the same weights and see the
+same batches. Reports images/s, the loss curve of each (one plot), how far the two curves
+part, and the final test accuracy.
 
 Fused and naive compute the same function in a different order of float operations (other
 kernels, the fused network's activations in channels_last), so in float32 their losses
-differ from the first step by rounding (~1e-6), and training (BatchNorm on small 1x1 maps,
-small batches) amplifies that step by step until the curves are two different, equally good
-runs: compare the curves, not single steps. In float64 (``--dtype float64``) the first
-steps agree to ~1e-9 or better and the gap grows at the same rate from a far smaller
-start (benchmarks/README.md has the figures): the implementations match, and the parting
-is the training's sensitivity to rounding, not an error. With ``--ddp`` (under torchrun) each rank trains on its
-share of every global batch with gloo (CPU) or nccl (GPU), and the ranks' parameters are
-compared at the end.
+differ by rounding from the first step, and training (BatchNorm on small 1x1 maps, small
+batches) amplifies that step by step until the curves are two different, equally good runs:
+compare the curves, not single steps. In float64 (``--dtype float64``) the first steps agree
+far more closely and the gap grows at the same rate from a far smaller start
+(benchmarks/README.md has the figures): the implementations match, and the parting is the
+training's sensitivity to rounding, not an error. With ``--ddp`` (under torchrun) each rank
+trains on its share of every global batch with gloo (CPU) or nccl (GPU), and the ranks'
+parameters are compared at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-import shufflenet_ops
-from shufflenet_ops.models import shufflenet_v1
+from ..models import shufflenet_v1
+from .cli import pick_device
+from .provenance import load_average, provenance
 
 TEST_IMAGES = 300
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -146,26 +145,6 @@ def max_parameter_difference(model: torch.nn.Module) -> float:
     return difference.item()
 
 
-def provenance(device: torch.device, world: int) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device.type,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "shufflenet_ops": shufflenet_ops.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "world_size": world,
-        "git_commit": commit,
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
 def plot(results: list[dict], path: str, title: str) -> None:
     import matplotlib
 
@@ -189,18 +168,18 @@ def plot(results: list[dict], path: str, title: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(prog="shufflenet-bench train", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--fused", action="store_true", help="train the fused model (alone, unless --naive too)")
     parser.add_argument("--naive", action="store_true", help="train the naive model (alone, unless --fused too)")
     parser.add_argument("--steps", type=int, default=150,
-                        help="SGD steps (30 end near chance accuracy, 0.10; 150 reach ~0.93)")
+                        help="SGD steps (too few end near chance accuracy: benchmarks/README.md)")
     parser.add_argument("--batch", type=int, default=64, help="global batch (split across DDP ranks)")
     parser.add_argument("--lr", type=float, default=0.02, help="initial learning rate, decayed linearly to 0")
     parser.add_argument("--groups", type=int, default=3, help="ShuffleNet V1 g")
     parser.add_argument("--width", type=float, default=0.5, help="ShuffleNet V1 width multiplier")
     parser.add_argument("--image-size", type=int, default=32, help="digits upsampled to this size")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
-                        help="float64: fused and naive agree to ~1e-9 for the first few steps")
+                        help="float64: fused and naive agree far more closely (rounding, not a difference)")
     parser.add_argument("--seed", type=int, default=0, help="weights and batch order")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if present")
     parser.add_argument("--ddp", action="store_true", help="DistributedDataParallel; run under torchrun")
@@ -221,17 +200,14 @@ def loss_gap_summary(gaps: list[float], dtype: str) -> str:
     if dtype == "float32":
         text += (" (same weights and batches; float32 rounding differs between the implementations and training "
                  "amplifies it step by step: compare the curves, not single steps; in --dtype float64 the first steps "
-                 "agree to ~1e-9)")
+                 "agree far more closely)")
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     args = parse_args(argv)
     implementations = [flag for flag, on in ((True, args.fused), (False, args.naive)) if on] or [True, False]
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = pick_device(args.device)
     rank, world = 0, 1
     if args.ddp:
         if "RANK" not in os.environ:
@@ -251,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.distributed.destroy_process_group()
     if rank != 0:
         return 0
-    summary = {"provenance": provenance(device, world), "args": vars(args), "results": results}
+    info = provenance(device, ["train", *argv])
+    info.update(world_size=world, load_average_end=load_average())
+    summary = {"provenance": info, "args": vars(args), "results": results}
     if len(results) == 2:
         gaps = [abs(a - b) for a, b in zip(results[0]["losses"], results[1]["losses"])]
         summary["loss_gaps"] = gaps
@@ -282,6 +260,3 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, os.path.join(args.out, "loss_curve.png"), title)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,23 +1,23 @@
-"""Host (CPU-side) time per call of the public ops: the Python and dispatcher path a GPU
-kernel launch waits behind. On a GPU a small fused kernel takes 40-100 us; if the host path
-takes longer, an eager caller sees the host path, not the kernel (benchmarks/results/gpu-h100).
+"""``shufflenet-bench host-overhead``: host (CPU-side) time per call of the public ops, the
+Python and dispatcher path a GPU kernel launch waits behind. A small fused kernel's GPU time
+is tens of microseconds: where the host path takes longer, an eager caller waits for the
+host path, not the kernel.
 
-    python benchmarks/host_overhead.py [--out FILE.json]
+    shufflenet-bench host-overhead [--out FILE.json]
+    shufflenet-bench host-overhead --device cuda [--out FILE.json]
 
-Measured on CPU tensors so that it runs anywhere:
-- public op, no autograd / with autograd: ``shufflenet_ops.group_conv1x1_shuffle`` on a tiny
-  tensor (the C++ kernel's own work is ~1-2 us of it), without and with a weight that
-  requires grad;
+On the CPU (runs anywhere), on tensors so small that the C++ kernel's own work is a small
+part of the call:
+- public op, no autograd / with autograd: ``shufflenet_ops.group_conv1x1_shuffle`` without and
+  with a weight that requires grad;
 - dispatcher only: ``torch.ops.shufflenet_ops.group_conv1x1_shuffle`` on the same tensors;
 - Triton launcher: the Triton forward launcher with the compiled kernel replaced by a no-op
   (everything a CUDA call runs before Triton's own launch code).
 Medians of torch.utils.benchmark at torch's thread count.
 
-    python benchmarks/host_overhead.py --device cuda [--out FILE.json]
-
 On a GPU: host time per call of each piece of a fused forward+backward, on tensors small
-enough that the GPU work (a few us) hides behind the host path: N calls are issued without
-a synchronisation, so time per call = the host path (Python, dispatcher, launch). Beside
+enough that the GPU work hides behind the host path: N calls are issued without a
+synchronisation, so time per call = the host path (Python, dispatcher, launch). Beside
 them, an empty Triton kernel and an aten op (the floors), the whole fused step and the eager
 unfused step, and the same steps' GPU time replayed from a CUDA graph.
 """
@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 
 import torch
 from torch.utils.benchmark import Timer
 
 import shufflenet_ops as so
+
+from .provenance import load_average, provenance
 
 try:
     import triton
@@ -49,13 +49,13 @@ if triton is not None:
         pass
 
 
-def per_call_us(fn) -> float:
+def per_call_us(fn, min_run_time: float = 0.5) -> float:
     fn()
     timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=0.5).median * 1e6
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e6
 
 
-def triton_launcher_us() -> float | None:
+def triton_launcher_us(min_run_time: float = 0.5) -> float | None:
     """The Triton forward launcher with a no-op in place of the compiled kernel."""
     try:
         from shufflenet_ops.triton import conv_forward
@@ -72,7 +72,7 @@ def triton_launcher_us() -> float | None:
     try:
         x = torch.randn(16, 240, 28, 28).contiguous(memory_format=torch.channels_last)
         w, b = torch.randn(60, 80, 1, 1), torch.randn(60)
-        return per_call_us(lambda: conv_forward.conv1x1_shuffle_forward(x, w, b, 3, 1, 3, True))
+        return per_call_us(lambda: conv_forward.conv1x1_shuffle_forward(x, w, b, 3, 1, 3, True), min_run_time)
     finally:
         conv_forward._permuted_group_conv1x1_kernel = saved[0]
         if saved[1] is None:
@@ -144,41 +144,34 @@ def cuda_results() -> dict:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="shufflenet-bench host-overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    args = parser.parse_args()
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="CPU: seconds of timing per entry")
+    args = parser.parse_args(argv)
+    t = args.min_run_time
+    device = torch.device(args.device)
+    info = provenance(device, ["host-overhead", *argv])
     if args.device == "cuda":
         os.environ.setdefault("SHUFFLENET_OPS_TRITON_AUTOTUNE", "0")
         results = cuda_results()
-        write(results, args.out, device=torch.cuda.get_device_name())
-        return
-    x, w, b = torch.randn(2, 6, 2, 2), torch.randn(6, 2, 1, 1), torch.randn(6)
-    w_grad = w.clone().requires_grad_()
-    results = {
-        "public op, no autograd": per_call_us(lambda: so.group_conv1x1_shuffle(x, w, 3, bias=b, relu=True)),
-        "public op, with autograd": per_call_us(lambda: so.group_conv1x1_shuffle(x, w_grad, 3, bias=b, relu=True)),
-        "dispatcher only (torch.ops)": per_call_us(
-            lambda: torch.ops.shufflenet_ops.group_conv1x1_shuffle(x, w, b, 3, 3, True)),
-        "Triton launcher, launch stubbed": triton_launcher_us(),
-    }
-    write(results, args.out, device="cpu")
-
-
-def write(results: dict, out: str | None, device: str) -> None:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
-    info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "device": device, "git_commit": commit}
+    else:
+        x, w, b = torch.randn(2, 6, 2, 2), torch.randn(6, 2, 1, 1), torch.randn(6)
+        w_grad = w.clone().requires_grad_()
+        results = {
+            "public op, no autograd": per_call_us(lambda: so.group_conv1x1_shuffle(x, w, 3, bias=b, relu=True), t),
+            "public op, with autograd": per_call_us(
+                lambda: so.group_conv1x1_shuffle(x, w_grad, 3, bias=b, relu=True), t),
+            "dispatcher only (torch.ops)": per_call_us(
+                lambda: torch.ops.shufflenet_ops.group_conv1x1_shuffle(x, w, b, 3, 3, True), t),
+            "Triton launcher, launch stubbed": triton_launcher_us(t),
+        }
+    info["load_average_end"] = load_average()
     for name, us in results.items():
         print(f"{name:44s} {'n/a' if us is None else f'{us:7.1f} us'}")
-    if out:
-        with open(out, "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             json.dump({"provenance": info, "us_per_call": results}, f, indent=1)
-
-
-if __name__ == "__main__":
-    main()
+    return 0
