@@ -112,7 +112,7 @@ step build 200 "$PY" -m pip install --no-build-isolation --no-deps --no-index -v
 tail -5 "$WORK/build.log"
 "$PY" -c "import torch, shufflenet_ops as so; from shufflenet_ops import _extension; \
 print('extension loaded:', _extension.available(), _extension.LOAD_ERROR or ''); \
-print('triton registered on CUDA:', all(torch._C._dispatch_has_kernel_for_dispatch_key('shufflenet_ops::'+o, 'CUDA') for o in so.triton.OPS) if _extension.available() else False)"
+print('triton registered on CUDA:', all(torch._C._dispatch_has_kernel_for_dispatch_key(s.qualname, 'CUDA') for s in so.ops.SPECS) if _extension.available() else False)"
 
 # ------------------------------------------------------------------------------ 3. tests
 XDIST=()

@@ -103,13 +103,13 @@ def cuda_results() -> dict:
     import triton.testing
 
     from shufflenet_ops import reference
-    from shufflenet_ops.triton import kernels
+    from shufflenet_ops.triton.table import TRITON
 
     _empty = _empty_kernel
     dev = "cuda"
     x = torch.randn(2, 240, 4, 4, device=dev).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(60, 80, 1, 1, device=dev), torch.randn(60, device=dev)
-    y = kernels.group_conv1x1_shuffle(x, w, b, 3, 3, True)
+    y = TRITON.group_conv1x1_shuffle(x, w, b, 3, 3, True)
     go = torch.randn_like(y)
     xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
 
@@ -126,11 +126,11 @@ def cuda_results() -> dict:
         "public op forward, no autograd": cuda_host_us(lambda: so.group_conv1x1_shuffle(x, w, 3, bias=b, relu=True)),
         "public op forward, with autograd": cuda_host_us(
             lambda: so.group_conv1x1_shuffle(xg, wg, 3, bias=bg, relu=True)),
-        "kernel table: forward": cuda_host_us(lambda: kernels.group_conv1x1_shuffle(x, w, b, 3, 3, True)),
-        "kernel table: relu_grad": cuda_host_us(lambda: kernels.relu_grad(go, y)),
-        "kernel table: grad_input": cuda_host_us(lambda: kernels.conv1x1_shuffle_grad_input(go, w, 3, 1, 3)),
-        "kernel table: grad_weight": cuda_host_us(lambda: kernels.conv1x1_shuffle_grad_weight(go, x, 3, 1, 3)),
-        "kernel table: grad_bias": cuda_host_us(lambda: kernels.conv1x1_shuffle_grad_bias(go, 3)),
+        "kernel table: forward": cuda_host_us(lambda: TRITON.group_conv1x1_shuffle(x, w, b, 3, 3, True)),
+        "kernel table: relu_grad": cuda_host_us(lambda: TRITON.relu_grad(go, y)),
+        "kernel table: grad_input": cuda_host_us(lambda: TRITON.conv1x1_shuffle_grad_input(go, w, 3, 1, 3)),
+        "kernel table: grad_weight": cuda_host_us(lambda: TRITON.conv1x1_shuffle_grad_weight(go, x, 3, 1, 3)),
+        "kernel table: grad_bias": cuda_host_us(lambda: TRITON.conv1x1_shuffle_grad_bias(go, 3)),
         "fused forward+backward step": cuda_host_us(fused_step),
         "eager unfused forward+backward step": cuda_host_us(eager_step),
     }
