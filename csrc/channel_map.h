@@ -1,4 +1,5 @@
-// Index math of the channel shuffle, shared by every CPU kernel (design notes, "Index math").
+// Index math of the channel shuffle, shared by every CPU kernel (docs/design.md, "Op conventions"
+// and "The GEMM of each placement").
 #pragma once
 
 #include <cstdint>

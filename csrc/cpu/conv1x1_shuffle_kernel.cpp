@@ -198,11 +198,11 @@ at::Tensor weight_matrix(const at::Tensor& weight) {
 
 // An ungrouped conv's output shuffle is a permutation of its output channels:
 // P(W x + b) = (P W) x + P b. Permuting the weight rows (and the bias) instead lets the kernel
-// write whole pixel rows in place rather than scatter them (Stage 2's first unit, 24 -> 60
-// channels at 56x56: half of its 2.2 ms per batch-16 forward was the scatter). The same
-// permuted weight serves grad input, which then reads go in place. Each output element is
-// the same dot product as before, in the same order. Returns out_shuffle unchanged, or 1
-// once folded.
+// write whole pixel rows in place rather than scatter them (one group's shuffled rows are not
+// evenly spaced: RowMap stride 0), as in Stage 2's first unit (24 -> 60 channels at 56x56,
+// ungrouped). The same permuted weight serves grad input, which then reads go in place.
+// Each output element is the same dot product as before, in the same order. Returns
+// out_shuffle unchanged, or 1 once folded.
 int64_t fold_ungrouped_output_shuffle(at::Tensor& w, at::Tensor* b, int64_t groups, int64_t out_shuffle) {
   const int64_t cout = w.size(0);
   if (groups != 1 || out_shuffle == 1 || out_shuffle == cout) return out_shuffle;

@@ -1,6 +1,7 @@
 // Row-major GEMM on the BLAS that torch itself links (MKL on x86 wheels, OpenBLAS elsewhere).
 // Leading dimensions are free, which is what lets a grouped 1x1 conv read and write
-// channels in shuffled order without a copy (ld = stride * H*W, design notes).
+// channels in shuffled order without a copy (ld = stride * H*W: docs/design.md, "The GEMM of
+// each placement").
 #pragma once
 
 #include <climits>

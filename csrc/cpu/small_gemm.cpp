@@ -29,8 +29,7 @@ __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const flo
   if (rows_ahead > 0) {
     // Rows of A and C that are pixel rows in place (channels_last): the rows rows_ahead on,
     // A's for reading and C's for writing. Each pixel's slice of a group is a short piece of
-    // a long row, a stride the hardware prefetcher follows poorly (+18-62% on the 28x28 and
-    // 56x56 layers and g=8's expand GConvs, same-process A/B; neutral at 7x7).
+    // a long row, a stride the hardware prefetcher follows poorly, so the block fetches them.
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 8
@@ -44,7 +43,7 @@ __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const flo
   if (prefetch_c) {
     // This block's rows of C in the next panel, for writing: a store to a line not in cache
     // waits for it to be read first, and C's rows are as many plane-apart streams as B's
-    // (+12-75% on the expand GConvs at 14x14-28x28, whose output is 4x their input).
+    // (a unit's expand GConv writes 4x the channels it reads).
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
@@ -61,7 +60,7 @@ __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const flo
     if (prefetch_next_panel) {
       // B's rows are K separate streams (NCHW: one per input channel, a plane apart), too many
       // for the hardware prefetcher: fetch the next 64-column panel's slice of this row while
-      // this one computes (+3-47% on the 28x28 and 56x56 first GConvs, same-process A/B).
+      // this one computes.
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) _mm_prefetch(reinterpret_cast<const char*>(brow + 64 + 16 * v), _MM_HINT_T0);
     }
@@ -221,9 +220,10 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, 
   if (!available) return false;
   // In-place channel-major output whose rows are whole 64-byte lines: stream it to memory
   // (non-temporal stores) instead of reading each line in before overwriting it. The output
-  // of a layer is as large as its input or 4x it, so the reads cost as much as the writes:
-  // +4-50% on the 28x28 and 56x56 layers (same-process A/B), none at 14x14 and 7x7, whose
-  // planes (196 and 49 pixels) do not fill whole lines and keep the write prefetch.
+  // of a layer is as large as its input or 4x it, so those reads would cost as much as the
+  // writes. Rows that do not start on a line or are not a whole number of lines apart (most
+  // 14x14 and 7x7 planes: 196 and 49 pixels) are stored normally, prefetched for writing
+  // by block() where another panel follows.
   const bool stream = stream_rows && (reinterpret_cast<uintptr_t>(c) & 63) == 0 && ldc % 16 == 0;
   // Panels of 64 columns (4 vectors) keep a K x 64 slice of B in L1/L2 while every row of A
   // streams past it; the last panel takes 1-4 vectors, its last one masked.

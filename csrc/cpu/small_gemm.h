@@ -16,7 +16,7 @@ namespace shufflenet_ops::cpu {
 bool small_gemm_available();
 
 // Whether the fp32 kernels use small_gemm (default where available) or BLAS:
-// SHUFFLENET_OPS_CPU_GEMM=blas forces BLAS (for A/B benchmarks). Read once.
+// SHUFFLENET_OPS_CPU_GEMM=blas forces BLAS (to compare the two in benchmarks). Read once.
 bool use_small_gemm();
 
 // The fused epilogue, applied in registers before C is stored: + a bias per row of C

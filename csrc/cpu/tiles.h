@@ -51,11 +51,11 @@ struct TilePlan {
   }
 };
 
-// A plan whose tile count is a multiple of `threads` when there are few tiles (a plan of 15
-// tiles on 2 threads leaves one thread idle for a fifteenth of the run): the next few tile
-// counts that divide evenly are tried, with tiles no narrower than half the target width
-// unless there are fewer tiles than threads (g=8's 384->768 at 7x7 made one tile of all 16
-// images in NCHW, and ran on one of two cores). Only
+// A plan whose tile count is a multiple of `threads` when there are few tiles (15 tiles on 2
+// threads: one thread idles while the other runs the last tile): the next few tile counts
+// that divide evenly are tried, with tiles no narrower than half the target width unless
+// there are fewer tiles than threads (g=8's 384->768 GConv at 7x7, batch 16, NCHW: all 784
+// columns fit one tile of tile_columns(144) = 910, which would run on one thread). Only
 // for kernels whose results do not depend on the tiling (the forward/grad-input GEMMs;
 // grad weight's reduction order does).
 inline TilePlan balanced_plan(int64_t batch, int64_t pixels, int64_t target_cols, int64_t threads) {

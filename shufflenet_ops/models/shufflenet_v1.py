@@ -126,8 +126,9 @@ class ShuffleNetV1(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused and x.device.type == "cpu" and not torch.compiler.is_exporting():
             # The fused kernels run NCHW and channels_last alike, but the 3x3 depthwise convs
-            # and the pools around them run 2-5x faster in channels_last on CPU (oneDNN), so
-            # the fused network takes its activations there (one pass over the input image).
+            # and the pools around them run faster in channels_last on CPU (oneDNN's NHWC
+            # kernels; the pools' one-pass kernel takes channels_last only), so the fused
+            # network takes its activations there (one pass over the input image).
             # Not under torch.export (and so torch.onnx.export): the memory-format queries of
             # aten's conv on a channels_last tensor with a symbolic batch add an `n <= 1` guard
             # (torch 2.13), which breaks exporting from a batch-1 example with a dynamic batch.

@@ -86,9 +86,9 @@ def check_device(t: torch.Tensor, op: str) -> None:
     )
 
 
-# Host-side integer helpers. triton.cdiv and triton.next_power_of_2 are constexpr functions
-# whose Python call costs ~5 us each: launchers call these instead (host time is what a small
-# GPU kernel waits behind).
+# Host-side integer helpers. triton.cdiv and triton.next_power_of_2 are constexpr functions,
+# whose Python call goes through Triton's wrapper: launchers call these plain ones instead
+# (host time is what a small GPU kernel waits behind).
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -111,7 +111,7 @@ def sm_count(device: torch.device) -> int:
 def dense(t: torch.Tensor) -> tuple[torch.Tensor, torch.memory_format]:
     """``t`` dense in its own memory format (a copy only if it is not already), and the format."""
     nchw, nhwc = t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
-    if nchw != nhwc:  # the common, unambiguous case, without suggest_memory_format's ~10 us
+    if nchw != nhwc:  # the common, unambiguous case, without suggest_memory_format's stride analysis
         return t, torch.contiguous_format if nchw else torch.channels_last
     fmt = suggest_memory_format(t)
     return t.contiguous(memory_format=fmt), fmt
