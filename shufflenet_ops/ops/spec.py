@@ -42,7 +42,7 @@ def needs_autograd(*args: Any) -> bool:
     When it need not, the op calls its kernel directly and skips the autograd.Function
     machinery: host time that a small GPU kernel cannot hide.
     """
-    return torch.is_grad_enabled() and torch._C._any_requires_grad(*args)  # as torch.library's autograd
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
 class _PositionalFunction(torch.autograd.Function):
