@@ -8,11 +8,22 @@ match the torch it runs with).
 
 import glob
 import os
+import re
 
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def version() -> str:
+    """``__version__`` of shufflenet_ops/__init__.py, the one place the version is written
+    (read as text: importing the package here would need the extension being built)."""
+    with open(os.path.join(ROOT, "shufflenet_ops", "__init__.py"), encoding="utf-8") as f:
+        match = re.search(r'^__version__ = "([^"]+)"', f.read(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError("no `__version__ = \"...\"` line in shufflenet_ops/__init__.py")
+    return match.group(1)
 
 
 def extension():
@@ -30,7 +41,7 @@ def extension():
 
 setup(
     name="shufflenet_ops",
-    version="0.1.0",
+    version=version(),
     description="Grouped 1x1 convolution + channel shuffle fused into one pass (C++ CPU, Triton GPU)",
     packages=find_packages(include=["shufflenet_ops", "shufflenet_ops.*"]),
     python_requires=">=3.10",

@@ -30,7 +30,7 @@ from .fuse import FuseWarning, fuse, fused_convs, original_forwards
 # C++ extension that defines the schema).
 ops.register_cuda_kernels()
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the only place the version is written: setup.py reads it from here
 
 __all__ = [
     "BACKENDS",

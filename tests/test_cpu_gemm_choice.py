@@ -26,7 +26,7 @@ BLAS_CASES = ("float32 or channels_last or noncontiguous or odd_spatial or resid
 
 def _run(code: str, **env: str) -> str:
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -39,12 +39,13 @@ def test_the_gemm_choice_follows_the_environment():
     assert _extension.cpu_gemm() in ("small_gemm", "blas")
 
 
+@pytest.mark.slow
 def test_fp32_kernels_on_blas_match_the_reference():
     env = {**os.environ, "SHUFFLENET_OPS_CPU_GEMM": "blas"}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", str(TESTS / "test_ops.py"), "-q", "-x", "-p", "no:cacheprovider",
          "-k", BLAS_CASES],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout

@@ -1,28 +1,31 @@
 """The Triton kernels on CUDA, through the dispatcher (the registered CUDA implementation).
 
-Skipped without a CUDA device. Runs the interpreter suite's cases (tests/test_triton.py) on
-CUDA, plus what the interpreter cannot: every ShuffleNet V1 1x1 layer shape, fp16/bf16 on
-the tensor cores, batch 128, tensors past 2^31 elements, autotuning, torch.compile
-(fullgraph) and opcheck, bit-for-bit reproducible grad weight, TF32 as an opt-in.
+Marked ``cuda``; skipped without a CUDA device. Runs the interpreter suite's cases
+(tests/_helpers.py; tests/test_triton.py runs them under the interpreter) on CUDA, plus
+what the interpreter cannot: every ShuffleNet V1 1x1 layer shape, fp16/bf16 on the tensor
+cores, batch 128, tensors past 2^31 elements, autotuning, torch.compile (fullgraph) and
+opcheck, bit-for-bit reproducible grad weight, TF32 as an opt-in.
 benchmarks/device_check.sh runs this file on a GPU machine.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import pathlib
 
 import pytest
 import torch
+
+import _helpers as cases  # the interpreter suite's cases and checks
+
+pytestmark = pytest.mark.cuda
 
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device: the CUDA tests need a GPU", allow_module_level=True)
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
-import shufflenet_ops as so  # noqa: E402
-from shufflenet_ops import _extension, reference  # noqa: E402
+import shufflenet_ops as so
+from shufflenet_ops import _extension, reference
 
 if not _extension.available():
     pytest.skip(f"the C++ extension (which defines the ops) is not built: {_extension.LOAD_ERROR}",
@@ -31,11 +34,6 @@ if not _extension.available():
 from shufflenet_ops.ops import SPECS  # noqa: E402
 from shufflenet_ops.triton import _common  # noqa: E402
 from shufflenet_ops.triton.table import TRITON  # noqa: E402
-
-# The interpreter suite's helpers and cases (loaded by path: tests/ need not be a package).
-_spec = importlib.util.spec_from_file_location("_triton_cases", pathlib.Path(__file__).with_name("test_triton.py"))
-cases = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cases)
 
 DEVICE = "cuda"
 LOW_PRECISION = [(torch.bfloat16, "channels_last"), (torch.float16, "channels_last"), (torch.float32, "nchw")]
@@ -77,7 +75,7 @@ def test_channel_shuffle(c, g, fmt, dtype):
 
 
 # ----------------------------------------------------------------- real layer shapes
-@pytest.mark.parametrize("g,cin,cout", cases.shufflenet_v1_conv_shapes())
+@pytest.mark.parametrize("g,cin,cout", cases.pointwise_shapes())
 @pytest.mark.parametrize("dtype,fmt", LOW_PRECISION)
 def test_shufflenet_v1_layers(g, cin, cout, dtype, fmt):
     placement, convention = ("out", "paper") if cout < cin else ("in", "official")
@@ -116,12 +114,12 @@ def test_int64_offsets_past_2_to_the_31():
     wt = (torch.randn(24, 16, 1, 1, device=DEVICE) / 4).to(torch.bfloat16)
     y = so.group_conv1x1_shuffle(x, wt, 3, relu=True)
     ref = reference.group_conv1x1_shuffle(x[-1:].float(), wt.float(), 3, relu=True)
-    cases.assert_close_scaled(y[-1:], ref, torch.bfloat16, "forward past 2^31")
+    cases.assert_close(y[-1:], ref, torch.bfloat16, "forward past 2^31")
     go = torch.randn_like(y)
     gx = TRITON.conv1x1_shuffle_grad_input(go, wt, 3, 1, 3)
     xl = x[-1:].float().requires_grad_()
     (rx,) = torch.autograd.grad(reference.group_conv1x1_shuffle(xl, wt.float(), 3), xl, go[-1:].float())
-    cases.assert_close_scaled(gx[-1:], rx, torch.bfloat16, "grad input past 2^31")
+    cases.assert_close(gx[-1:], rx, torch.bfloat16, "grad input past 2^31")
     gi = TRITON.relu_grad(go, y)
     assert torch.equal(gi[-1:], go[-1:] * (y[-1:] > 0))
 
@@ -165,7 +163,8 @@ def test_opcheck():
 # --------------------------------------------------------- determinism and precision
 @pytest.mark.parametrize("dtype,fmt", LOW_PRECISION)
 def test_grad_weight_bit_for_bit_reproducible(dtype, fmt):
-    x, _, _ = cases.make_conv_inputs(3, 240, 60, 64, 28, 28, dtype, DEVICE, fmt, False)
+    x, _, _, _ = cases.conv_inputs(3, 240, 60, n=64, h=28, w=28, bias=False, dtype=dtype, device=DEVICE, fmt=fmt,
+                                   fan_in_scaled=True)
     go = torch.randn(64, 60, 28, 28, device=DEVICE, dtype=dtype).contiguous(memory_format=cases.FORMATS[fmt])
     runs = [TRITON.conv1x1_shuffle_grad_weight(go, x, 3, 1, 3) for _ in range(3)]
     biases = [TRITON.conv1x1_shuffle_grad_bias(go, 3) for _ in range(3)]
@@ -174,7 +173,8 @@ def test_grad_weight_bit_for_bit_reproducible(dtype, fmt):
 
 
 def test_fp32_is_exact_by_default_and_tf32_is_opt_in():
-    x, w, _ = cases.make_conv_inputs(3, 480, 120, 8, 14, 14, torch.float32, DEVICE, "nchw", False)
+    x, w, _, _ = cases.conv_inputs(3, 480, 120, n=8, h=14, w=14, bias=False, dtype=torch.float32, device=DEVICE,
+                                   fan_in_scaled=True)
     ref = reference.group_conv1x1_shuffle(x.double(), w.double(), 3)
     scale = ref.abs().max().item()
     exact = (so.group_conv1x1_shuffle(x, w, 3).double() - ref).abs().max().item() / scale

@@ -7,7 +7,7 @@ import torch
 
 import shufflenet_ops as so
 
-from conftest import requires_extension
+from _helpers import requires_extension
 
 BACKENDS = [
     pytest.param("cpp", marks=requires_extension),

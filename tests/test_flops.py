@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 import shufflenet_ops
 from shufflenet_ops import count_flops, count_params

@@ -10,14 +10,15 @@ import warnings
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from test_modules import randomize_batchnorm
+from torch import nn
 
 import shufflenet_ops
 from shufflenet_ops import fuse
 from shufflenet_ops.fuse import FusedConv, FusedForward, FuseWarning, fused_convs, original_forwards
 from shufflenet_ops.models import shufflenet_v1
+
+from _helpers import randomize_batchnorm
 
 DOUBLE = torch.float64
 
@@ -212,9 +213,9 @@ def check_train_and_eval_equivalence(make_model, x):
     y.backward(grad)
     torch.testing.assert_close(x_fused.grad, x_ref.grad)
     for name, parameter in fused.named_parameters():
-        torch.testing.assert_close(parameter.grad, ref_tensors[name].grad, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(parameter.grad, ref_tensors[name].grad, msg=lambda m, name=name: f"{name}: {m}")
     for name, buffer in fused.named_buffers():
-        torch.testing.assert_close(buffer, ref_tensors[name], msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(buffer, ref_tensors[name], msg=lambda m, name=name: f"{name}: {m}")
     return fused
 
 
@@ -664,7 +665,7 @@ def test_einops_shuffles_are_fused():
         for t, t_ref in zip(inputs, ref_inputs):
             torch.testing.assert_close(t.grad, t_ref.grad)
         for (name, p), p_ref in zip(fused.named_parameters(), reference.parameters()):
-            torch.testing.assert_close(p.grad, p_ref.grad, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(p.grad, p_ref.grad, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_fuse_works_without_einops(monkeypatch):

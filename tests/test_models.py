@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from shufflenet_ops import models
 from shufflenet_ops.models import ShuffleNetV1, shufflenet_v1, stage_channels
 from shufflenet_ops.modules import GroupConv1x1BNShuffle, ShuffleUnit
 
-from test_modules import assert_same_buffers, assert_same_grads, randomize_batchnorm, run_and_backward
+from _helpers import assert_same_buffers, assert_same_grads, randomize_batchnorm, run_and_backward
 
 DOUBLE = torch.float64
 TABLE1_STAGE_CHANNELS = {

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import shufflenet_ops
 from shufflenet_ops.modules import (
@@ -19,22 +19,9 @@ from shufflenet_ops.modules import (
     shuffle_permutation,
 )
 
+from _helpers import assert_same_buffers, assert_same_grads, randomize_batchnorm, run_and_backward
+
 DOUBLE = torch.float64
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so folding is really exercised."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            with torch.no_grad():
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                if module.weight is not None:
-                    module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                    module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
-    return model
 
 
 def naive_conv_bn(conv, bn, shuffle_groups, relu, bn_after_shuffle=False):
@@ -47,28 +34,6 @@ def naive_conv_bn(conv, bn, shuffle_groups, relu, bn_after_shuffle=False):
         return F.relu(y) if relu else y
 
     return forward
-
-
-def run_and_backward(forward, x, seed=1):
-    x = x.detach().clone().requires_grad_()
-    y = forward(x)
-    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
-    y.backward(grad)
-    return y.detach(), x.grad
-
-
-def assert_same_grads(module_a: nn.Module, module_b: nn.Module) -> None:
-    params_a, params_b = dict(module_a.named_parameters()), dict(module_b.named_parameters())
-    assert params_a.keys() == params_b.keys()
-    for name in params_a:
-        torch.testing.assert_close(params_a[name].grad, params_b[name].grad, msg=lambda m: f"{name}: {m}")
-
-
-def assert_same_buffers(module_a: nn.Module, module_b: nn.Module) -> None:
-    buffers_a, buffers_b = dict(module_a.named_buffers()), dict(module_b.named_buffers())
-    assert buffers_a.keys() == buffers_b.keys()
-    for name in buffers_a:
-        torch.testing.assert_close(buffers_a[name], buffers_b[name], msg=lambda m: f"{name}: {m}")
 
 
 # ------------------------------------------------------------------ GroupConv1x1Shuffle

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
-from test_modules import randomize_batchnorm
+from torch import nn
 
 import shufflenet_ops as so
 from shufflenet_ops import reference
 from shufflenet_ops.models import shufflenet_v1
 
-from conftest import requires_extension
+from _helpers import randomize_batchnorm, requires_extension
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
@@ -24,7 +23,7 @@ ort = pytest.importorskip("onnxruntime")
 
 pytestmark = requires_extension
 
-FP32 = dict(rtol=1e-4, atol=1e-4)
+FP32 = {"rtol": 1e-4, "atol": 1e-4}
 BATCH = {"x": {0: torch.export.Dim("n")}}
 # Ops of the library that only the backward pass uses; every other op needs a translation.
 BACKWARD_OPS = {"conv1x1_shuffle_grad_input", "conv1x1_shuffle_grad_weight", "conv1x1_shuffle_grad_bias", "relu_grad"}

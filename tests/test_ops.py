@@ -11,9 +11,8 @@ import torch
 
 import shufflenet_ops as so
 from shufflenet_ops import reference
-from shufflenet_ops.layer_shapes import shufflenet_v1_pointwise_layers
 
-from conftest import GROUPS, assert_close_to, check_residual_epilogue, requires_extension
+from _helpers import assert_close, check_residual_epilogue, conv_inputs, pointwise_layers, requires_extension
 
 pytestmark = requires_extension
 
@@ -38,10 +37,9 @@ class Case:
         return impl.shuffle_group_conv1x1(x, weight, self.groups, self.shuffle_groups, bias=bias, relu=self.relu)
 
     def tensors(self, batch=2, height=3, width=5, dtype=torch.float64, seed=0):
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(batch, self.cin, height, width, generator=gen, dtype=dtype)
-        weight = torch.randn(self.cout, self.cin // self.groups, 1, 1, generator=gen, dtype=dtype)
-        bias = torch.randn(self.cout, generator=gen, dtype=dtype) if self.bias else None
+        x, weight, bias, _ = conv_inputs(
+            self.groups, self.cin, self.cout, n=batch, h=height, w=width, bias=self.bias, dtype=dtype, seed=seed
+        )
         return x, weight, bias
 
 
@@ -68,7 +66,7 @@ def check_against_reference(case: Case, x, weight, bias, dtype=torch.float64, gr
     y = case.run(so, *unpack(fast_in))
     y_ref = case.run(reference, *unpack(ref_in))
     assert y.dtype == dtype and y.shape == y_ref.shape
-    assert_close_to(y, y_ref, dtype)
+    assert_close(y, y_ref, dtype)
     if case.relu and dtype != torch.float64:
         # A pre-activation within rounding of 0 can take the other side of the ReLU in float32
         # than in the float64 reference; take the reference's mask from the fast output so the
@@ -81,15 +79,14 @@ def check_against_reference(case: Case, x, weight, bias, dtype=torch.float64, gr
     y.backward(go.to(dtype))
     y_ref.backward(go)
     for fast, ref in zip(fast_in, ref_in):
-        assert_close_to(fast.grad, ref.grad, dtype)
+        assert_close(fast.grad, ref.grad, dtype)
     return y
 
 
 # ------------------------------------------------------------- real layer shapes
 LAYER_CASES = [
     Case(placement, layer.cin, layer.cout, layer.groups, s, bias, relu)
-    for g in GROUPS
-    for layer in shufflenet_v1_pointwise_layers(g)
+    for layer in pointwise_layers()
     for placement, s in conventions(layer.cin, layer.cout, layer.groups)
     for bias, relu in ((True, True), (False, False))
 ]

@@ -10,7 +10,7 @@ import torch
 
 from shufflenet_ops import functional, reference
 
-from conftest import requires_extension
+from _helpers import requires_extension
 
 pytestmark = requires_extension
 

@@ -17,7 +17,7 @@ from torch._prims_common import suggest_memory_format
 import shufflenet_ops as so
 from shufflenet_ops import reference
 
-from conftest import assert_close_to, requires_extension
+from _helpers import assert_close, requires_extension
 
 pytestmark = requires_extension
 ops = torch.ops.shufflenet_ops
@@ -37,7 +37,7 @@ def test_cpp_kernel_matches_reference(spec, args):
     """Every op's C++ kernel against its spec's reference (float64), in value and layout."""
     got = getattr(ops, spec.name)(*args)
     expected = spec.reference(*args)
-    assert_close_to(got, expected, torch.float64)
+    assert_close(got, expected, torch.float64)
     if got.dim() == 4:
         assert got.is_contiguous(memory_format=suggest_memory_format(args[0])), "output not in the input's layout"
 
@@ -195,11 +195,11 @@ def test_property_random_shapes_match_reference(p):
         return impl.shuffle_group_conv1x1(x, w, p["groups"], p["shuffle"], bias=b, relu=p["relu"])
 
     y, y_ref = run(so, *leaves), run(reference, *ref_leaves)
-    assert_close_to(y, y_ref, torch.float64)
+    assert_close(y, y_ref, torch.float64)
     # The output follows the input's memory format as torch reads it ((N, 1, H, W) is both).
     assert y.is_contiguous(memory_format=suggest_memory_format(x))
     go = torch.randn(y.shape, generator=gen, dtype=torch.float64)
     y.backward(go)
     y_ref.backward(go)
     for a, r in zip(leaves, ref_leaves):
-        assert_close_to(a.grad, r.grad, torch.float64)
+        assert_close(a.grad, r.grad, torch.float64)

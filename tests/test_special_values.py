@@ -37,12 +37,11 @@ with warnings.catch_warnings():
     import shufflenet_ops as so
 from shufflenet_ops import _extension, functional, reference
 
-from conftest import assert_same_specials
+from _helpers import FORMATS, assert_close, conv_inputs
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 SPECIALS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 cpp_only = pytest.mark.skipif(not _extension.available(), reason="C++ extension not built")
 # numpy (the Triton interpreter) warns where it computes inf - inf or 0 * inf: the point here.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -95,14 +94,28 @@ def case_id(case) -> str:
     )
 
 
+def assert_same_specials(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """The NaN, +inf and -inf positions of ``actual`` are exactly those of ``expected``, and the
+    finite values match within ``dtype``'s tolerance (relative to the finite values' scale)."""
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+    for name, mask_of in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        got, want = mask_of(a), mask_of(e)
+        if not torch.equal(got, want):
+            wrong = (got ^ want).nonzero().tolist()
+            raise AssertionError(
+                f"{what} ({dtype}): {name} at {int(got.sum())} positions, the reference at {int(want.sum())}; "
+                f"{len(wrong)} differ, e.g. {wrong[:4]} (got {[a[tuple(i)].item() for i in wrong[:4]]}, "
+                f"expected {[e[tuple(i)].item() for i in wrong[:4]]})"
+            )
+    finite = torch.isfinite(e)
+    assert_close(a[finite], e[finite], dtype, what)
+
+
 def make_inputs(shape: Shape, place: str, value: str, fmt: str, residual: bool, dtype: torch.dtype, device: str):
     """x, weight, bias, residual (float64, then cast) with the special value placed."""
     s = shape
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(s.n, s.cin, s.h, s.w, generator=gen, dtype=torch.float64)
-    w = torch.randn(s.cout, s.cin // s.groups, 1, 1, generator=gen, dtype=torch.float64)
-    b = torch.randn(s.cout, generator=gen, dtype=torch.float64)
-    r = torch.randn(s.n, s.cout, s.h, s.w, generator=gen, dtype=torch.float64) if residual else None
+    x, w, b, r = conv_inputs(s.groups, s.cin, s.cout, n=s.n, h=s.h, w=s.w, residual=residual)
     rows = s.cout // s.groups
     w[0] = 0.0  # zero rows meet an inf or NaN x: 0 * inf = nan
     w[rows] = 0.0
@@ -251,6 +264,7 @@ if not INTERPRETING:
                 assert logits[1].isfinite().all(), (fused, logits[1])
 
     @cpp_only
+    @pytest.mark.slow
     def test_float32_blas_path():
         """The float32 cases again with BLAS instead of the AVX-512 small GEMM (the choice is
         read once per process, hence the subprocess)."""
@@ -261,11 +275,12 @@ if not INTERPRETING:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__,
              "-k", "test_cpp_conv and float32"],
-            capture_output=True, text=True, env=env, timeout=600,
+            capture_output=True, text=True, env=env, timeout=600, check=False,
         )
         print(f"float32 on BLAS: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ''}")
         assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-4000:]
 
+    @pytest.mark.slow
     @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
     def test_triton_interpreter():
         """The Triton cases below, on CPU under TRITON_INTERPRET=1, in a subprocess."""
@@ -274,7 +289,7 @@ if not INTERPRETING:
         start = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__],
-            capture_output=True, text=True, env=env, timeout=900,
+            capture_output=True, text=True, env=env, timeout=900, check=False,
         )
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         print(f"interpreter special values: {summary} ({time.monotonic() - start:.0f} s)")

@@ -15,13 +15,13 @@ shuffle; NCHW (per-image pixel tiles) and channels_last (batch folded, all group
 program); the tensor-core path and the FMA path for narrow groups; masked edges in every
 tile dimension; several reduction slices; 64-bit offsets; batch 0; non-dense inputs.
 
-The helpers at the top are shared with tests/test_cuda.py, which runs them on CUDA.
+The cases and checks (tests/_helpers.py) are shared with tests/test_cuda.py, which runs them
+on CUDA.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import subprocess
 import sys
@@ -41,150 +41,25 @@ with warnings.catch_warnings():
 from shufflenet_ops import reference
 from shufflenet_ops.triton import _configs
 
-from conftest import check_residual_epilogue
+from _helpers import (
+    COMBOS,
+    EPILOGUES,
+    FORMATS,
+    GROUP_SHAPES,
+    PATH_TILES,
+    assert_close,
+    check_conv,
+    check_residual_epilogue,
+    check_shuffle,
+    conv_inputs,
+    pointwise_shapes,
+)
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
-FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-
-# Relative tolerances per dtype, applied to the reference's scale (see assert_close_scaled).
-TOL = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-4,
-    torch.float16: 1e-2,
-    torch.bfloat16: 2e-2,
-}
-
-# Tiles that force each kernel path on tiny shapes (blocks of 16 over 12- and 20-channel
-# groups and 15 or 30 pixels: every tile dimension has a masked edge).
-PATH_TILES = {
-    "dot": (_configs.Tile(16, 16, 16, True, 2, 1), _configs.Tile(16, 16, 0, True, 2, 1)),
-    "fma": (_configs.Tile(8, 1, 16, False, 2, 1), _configs.Tile(8, 8, 0, False, 2, 1)),
-}
-
-
-# Each (placement, convention, layout, path) combination once; group counts and the
-# bias/ReLU epilogue rotate through the combinations so all values are seen with both
-# paths and both layouts. Channels per group (12 or 20) and pixels (15, or 30 folded)
-# leave a masked edge in every tile of the forced 16-wide tiles.
-GROUP_SHAPES = [(1, 20, 12), (2, 40, 24), (3, 60, 36), (4, 48, 80), (8, 96, 160)]
-EPILOGUES = [(True, True), (False, False), (True, False), (False, True)]
-COMBOS = [
-    (placement, convention, fmt, path)
-    for placement in ("out", "in")
-    for convention in ("paper", "official", "none")
-    for fmt in FORMATS
-    for path in PATH_TILES
-]
-
-
-# ------------------------------------------------------------------------------ helpers
-def shufflenet_v1_conv_shapes() -> list[tuple[int, int, int]]:
-    """(groups, Cin, Cout) of every grouped 1x1 conv of ShuffleNet V1 1x (paper Table 1)."""
-    stages = {1: (144, 288, 576), 2: (200, 400, 800), 3: (240, 480, 960), 4: (272, 544, 1088), 8: (384, 768, 1536)}
-    shapes = set()
-    for g, outs in stages.items():
-        cin = 24
-        for i, out in enumerate(outs):
-            m = out // 4
-            first_groups = 1 if i == 0 else g  # Stage 2's first pointwise conv is not grouped
-            shapes.add((first_groups, cin, m))  # stride-2 unit, first GConv
-            shapes.add((g, m, out - cin))  # stride-2 unit, second GConv (concat branch)
-            shapes.add((g, out, m))  # stride-1 units
-            shapes.add((g, m, out))
-            cin = out
-    return sorted(shapes)
-
-
-def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
-    """|actual - expected| <= tol * (|expected| + max|expected|): relative, with an absolute
-    floor at the tensor's scale (low-precision sums cancel)."""
-    tol = TOL[dtype]
-    scale = expected.abs().max().item() if expected.numel() else 1.0
-    torch.testing.assert_close(
-        actual.double().cpu(), expected.double().cpu(), rtol=tol, atol=tol * max(scale, 1e-30),
-        msg=lambda m: f"{what} ({dtype}): {m}",
-    )
-
-
-def make_conv_inputs(g, cin, cout, n, h, w, dtype, device, fmt, bias, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, cin, h, w, generator=gen, dtype=torch.float64)
-    wt = torch.randn(cout, cin // g, 1, 1, generator=gen, dtype=torch.float64) / math.sqrt(max(cin // g, 1))
-    b = torch.randn(cout, generator=gen, dtype=torch.float64) if bias else None
-    x = x.to(device=device, dtype=dtype).contiguous(memory_format=FORMATS[fmt])
-    wt = wt.to(device=device, dtype=dtype)
-    b = b.to(device=device, dtype=dtype) if b is not None else None
-    return x, wt, b
-
-
-def run_fused(placement, x, w, b, g, s, relu):
-    if placement == "out":
-        return so.group_conv1x1_shuffle(x, w, g, bias=b, shuffle_groups=s, relu=relu)
-    return so.shuffle_group_conv1x1(x, w, g, s, bias=b, relu=relu)
-
-
-def run_reference(placement, x, w, b, g, s, relu):
-    if placement == "out":
-        return reference.group_conv1x1_shuffle(x, w, g, bias=b, shuffle_groups=s, relu=relu)
-    return reference.shuffle_group_conv1x1(x, w, g, s, bias=b, relu=relu)
-
-
-def shuffle_for(convention: str, g: int, channels: int) -> int:
-    """The shuffle group count of a convention, for the shuffled side with ``channels``."""
-    return {"paper": g, "official": channels // g, "none": 1}[convention]
-
-
-def check_conv(placement, g, cin, cout, convention, *, bias, relu, fmt, dtype, device, n=2, h=3, w=5, seed=0,
-               backend=None):
-    """Forward and all gradients of a fused conv vs the float64 reference."""
-    s = shuffle_for(convention, g, cout if placement == "out" else cin)
-    x, wt, b = make_conv_inputs(g, cin, cout, n, h, w, dtype, device, fmt, bias, seed)
-    leaves = [t.requires_grad_() for t in (x, wt, b) if t is not None]
-    ctx = so.backend(backend) if backend else _null()
-    with ctx:
-        y = run_fused(placement, x, wt, b, g, s, relu)
-    # The input's memory format as torch reads it: a shape like (N, 1, H, W) is both formats.
-    assert y.is_contiguous(memory_format=suggest_memory_format(x)), f"output not in the input's memory format ({fmt})"
-    go = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    go = go.to(device=device, dtype=dtype).contiguous(memory_format=FORMATS[fmt])  # as autograd would pass it
-    grads = torch.autograd.grad(y, leaves, go)
-
-    x64, w64, b64 = (t.detach().double().requires_grad_() if t is not None else None for t in (x, wt, b))
-    ref = run_reference(placement, x64, w64, b64, g, s, False)
-    ref_y = ref.clamp_min(0) if relu else ref
-    assert_close_scaled(y.detach(), ref_y, dtype, "forward")
-    # The backward masks by the kernel's own output (what autograd saved), so a value that
-    # rounds across zero in low precision does not fail the gradient check.
-    go_ref = go.double() * (y.detach() > 0).double() if relu else go.double()
-    leaves64 = [t for t in (x64, w64, b64) if t is not None]
-    ref_grads = torch.autograd.grad(ref, leaves64, go_ref)
-    for name, got, want in zip(("grad input", "grad weight", "grad bias"), grads, ref_grads):
-        assert_close_scaled(got, want, dtype, name)
-    assert grads[0].is_contiguous(memory_format=suggest_memory_format(go)), "grad input not in grad_output's memory format"
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def check_shuffle(c, g, fmt, dtype, device, n=2, h=3, w=5, backend=None):
-    x = torch.randn(n, c, h, w, dtype=torch.float64).to(device=device, dtype=dtype)
-    x = x.contiguous(memory_format=FORMATS[fmt]).requires_grad_()
-    with so.backend(backend) if backend else _null():
-        y = so.channel_shuffle(x, g)
-    assert torch.equal(y, torch.channel_shuffle(x.detach(), g)), "shuffle differs from torch.channel_shuffle"
-    assert y.is_contiguous(memory_format=suggest_memory_format(x))
-    go = torch.randn_like(y)
-    (gx,) = torch.autograd.grad(y, x, go)
-    assert torch.equal(gx, torch.channel_shuffle(go, c // g)), "shuffle backward is not the inverse shuffle"
 
 
 # ------------------------------------------------- pure-Python tile rule (any process)
-@pytest.mark.parametrize("g,cin,cout", shufflenet_v1_conv_shapes())
+@pytest.mark.parametrize("g,cin,cout", pointwise_shapes())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_real_layers_take_tensor_cores_without_mostly_padded_tiles(g, cin, cout, dtype):
     for rows, red in ((cout // g, cin // g), (cin // g, cout // g)):  # forward and grad input
@@ -261,7 +136,9 @@ def test_registration_is_a_noop_without_cuda():
 def _subprocess(code: str, **env) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SHUFFLENET_OPS_BACKEND")}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300, check=False
+    )
 
 
 def test_registration_puts_triton_on_the_cuda_key():
@@ -298,6 +175,7 @@ def test_cpu_tensor_without_interpreter_is_a_clear_error():
 
 if not INTERPRETING:
 
+    @pytest.mark.slow
     def test_interpreter_suite():
         """The kernel tests of this file, on CPU under TRITON_INTERPRET=1, in a subprocess."""
         env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -305,14 +183,14 @@ if not INTERPRETING:
         start = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-            capture_output=True, text=True, env=env, timeout=1200,
+            capture_output=True, text=True, env=env, timeout=1200, check=False,
         )
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         print(f"interpreter suite: {summary} ({time.monotonic() - start:.0f} s)")
         assert proc.returncode == 0, proc.stdout[-30000:] + proc.stderr[-5000:]
 
 else:
-    from shufflenet_ops.triton import _common, conv_backward, conv_forward
+    from shufflenet_ops.triton import _common, conv_forward
     from shufflenet_ops.triton.table import TRITON
 
     # ------------------------------------------------------- every op on its spec's samples
@@ -321,7 +199,7 @@ else:
     @pytest.mark.parametrize("spec,args", SPEC_SAMPLES, ids=[f"{s.name}-{i}" for i, (s, _) in enumerate(SPEC_SAMPLES)])
     def test_table_matches_reference_on_spec_samples(spec, args):
         got = getattr(TRITON, spec.name)(*args)
-        torch.testing.assert_close(got, spec.reference(*args), rtol=1e-7, atol=1e-7)
+        assert_close(got, spec.reference(*args), torch.float64, spec.name)
         if got.dim() == 4:
             assert got.is_contiguous(memory_format=suggest_memory_format(args[0]))
 
@@ -349,10 +227,13 @@ else:
         g, cin, cout = GROUP_SHAPES[index % len(GROUP_SHAPES)]
         bias, relu = EPILOGUES[index % len(EPILOGUES)]
         conv_tile, gw_tile = PATH_TILES[path]
-        with _common.forced_tile("conv", conv_tile), _common.forced_tile("grad_weight", gw_tile):
-            with _common.forced_splits(2):  # batch 3 -> 3 work items in 2 slices: a short last slice
-                check_conv(placement, g, cin, cout, convention, bias=bias, relu=relu, fmt=fmt,
-                           dtype=torch.float64, device="cpu", n=3, backend="triton")
+        with (
+            _common.forced_tile("conv", conv_tile),
+            _common.forced_tile("grad_weight", gw_tile),
+            _common.forced_splits(2),  # batch 3 -> 3 work items in 2 slices: a short last slice
+        ):
+            check_conv(placement, g, cin, cout, convention, bias=bias, relu=relu, fmt=fmt,
+                       dtype=torch.float64, device="cpu", n=3, backend="triton")
 
     @pytest.mark.parametrize("fmt", list(FORMATS))
     @pytest.mark.parametrize("g,cin,cout", [(1, 8, 12), (2, 8, 24), (3, 36, 12), (4, 16, 32), (8, 96, 48)])
@@ -383,7 +264,7 @@ else:
     def test_backward_ops_with_input_and_output_shuffles(fmt, path):
         """The backward ops take any (in_shuffle, out_shuffle), not only one of them."""
         g, cin, cout, si, s_out = 2, 24, 40, 3, 4
-        x, w, _ = make_conv_inputs(g, cin, cout, 2, 3, 5, torch.float64, "cpu", fmt, False)
+        x, w, _, _ = conv_inputs(g, cin, cout, bias=False, fmt=fmt, fan_in_scaled=True)
         go = torch.randn(2, cout, 3, 5, dtype=torch.float64).contiguous(memory_format=FORMATS[fmt])
         x64, w64 = x.clone().requires_grad_(), w.clone().requires_grad_()
         y = torch.channel_shuffle(torch.nn.functional.conv2d(torch.channel_shuffle(x64, si), w64, groups=g), s_out)
@@ -394,10 +275,10 @@ else:
             gx = TRITON.conv1x1_shuffle_grad_input(go, w, g, si, s_out)
             gw = TRITON.conv1x1_shuffle_grad_weight(go, x, g, si, s_out)
         gb = TRITON.conv1x1_shuffle_grad_bias(go, s_out)
-        assert_close_scaled(fwd, y.detach(), torch.float64, "forward")
-        assert_close_scaled(gx, rx, torch.float64, "grad input")
-        assert_close_scaled(gw, rw, torch.float64, "grad weight")
-        assert_close_scaled(gb, torch.channel_shuffle(go, cout // s_out).sum((0, 2, 3)), torch.float64, "grad bias")
+        assert_close(fwd, y.detach(), torch.float64, "forward")
+        assert_close(gx, rx, torch.float64, "grad input")
+        assert_close(gw, rw, torch.float64, "grad weight")
+        assert_close(gb, torch.channel_shuffle(go, cout // s_out).sum((0, 2, 3)), torch.float64, "grad bias")
 
     def test_grad_ops_with_mixed_layouts_and_strided_weight():
         """grad_output NCHW with x channels_last (no batch folding), a transposed weight view."""
@@ -409,11 +290,11 @@ else:
         y = torch.channel_shuffle(torch.nn.functional.conv2d(x64, w64[:, :, None, None], groups=g), g)
         rx, rw = torch.autograd.grad(y, (x64, w64), go)
         with _common.forced_splits(3):
-            assert_close_scaled(TRITON.conv1x1_shuffle_grad_weight(go, x, g, 1, g).reshape(rw.shape), rw,
-                                torch.float64, "grad weight")
+            assert_close(TRITON.conv1x1_shuffle_grad_weight(go, x, g, 1, g).reshape(rw.shape), rw,
+                         torch.float64, "grad weight")
         gx = TRITON.conv1x1_shuffle_grad_input(go, w, g, 1, g)
         assert gx.is_contiguous()  # grad_output's format
-        assert_close_scaled(gx, rx, torch.float64, "grad input")
+        assert_close(gx, rx, torch.float64, "grad input")
         out = torch.randn(2, cout, 3, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(TRITON.relu_grad(go, out), go * (out > 0), rtol=0, atol=0)
 
@@ -430,7 +311,7 @@ else:
         x = torch.randn(2, 48, 4, 10, dtype=torch.float64)[:, ::2, :, 1:8]  # 24 channels, 4x7, strided
         w = torch.randn(12, 8, 1, 1, dtype=torch.float64)
         y = TRITON.group_conv1x1_shuffle(x, w, None, 3, 3, False)
-        assert_close_scaled(y, reference.group_conv1x1_shuffle(x, w, 3, shuffle_groups=3), torch.float64, "forward")
+        assert_close(y, reference.group_conv1x1_shuffle(x, w, 3, shuffle_groups=3), torch.float64, "forward")
 
     def test_relu_grad():
         for fmt in FORMATS:
@@ -462,7 +343,7 @@ else:
             check_shuffle(12, 3, fmt, torch.float64, "cpu", backend="triton")
 
     def test_grad_weight_is_reproducible_across_calls():
-        x, _, _ = make_conv_inputs(4, 64, 32, 3, 5, 7, torch.float32, "cpu", "nchw", False)
+        x, _, _, _ = conv_inputs(4, 64, 32, n=3, h=5, w=7, bias=False, dtype=torch.float32, fan_in_scaled=True)
         go = torch.randn(3, 32, 5, 7)
         with _common.forced_splits(3):
             first = TRITON.conv1x1_shuffle_grad_weight(go, x, 4, 1, 4)

@@ -22,11 +22,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from torch import nn
 
 from .. import functional
-from ..modules import ShuffleUnit, batchnorm_scale_shift, folding_enabled
+from ..modules import ShuffleUnit, can_fold, conv2d_bn
 
 GROUPS = (1, 2, 3, 4, 8)
 WIDTH_MULTS = (0.25, 0.5, 1.0, 1.5, 2.0)
@@ -51,9 +50,11 @@ def stage_channels(groups: int, width_mult: float) -> tuple[int, int, int, int]:
 class _Stem(nn.Sequential):
     """3x3/2 conv, BN, ReLU, 3x3/2 max pool (keys ``0.*``, ``1.*`` as the plain Sequential).
 
-    In the fused network with the BN in eval mode, the BN folds into the conv (its weights
-    are tiny, so they are folded on every call rather than cached) and the ReLU follows the
-    pool (same result, fewer elements)."""
+    In the fused network with the BN in eval mode, the BN folds into the conv as in
+    ``Conv2dBN`` (``can_fold`` and ``conv2d_bn``, which ``Conv2dBN`` runs; not that module
+    itself, whose children ``conv`` / ``bn`` would rename these keys; the weights are tiny,
+    so they are folded on every call rather than cached) and the ReLU follows the pool
+    (same result, fewer elements)."""
 
     def __init__(self, stem: int, fold: bool) -> None:
         super().__init__(
@@ -66,11 +67,9 @@ class _Stem(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self[0], self[1]
-        if not (self.fold and folding_enabled() and not bn.training and bn.running_mean is not None):
+        if not (self.fold and can_fold(bn)):
             return super().forward(x)
-        scale, shift = batchnorm_scale_shift(bn)
-        weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
-        y = F.conv2d(x, weight, shift.to(conv.weight.dtype), conv.stride, conv.padding)
+        y = conv2d_bn(x, conv, bn)
         # ReLU is monotone, so it commutes with the max pool: pool and ReLU in one pass
         # (on CPU; aten's max pool alone also writes an int64 index per output).
         return functional.max_pool3x3s2_relu(y)
@@ -79,7 +78,32 @@ class _Stem(nn.Sequential):
 class ShuffleNetV1(nn.Module):
     """Stem (3x3/2 conv, BN, ReLU, 3x3/2 max pool), Stages 2-4 of ``ShuffleUnit``s, global
     average pool, fully connected classifier. ``fused=False`` builds the naive units (the
-    same state_dict keys), the baseline for benchmarks and tests."""
+    same state_dict keys), the baseline for benchmarks and tests.
+
+    Args:
+        groups: groups of the units' 1x1 convs, one of 1, 2, 3, 4, 8 (Table 1).
+        width_mult: the scale ``s`` of "ShuffleNet s x", any positive number (stage widths
+            rounded as the module docstring says; ``shufflenet_v1`` takes the paper's).
+        num_classes: outputs of the classifier.
+        fused: the fused units, stem BN folded in eval mode (True), or the naive layers.
+
+    Shape:
+        x ``(N, 3, H, W)`` (224x224 in the paper; any H, W >= 1 runs) -> logits
+        ``(N, num_classes)``.
+
+    dtypes: x has the parameters' dtype (float32 as built; ``model.to(dtype)`` for
+    float64, bfloat16 or float16), as have the logits.
+
+    Memory format: the logits are a contiguous 2-D tensor whatever x's format. On CPU the
+    fused model runs its activations channels_last (x converted once), except under
+    ``torch.export``.
+
+    Raises:
+        ValueError: (construction) ``groups`` not one of the above, ``width_mult`` not a
+            positive number, ``num_classes`` not a positive int; (forward, naive) x not 4-D.
+        RuntimeError: (forward) x's dtype unlike the parameters', x without 3 channels
+            (from the stem's conv); (fused, on CPU) x not 4-D.
+    """
 
     def __init__(
         self, groups: int = 3, width_mult: float = 1.0, num_classes: int = 1000, fused: bool = True
@@ -143,7 +167,14 @@ def shufflenet_v1(
 ) -> ShuffleNetV1:
     """ShuffleNet V1 with ``groups`` in {1, 2, 3, 4, 8} and ``width_mult`` in
     {0.25, 0.5, 1.0, 1.5, 2.0} (the paper's configurations; ``ShuffleNetV1`` itself takes
-    any positive scale). ``fused=True`` uses the fused conv+shuffle modules."""
+    any positive scale). ``fused=True`` uses the fused conv+shuffle modules.
+
+    Args, shape, dtypes and memory format: as ``ShuffleNetV1``.
+
+    Raises:
+        ValueError: ``width_mult`` not one of the five above, or what ``ShuffleNetV1``
+            raises (``groups``, ``num_classes``).
+    """
     if width_mult not in WIDTH_MULTS:
         raise ValueError(f"width_mult must be one of {WIDTH_MULTS}, got {width_mult!r}")
     return ShuffleNetV1(groups, width_mult, num_classes, fused)

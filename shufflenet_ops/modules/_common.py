@@ -1,0 +1,28 @@
+"""Argument checks and the shuffle's channel permutation, shared by the module files."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` itself; TypeError unless an int (bool excluded), ValueError if < 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_divisible(channels: int, channels_name: str, groups: int, groups_name: str) -> None:
+    """ValueError unless ``groups`` divides ``channels``."""
+    if channels % groups != 0:
+        raise ValueError(f"{channels_name} ({channels}) must be divisible by {groups_name} ({groups})")
+
+
+def shuffle_permutation(channels: int, groups: int, device: torch.device | None = None) -> torch.Tensor:
+    """Index ``p`` with ``shuffle(x, groups)[:, j] == x[:, p[j]]`` for ``channels`` channels.
+
+    The inverse permutation is ``shuffle_permutation(channels, channels // groups)``.
+    """
+    return torch.arange(channels, device=device).view(groups, channels // groups).t().reshape(-1)

@@ -1,0 +1,143 @@
+"""BatchNorm folding: the math, when a BN may fold, and the cache of folded weights.
+
+An eval-mode ``nn.BatchNorm2d`` with running statistics is a fixed per-channel affine map
+``bn(z) = z * scale + shift``, so ``bn(conv(x))`` is one conv with weight ``W * scale``
+and bias ``shift + b * scale`` (``folded_conv_bn``). ``can_fold`` says when that holds,
+``FoldCache`` keeps the folded pair while its sources are unchanged, and
+``batchnorm_folding(False)`` turns folding off (every conv and BN then runs as itself).
+``batch_norm_permuted`` is BatchNorm on a tensor whose channels are a permutation of the
+BN's, for a BN that meets its channels shuffled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def is_plain_batchnorm(bn: nn.Module) -> bool:
+    """True for an ``nn.BatchNorm2d`` whose forward is the standard one (foldable)."""
+    return isinstance(bn, nn.BatchNorm2d) and type(bn).forward is nn.BatchNorm2d.forward
+
+
+def batchnorm_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``bn(z) == z * scale + shift`` per channel, in eval mode."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def batch_norm_permuted(bn: nn.BatchNorm2d, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``bn`` applied to ``z`` whose channel j holds BN channel ``index[j]``.
+
+    Equals ``bn(z[:, inverse])[:, index]`` exactly: the same per-channel statistics, the same
+    running-stat update (momentum or cumulative average, num_batches_tracked) as
+    ``nn.BatchNorm2d.forward``, written back in the BN's own channel order.
+    """
+    bn._check_input_dim(z)
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    pass_buffers = not bn.training or bn.track_running_stats
+    running_mean = bn.running_mean.index_select(0, index) if pass_buffers and bn.running_mean is not None else None
+    running_var = bn.running_var.index_select(0, index) if pass_buffers and bn.running_var is not None else None
+    weight = bn.weight.index_select(0, index) if bn.weight is not None else None
+    bias = bn.bias.index_select(0, index) if bn.bias is not None else None
+    out = F.batch_norm(z, running_mean, running_var, weight, bias, use_batch_stats, momentum, bn.eps)
+    if bn.training and running_mean is not None:  # F.batch_norm updated the permuted copies
+        with torch.no_grad():
+            bn.running_mean.index_copy_(0, index, running_mean)
+            bn.running_var.index_copy_(0, index, running_var)
+    return out
+
+
+_folding_enabled = threading.local()
+
+
+def folding_enabled() -> bool:
+    return getattr(_folding_enabled, "value", True)
+
+
+@contextlib.contextmanager
+def batchnorm_folding(enabled: bool) -> Iterator[None]:
+    """Turn eval-mode BN folding off (or on) inside a ``with`` block, e.g. so that hooks see
+    every conv module called (``count_flops``); the results are the same either way."""
+    previous = folding_enabled()
+    _folding_enabled.value = enabled
+    try:
+        yield
+    finally:
+        _folding_enabled.value = previous
+
+
+def can_fold(bn: nn.BatchNorm2d) -> bool:
+    """Whether ``bn`` acts as a fixed per-channel affine map now: eval mode with running
+    statistics (and folding not turned off by ``batchnorm_folding(False)``). The BN's own
+    mode decides, as in the unfused model: a frozen BN inside a training model folds too."""
+    return folding_enabled() and not bn.training and bn.running_mean is not None and bn.running_var is not None
+
+
+def folded_conv_bn(
+    conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of ``conv`` with the eval-mode ``bn`` folded in.
+
+    With ``s = gamma / sqrt(var + eps)``: ``W' = W * s`` and ``b' = beta + (b - mean) * s``
+    per output channel. ``bn_index[c]`` is the BN channel that conv output channel ``c``
+    meets (a BN applied after a shuffle); None: the same channel. Differentiable.
+    """
+    scale, shift = batchnorm_scale_shift(bn)
+    if bn_index is not None:
+        scale, shift = scale.index_select(0, bn_index), shift.index_select(0, bn_index)
+    weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    return weight, bias.to(conv.weight.dtype)
+
+
+class FoldCache:
+    """The last folded ``(weight, bias)`` of one conv+BN pair, reused in inference until
+    any source tensor is replaced or changed in place (which bumps its version counter).
+    Derived data: never pickled or deep-copied."""
+
+    def __init__(self) -> None:
+        self._entry: tuple[list, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def clear(self) -> None:
+        self._entry = None
+
+    def folded(
+        self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sources = [t for t in (*conv.parameters(), *bn.parameters(), *bn.buffers()) if t is not None]
+        needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
+        if needs_graph or torch.compiler.is_compiling() or any(t.is_inference() for t in sources):
+            return folded_conv_bn(conv, bn, bn_index)
+        # In-place updates bump _version; `.data =` (as in module.to()) swaps the storage.
+        stamps = [(t, t._version, t.data_ptr(), t.dtype, t.device) for t in sources]
+        if self._entry is not None:
+            old_stamps, folded = self._entry
+            if len(old_stamps) == len(stamps) and all(
+                old[0] is new[0] and old[1:] == new[1:] for old, new in zip(old_stamps, stamps)
+            ):
+                return folded
+        with torch.no_grad():
+            folded = folded_conv_bn(conv, bn, bn_index)
+        self._entry = (stamps, folded)
+        return folded
+
+    def __deepcopy__(self, memo: dict) -> FoldCache:
+        return FoldCache()
+
+    def __reduce__(self):
+        return (FoldCache, ())

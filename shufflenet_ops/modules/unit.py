@@ -1,0 +1,147 @@
+"""The ShuffleNet V1 unit, fused (``fused=True``) or naive (``fused=False``), with the same
+state_dict keys either way."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import functional
+from ._common import check_divisible, check_positive_int
+from .conv_bn import Conv2dBN, GroupConv1x1BNShuffle
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int) -> OrderedDict:
+    return OrderedDict(
+        conv=nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False
+        ),
+        bn=nn.BatchNorm2d(out_channels),
+    )
+
+
+class ShuffleUnit(nn.Module):
+    """The ShuffleNet V1 unit (paper Fig. 2b / 2c).
+
+    Stride 1: 1x1 GConv -> BN -> ReLU -> shuffle -> 3x3 depthwise conv -> BN -> 1x1 GConv
+    -> BN, added to the input, then ReLU. Stride 2: the depthwise conv has stride 2, the
+    shortcut is a 3x3 average pool (stride 2, padding 1), the two are concatenated
+    (shortcut first) and ReLU'd; the branch outputs ``out_channels - in_channels``.
+    The bottleneck is ``out_channels // 4``; no ReLU after the depthwise conv nor after the
+    second GConv (before the add). ``grouped_first=False`` makes the first 1x1 conv
+    ungrouped (the first unit of Stage 2); the shuffle still uses ``groups``.
+
+    ``fused=True`` runs each 1x1 conv with its BN, ReLU and shuffle as one fused module
+    (``GroupConv1x1BNShuffle``; BN folded in eval mode, and for stride 2 the final ReLU of
+    the branch in the second conv's epilogue). ``fused=False`` is the naive unit: separate
+    conv, BN, ReLU and ``nn.ChannelShuffle``. Both have the same parameters and
+    state_dict keys (``compress.conv``, ``compress.bn``, ``depthwise.conv``,
+    ``depthwise.bn``, ``expand.conv``, ``expand.bn``), so checkpoints load both ways.
+
+    Args:
+        in_channels: ``Cin``; equal to ``out_channels`` for stride 1.
+        out_channels: ``Cout``, at least 4; greater than ``in_channels`` for stride 2.
+        groups: groups of the 1x1 convs and of the shuffle; divides the bottleneck
+            ``Cout // 4``, the branch output (``Cout``, or ``Cout - Cin`` for stride 2) and,
+            with ``grouped_first``, ``Cin``.
+        stride: 1 (residual add) or 2 (downsampling, concatenation).
+        grouped_first: group the first 1x1 conv (False: ungrouped, for a narrow input).
+        fused: the fused modules (True) or the naive layers (False).
+
+    Shape:
+        x ``(N, Cin, H, W)`` -> output ``(N, Cout, H, W)`` for stride 1,
+        ``(N, Cout, ceil(H / 2), ceil(W / 2))`` for stride 2.
+
+    dtypes: x has the parameters' dtype (float32 by default; the fused ops also take
+    float64, bfloat16 and float16), as has the output.
+
+    Memory format: the output is channels_last if x is, contiguous NCHW otherwise (the
+    fused unit on the ``reference`` backend: contiguous NCHW).
+
+    Raises:
+        TypeError: (construction) ``in_channels``, ``out_channels`` or ``groups`` not an
+            int; (forward, fused) x's dtype unlike the parameters' or unsupported.
+        ValueError: (construction) a count < 1, a stride other than 1 or 2, ``Cin != Cout``
+            for stride 1, ``Cout <= Cin`` for stride 2, ``Cout < 4``, or ``groups`` not
+            dividing the channels above; (forward) x not 4-D (fused: also without ``Cin``
+            channels); in train mode, a BN that sees one value per channel.
+        RuntimeError: (forward, fused) x on another device than the parameters, or CPU
+            tensors without the built C++ extension; (forward, naive) x's channel count or
+            dtype wrong (from ``nn.Conv2d``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        stride: int,
+        grouped_first: bool = True,
+        fused: bool = True,
+    ) -> None:
+        super().__init__()
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(out_channels, "out_channels")
+        check_positive_int(groups, "groups")
+        if stride not in (1, 2) or isinstance(stride, bool):
+            raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+        if stride == 1 and in_channels != out_channels:
+            raise ValueError(
+                f"a stride-1 unit adds its input to its output: in_channels ({in_channels}) must equal "
+                f"out_channels ({out_channels})"
+            )
+        if stride == 2 and out_channels <= in_channels:
+            raise ValueError(
+                f"a stride-2 unit concatenates its input: out_channels ({out_channels}) must exceed "
+                f"in_channels ({in_channels})"
+            )
+        bottleneck = out_channels // 4
+        branch_out = out_channels - in_channels if stride == 2 else out_channels
+        first_groups = groups if grouped_first else 1
+        if bottleneck < 1:
+            raise ValueError(f"out_channels ({out_channels}) must be >= 4 (bottleneck = out_channels // 4)")
+        check_divisible(bottleneck, "the bottleneck width out_channels // 4", groups, "groups")
+        check_divisible(in_channels, "in_channels", first_groups, "groups")
+        check_divisible(branch_out, "the branch output channels", groups, "groups")
+
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.groups, self.stride, self.grouped_first, self.fused = groups, stride, grouped_first, fused
+        compress = _conv_bn(in_channels, bottleneck, 1, 1, first_groups)
+        expand = _conv_bn(bottleneck, branch_out, 1, 1, groups)
+        if fused:
+            self.compress = GroupConv1x1BNShuffle(compress["conv"], compress["bn"], shuffle_groups=groups, relu=True)
+        else:
+            compress["relu"] = nn.ReLU(inplace=True)
+            self.compress = nn.Sequential(compress)
+            self.shuffle = nn.ChannelShuffle(groups) if groups > 1 else nn.Identity()
+        depthwise = _conv_bn(bottleneck, bottleneck, 3, stride, bottleneck)
+        # Fused: the depthwise BN folds into the depthwise conv in eval mode (no ReLU follows it).
+        self.depthwise = Conv2dBN(depthwise["conv"], depthwise["bn"]) if fused else nn.Sequential(depthwise)
+        if fused:
+            # The second conv's epilogue ends the unit: stride 1 adds the shortcut and applies
+            # the ReLU (relu(x + branch)); stride 2 applies the branch's ReLU, since
+            # relu(cat(pool, branch)) == cat(relu(pool), relu(branch)).
+            self.expand = GroupConv1x1BNShuffle(expand["conv"], expand["bn"], shuffle_groups=1, relu=True)
+        else:
+            self.expand = nn.Sequential(expand)
+        self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            hidden = self.depthwise(self.compress(x))
+            if self.stride == 1:
+                return self.expand(hidden, residual=x)
+            return torch.cat((functional.avg_pool3x3s2_relu(x), self.expand(hidden)), dim=1)
+        branch = self.expand(self.depthwise(self.shuffle(self.compress(x))))
+        if self.stride == 1:
+            return F.relu(x + branch)
+        return F.relu(torch.cat((self.shortcut(x), branch), dim=1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, groups={self.groups}, stride={self.stride}, "
+            f"grouped_first={self.grouped_first}, fused={self.fused}"
+        )
