@@ -67,27 +67,21 @@ def _bad_calls(name: str):
     )
 
 
-MAX_POOL3X3S2_RELU = OpSpec(
-    name="max_pool3x3s2_relu",
-    reference=lambda x: reference.max_pool3x3s2_relu(x),
-    fake=_fake,
-    check=_check("max_pool3x3s2_relu"),
-    setup_context=_setup_context,
-    backward=_max_pool_backward,
-    samples=_samples,
-    bad_calls=_bad_calls("max_pool3x3s2_relu"),
-)
+def _pool_spec(name: str, backward) -> OpSpec:
+    return OpSpec(
+        name=name,
+        reference=lambda x: getattr(reference, name)(x),  # looked up per call: tests patch it
+        fake=_fake,
+        check=_check(name),
+        setup_context=_setup_context,
+        backward=backward,
+        samples=_samples,
+        bad_calls=_bad_calls(name),
+    )
 
-AVG_POOL3X3S2_RELU = OpSpec(
-    name="avg_pool3x3s2_relu",
-    reference=lambda x: reference.avg_pool3x3s2_relu(x),
-    fake=_fake,
-    check=_check("avg_pool3x3s2_relu"),
-    setup_context=_setup_context,
-    backward=_avg_pool_backward,
-    samples=_samples,
-    bad_calls=_bad_calls("avg_pool3x3s2_relu"),
-)
+
+MAX_POOL3X3S2_RELU = _pool_spec("max_pool3x3s2_relu", _max_pool_backward)
+AVG_POOL3X3S2_RELU = _pool_spec("avg_pool3x3s2_relu", _avg_pool_backward)
 
 _POOL_DOC = """``relu({kind}_pool2d(x, 3, stride=2, padding=1))`` in one pass over ``x``{extra}.
 
