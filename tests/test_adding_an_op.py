@@ -94,5 +94,5 @@ CODE = textwrap.dedent(
 @pytest.mark.skipif(not so._extension.available(), reason="the C++ extension defines the library")
 def test_a_new_op_needs_only_its_schema_kernel_and_spec():
     env = {k: v for k, v in os.environ.items() if k not in ("SHUFFLENET_OPS_BACKEND", "TRITON_INTERPRET")}
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-3000:] + out.stderr[-6000:]
