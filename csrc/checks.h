@@ -8,6 +8,7 @@
 namespace shufflenet_ops {
 
 inline void check_input(const at::Tensor& x, const char* what) {
+  TORCH_CHECK_TYPE(x.defined(), what, " must be a torch.Tensor, got None");
   TORCH_CHECK_VALUE(x.dim() == 4, what, " must be 4-D (N, C, H, W), got ", x.dim(), "-D with shape ", x.sizes());
   const auto dt = x.scalar_type();
   TORCH_CHECK_TYPE(
@@ -21,14 +22,16 @@ inline void check_groups(int64_t value, const char* name, int64_t channels, cons
       channels % value == 0, channels_name, " (", channels, ") must be divisible by ", name, " (", value, ")");
 }
 
-inline void check_same(const at::Tensor& t, const at::Tensor& x, const char* what) {
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), what, " dtype ", t.scalar_type(),
-                   " does not match input dtype ", x.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), what, " is on ", t.device(), " but input is on ", x.device());
+// t has the dtype and device of x (named `other` in the message).
+inline void check_same(const at::Tensor& t, const at::Tensor& x, const char* what, const char* other = "input") {
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), what, " dtype ", t.scalar_type(), " does not match ", other,
+                   " dtype ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), what, " is on ", t.device(), " but ", other, " is on ", x.device());
 }
 
-// (Cout, Cin/groups, 1, 1) or (Cout, Cin/groups).
-inline void check_weight(const at::Tensor& weight, int64_t cin, int64_t groups) {
+// A 1x1 conv weight: (Cout, Cin/groups, 1, 1) or (Cout, Cin/groups).
+inline void check_weight_shape(const at::Tensor& weight) {
+  TORCH_CHECK_TYPE(weight.defined(), "weight must be a torch.Tensor, got None");
   if (weight.dim() == 4) {
     TORCH_CHECK_VALUE(weight.size(2) == 1 && weight.size(3) == 1,
                       "weight must be a 1x1 kernel (Cout, Cin/groups, 1, 1), got kernel ", weight.size(2), "x",
@@ -37,6 +40,11 @@ inline void check_weight(const at::Tensor& weight, int64_t cin, int64_t groups) 
     TORCH_CHECK_VALUE(weight.dim() == 2, "weight must have shape (Cout, Cin/groups, 1, 1) or (Cout, Cin/groups), got ",
                       weight.sizes());
   }
+}
+
+// A 1x1 conv weight for `cin` input channels in `groups` groups.
+inline void check_weight(const at::Tensor& weight, int64_t cin, int64_t groups) {
+  check_weight_shape(weight);
   check_groups(groups, "groups", cin, "input channels");
   check_groups(groups, "groups", weight.size(0), "output channels (weight.shape[0])");
   TORCH_CHECK_VALUE(weight.size(1) * groups == cin, "weight shape ", weight.sizes(), " does not match input with ", cin,

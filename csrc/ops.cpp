@@ -1,7 +1,7 @@
-// The op schema, defined once. CPU kernels live in csrc/cpu/ (TORCH_LIBRARY_IMPL);
-// the CUDA kernels are Triton, registered from Python (shufflenet_ops/triton/), except the
-// pools', which run aten's pool and ReLU on CUDA (shufflenet_ops/_ops.py);
-// fake kernels and autograd are registered from Python (shufflenet_ops/_ops.py).
+// The op schema, defined once. CPU kernels live in csrc/cpu/ (TORCH_LIBRARY_IMPL). Everything
+// else about an op is its OpSpec in shufflenet_ops/ops/ (docs/design.md, "Adding an op"): the
+// fake kernel, the autograd formula and the CUDA kernel (Triton; the pools' reference) are
+// registered from Python.
 //
 // Conventions shared by every op:
 //   shuffle(x, s): output channel j*s + i <- input channel i*(C/s) + j (torch.channel_shuffle).

@@ -45,8 +45,8 @@ def check_same(t: torch.Tensor, x: torch.Tensor, what: str, other: str = "input"
         raise RuntimeError(f"{what} is on {t.device} but {other} is on {x.device}")
 
 
-def check_weight(weight: torch.Tensor, cin: int, groups: int) -> None:
-    """A 1x1 conv weight (Cout, Cin/groups, 1, 1) or (Cout, Cin/groups) for ``cin`` inputs."""
+def check_weight_shape(weight: torch.Tensor) -> None:
+    """A 1x1 conv weight: (Cout, Cin/groups, 1, 1) or (Cout, Cin/groups)."""
     check_tensor(weight, "weight")
     if weight.dim() == 4:
         if weight.shape[2] != 1 or weight.shape[3] != 1:
@@ -58,6 +58,11 @@ def check_weight(weight: torch.Tensor, cin: int, groups: int) -> None:
         raise ValueError(
             f"weight must have shape (Cout, Cin/groups, 1, 1) or (Cout, Cin/groups), got {tuple(weight.shape)}"
         )
+
+
+def check_weight(weight: torch.Tensor, cin: int, groups: int) -> None:
+    """A 1x1 conv weight for ``cin`` input channels in ``groups`` groups."""
+    check_weight_shape(weight)
     check_groups(groups, "groups", cin, "input channels")
     check_groups(groups, "groups", weight.shape[0], "output channels (weight.shape[0])")
     if weight.shape[1] * groups != cin:
@@ -74,11 +79,14 @@ def check_conv1x1(
     groups: int,
     in_shuffle: int,
     out_shuffle: int,
+    relu: bool,
     residual: torch.Tensor | None,
 ) -> None:
     """A grouped 1x1 conv whose input is shuffled by ``in_shuffle`` and output by
     ``out_shuffle`` groups (1 = no shuffle), with an optional bias and residual."""
     check_input(x)
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
     check_weight(weight, x.shape[1], groups)
     cout = weight.shape[0]
     check_groups(in_shuffle, "shuffle_groups", x.shape[1], "input channels")

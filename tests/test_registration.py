@@ -120,6 +120,46 @@ def test_double_backward_fails_loudly():
         gx.sum().backward()
 
 
+def test_gradient_penalty_through_the_fused_conv_fails_loudly():
+    """A second-order term through the weight's gradient: an error, never a detached
+    (silently wrong) gradient; the reference backend computes it."""
+    x = torch.randn(1, 12, 3, 3, dtype=torch.float64)
+    w = torch.randn(12, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+
+    def penalised_loss():
+        loss = so.group_conv1x1_shuffle(x, w, 3, shuffle_groups=1, relu=True).pow(2).sum()
+        (gw,) = torch.autograd.grad(loss, w, create_graph=True)
+        return loss + gw.pow(2).sum()
+
+    with pytest.raises(RuntimeError, match="double backward"):
+        penalised_loss().backward()
+    with so.backend("reference"):
+        assert torch.autograd.gradgradcheck(lambda w: so.group_conv1x1_shuffle(x, w, 3, relu=True), (w,))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_every_public_op_keeps_channels_last(backend):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 5, 7, generator=gen).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(24, 4, 1, 1, generator=gen)
+    with so.backend(backend):
+        outputs = {
+            "group_conv1x1_shuffle": so.group_conv1x1_shuffle(x, w, 3),
+            "shuffle_group_conv1x1": so.shuffle_group_conv1x1(x, w, 3, 4),
+            "channel_shuffle": so.channel_shuffle(x, 3),
+            "max_pool3x3s2_relu": so.max_pool3x3s2_relu(x),
+            "avg_pool3x3s2_relu": so.avg_pool3x3s2_relu(x),
+        }
+    for name, y in outputs.items():
+        assert y.is_contiguous(memory_format=torch.channels_last), name
+
+
+def test_channel_shuffle_without_channels_is_differentiable():
+    x = torch.randn(2, 0, 3, 3, requires_grad=True)
+    so.channel_shuffle(x, 3).sum().backward()
+    assert x.grad.shape == x.shape
+
+
 def test_torch_ops_are_differentiable_directly():
     x = torch.randn(2, 12, 3, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(24, 4, 1, 1, dtype=torch.float64, requires_grad=True)

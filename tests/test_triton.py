@@ -163,11 +163,15 @@ def test_cpu_tensor_without_interpreter_is_a_clear_error():
         "import torch, warnings\n"
         "warnings.simplefilter('ignore')\n"
         "from shufflenet_ops.triton.table import TRITON\n"
-        "try:\n"
-        "    TRITON.channel_shuffle(torch.zeros(1, 4, 2, 2), 2)\n"
-        "except RuntimeError as e:\n"
-        "    assert 'TRITON_INTERPRET=1' in str(e), e\n"
-        "    print('ok')\n"
+        "x = torch.zeros(1, 4, 2, 2)\n"
+        "for call in (lambda: TRITON.channel_shuffle(x, 2), lambda: TRITON.max_pool3x3s2_relu(x)):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except RuntimeError as e:\n"
+        "        assert 'TRITON_INTERPRET=1' in str(e), e\n"
+        "    else:\n"
+        "        raise AssertionError('no error')\n"
+        "print('ok')\n"
     )
     proc = _subprocess(code)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr[-4000:]
@@ -192,6 +196,17 @@ if not INTERPRETING:
 else:
     from shufflenet_ops.triton import _common, conv_forward
     from shufflenet_ops.triton.table import TRITON
+
+    def test_gradient_penalty_fails_loudly_on_triton():
+        """The backward ops run through their specs: with create_graph=True their results
+        carry a node that raises, as on the C++ backend, instead of coming back detached."""
+        x = torch.randn(1, 12, 3, 3, dtype=torch.float64)
+        w = torch.randn(12, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+        with so.backend("triton"):
+            loss = so.group_conv1x1_shuffle(x, w, 3, shuffle_groups=1, relu=True).pow(2).sum()
+            (gw,) = torch.autograd.grad(loss, w, create_graph=True)
+            with pytest.raises(RuntimeError, match="double backward"):
+                (loss + gw.pow(2).sum()).backward()
 
     # ------------------------------------------------------- every op on its spec's samples
     SPEC_SAMPLES = [(spec, args) for spec in so.ops.SPECS for args in spec.samples()]

@@ -254,12 +254,13 @@ at::Tensor shuffle_group_conv1x1(const at::Tensor& x, const at::Tensor& weight, 
 at::Tensor conv1x1_shuffle_grad_input(const at::Tensor& grad_in, const at::Tensor& weight, int64_t groups,
                                       int64_t in_shuffle, int64_t out_shuffle) {
   check_input(grad_in, "grad_output");
+  check_weight_shape(weight);
   const int64_t cout = weight.size(0), cin = weight.size(1) * groups;
   check_groups(groups, "groups", cout, "output channels (weight.shape[0])");
   TORCH_CHECK_VALUE(grad_in.size(1) == cout, "grad_output has ", grad_in.size(1), " channels, weight expects ", cout);
   check_groups(in_shuffle, "in_shuffle", cin, "input channels");
   check_groups(out_shuffle, "out_shuffle", cout, "output channels");
-  check_same(weight, grad_in, "weight");
+  check_same(weight, grad_in, "weight", "grad_output");
   const Layout layout = layout_of(grad_in);
   const at::Tensor grad = as_planar(grad_in, layout);
   at::Tensor grad_x = empty_planar(grad, cin, layout);

@@ -23,9 +23,11 @@ at::Tensor conv1x1_shuffle_grad_bias(const at::Tensor& grad, int64_t out_shuffle
 }
 
 at::Tensor relu_grad(const at::Tensor& grad, const at::Tensor& output) {
+  check_input(grad, "grad_output");
+  TORCH_CHECK_TYPE(output.defined(), "output must be a torch.Tensor, got None");
   TORCH_CHECK_VALUE(grad.sizes() == output.sizes(), "relu_grad: grad_output shape ", grad.sizes(),
                     " does not match output shape ", output.sizes());
-  check_same(output, grad, "output");
+  check_same(output, grad, "output", "grad_output");
   at::Tensor out = at::empty_like(grad);
   return at::threshold_backward_out(out, grad, output, 0);
 }

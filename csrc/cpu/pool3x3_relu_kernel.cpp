@@ -129,6 +129,7 @@ at::Tensor pool3x3_stride2_relu(const at::Tensor& x, const char* op) {
   check_input(x, "x");
   TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, "shufflenet_ops ", op,
                     ": x must have a non-empty spatial size, got ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(1) > 0, "shufflenet_ops ", op, ": x must have at least one channel, got ", x.sizes());
   if (!x.is_contiguous(at::MemoryFormat::ChannelsLast) || x.is_contiguous()) {
     // NCHW (and layouts that are both, e.g. one channel): aten's pool and ReLU.
     at::Tensor pooled = kMax ? at::max_pool2d(x, {kKernel, kKernel}, {kStride, kStride}, {kPad, kPad})

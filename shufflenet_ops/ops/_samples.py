@@ -17,6 +17,12 @@ def empty_like_format(reference: torch.Tensor, shape: tuple[int, ...]) -> torch.
     )
 
 
+def in_format_of(reference: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` in ``reference``'s memory format (a no-op when it already is): the references
+    follow the kernels' layout rule, so the 'reference' backend keeps channels_last too."""
+    return y.contiguous(memory_format=suggest_memory_format(reference))
+
+
 @dataclass(frozen=True)
 class SampleTensors:
     """float64 sample operands of a grouped 1x1 conv, 12 -> 24 channels on 3x5 pixels, in NCHW

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _checks, reference
-from ._samples import empty_like_format, sample_tensors
+from ._samples import empty_like_format, in_format_of, sample_tensors
 from .spec import OpSpec
 
 
@@ -16,7 +16,7 @@ def _check(x: torch.Tensor, groups: int) -> None:
 
 def _setup_context(ctx, inputs, output) -> None:
     x, groups = inputs
-    ctx.inverse_groups = x.shape[1] // groups
+    ctx.inverse_groups = x.shape[1] // groups or 1  # no channels: any group count is the identity
 
 
 def _backward(ctx, grad: torch.Tensor) -> tuple:
@@ -34,7 +34,7 @@ def _samples():
 
 CHANNEL_SHUFFLE = OpSpec(
     name="channel_shuffle",
-    reference=reference.channel_shuffle,
+    reference=lambda x, groups: in_format_of(x, reference.channel_shuffle(x, groups)),
     fake=lambda x, groups: empty_like_format(x, tuple(x.shape)),
     check=_check,
     triton="shuffle:channel_shuffle",

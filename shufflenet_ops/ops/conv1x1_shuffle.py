@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _checks, reference
-from ._samples import empty_like_format, sample_tensors
+from ._samples import empty_like_format, in_format_of, sample_tensors
 from .spec import OpSpec
-from .table import kernel_table
 
 Tensor = torch.Tensor
 
@@ -52,19 +51,22 @@ def _conv_setup_context(in_shuffle_of, out_shuffle_of):
 
 
 def _conv_backward(ctx, grad: Tensor) -> tuple:
-    """The gradients of (x, weight, bias, groups, shuffle_groups, relu, residual)."""
+    """The gradients of (x, weight, bias, groups, shuffle_groups, relu, residual).
+
+    The backward ops run through ``OpSpec.run`` on the forward's backend: with
+    create_graph=True their results then carry a node that raises on double backward,
+    instead of silently coming back detached."""
     x, weight, output = ctx.saved_tensors
-    table = kernel_table(ctx.backend, grad.device)
+    backend, groups, in_shuffle, out_shuffle = ctx.backend, ctx.groups, ctx.in_shuffle, ctx.out_shuffle
     if ctx.relu:
-        grad = table.relu_grad(grad, output)
+        grad = RELU_GRAD.run(backend, grad, output)
     grad_x = grad_weight = grad_bias = grad_residual = None
     if ctx.needs_input_grad[0]:
-        grad_x = table.conv1x1_shuffle_grad_input(grad, weight, ctx.groups, ctx.in_shuffle, ctx.out_shuffle)
+        grad_x = GRAD_INPUT.run(backend, grad, weight, groups, in_shuffle, out_shuffle)
     if ctx.needs_input_grad[1]:
-        grad_weight = table.conv1x1_shuffle_grad_weight(grad, x, ctx.groups, ctx.in_shuffle, ctx.out_shuffle)
-        grad_weight = grad_weight.reshape(weight.shape)
+        grad_weight = GRAD_WEIGHT.run(backend, grad, x, groups, in_shuffle, out_shuffle).reshape(weight.shape)
     if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_bias = table.conv1x1_shuffle_grad_bias(grad, ctx.out_shuffle)
+        grad_bias = GRAD_BIAS.run(backend, grad, out_shuffle)
     if ctx.has_residual and ctx.needs_input_grad[6]:
         grad_residual = grad
     return grad_x, grad_weight, grad_bias, None, None, None, grad_residual
@@ -102,13 +104,15 @@ _CONV_BAD_CALLS = (
 
 
 def _reference_output_shuffled(x, weight, bias, groups, shuffle_groups, relu, residual=None):
-    return reference.group_conv1x1_shuffle(
+    y = reference.group_conv1x1_shuffle(
         x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=relu, residual=residual
     )
+    return in_format_of(x, y)
 
 
 def _reference_input_shuffled(x, weight, bias, groups, shuffle_groups, relu, residual=None):
-    return reference.shuffle_group_conv1x1(x, weight, groups, shuffle_groups, bias=bias, relu=relu, residual=residual)
+    y = reference.shuffle_group_conv1x1(x, weight, groups, shuffle_groups, bias=bias, relu=relu, residual=residual)
+    return in_format_of(x, y)
 
 
 GROUP_CONV1X1_SHUFFLE = OpSpec(
@@ -116,7 +120,7 @@ GROUP_CONV1X1_SHUFFLE = OpSpec(
     reference=_reference_output_shuffled,
     fake=_conv_fake,
     check=lambda x, weight, bias, groups, shuffle_groups, relu, residual=None: _checks.check_conv1x1(
-        x, weight, bias, groups, 1, shuffle_groups, residual
+        x, weight, bias, groups, 1, shuffle_groups, relu, residual
     ),
     triton="conv_forward:group_conv1x1_shuffle",
     setup_context=_conv_setup_context(lambda s: 1, lambda s: s),
@@ -130,7 +134,7 @@ SHUFFLE_GROUP_CONV1X1 = OpSpec(
     reference=_reference_input_shuffled,
     fake=_conv_fake,
     check=lambda x, weight, bias, groups, shuffle_groups, relu, residual=None: _checks.check_conv1x1(
-        x, weight, bias, groups, shuffle_groups, 1, residual
+        x, weight, bias, groups, shuffle_groups, 1, relu, residual
     ),
     triton="conv_forward:shuffle_group_conv1x1",
     setup_context=_conv_setup_context(lambda s: s, lambda s: 1),
@@ -150,14 +154,14 @@ def _check_grad_output(grad_output: Tensor, out_shuffle: int) -> None:
 
 def _check_grad_input(grad_output, weight, groups, in_shuffle, out_shuffle) -> None:
     _checks.check_input(grad_output, "grad_output")
-    _checks.check_tensor(weight, "weight")
+    _checks.check_weight_shape(weight)
     cout = weight.shape[0]
     _checks.check_groups(groups, "groups", cout, "output channels (weight.shape[0])")
     if grad_output.shape[1] != cout:
         raise ValueError(f"grad_output has {grad_output.shape[1]} channels, weight expects {cout}")
     _checks.check_groups(in_shuffle, "in_shuffle", weight.shape[1] * groups, "input channels")
     _checks.check_groups(out_shuffle, "out_shuffle", cout, "output channels")
-    _checks.check_same(weight, grad_output, "weight")
+    _checks.check_same(weight, grad_output, "weight", "grad_output")
 
 
 def _check_grad_weight(grad_output, x, groups, in_shuffle, out_shuffle) -> None:
@@ -184,7 +188,8 @@ def _check_relu_grad(grad_output, output) -> None:
 
 def _reference_grad_input(grad_output, weight, groups, in_shuffle, out_shuffle):
     w = weight if weight.dim() == 4 else weight[:, :, None, None]
-    return _inverse(F.conv_transpose2d(_inverse(grad_output, out_shuffle), w, groups=groups), in_shuffle)
+    grad_x = _inverse(F.conv_transpose2d(_inverse(grad_output, out_shuffle), w, groups=groups), in_shuffle)
+    return in_format_of(grad_output, grad_x)
 
 
 def _reference_grad_weight(grad_output, x, groups, in_shuffle, out_shuffle):
@@ -223,6 +228,10 @@ GRAD_INPUT = OpSpec(
         ("channels", lambda a: (a[0][:, :12], a[1], 3, 1, 3), ValueError, r"grad_output has 12 channels, weight expects 24"),
         ("in_shuffle", lambda a: (a[0], a[1], 3, 5, 1), ValueError,
          r"input channels \(12\) must be divisible by in_shuffle \(5\)"),
+        ("3x3 weight", lambda a: (a[0], a[1].expand(24, 4, 3, 3), 3, 1, 3), ValueError, r"1x1 kernel"),
+        ("1-D weight", lambda a: (a[0], a[1].reshape(-1), 3, 1, 3), ValueError, r"weight must have shape"),
+        ("weight dtype", lambda a: (a[0], a[1].float(), 3, 1, 3), TypeError,
+         r"weight dtype .* does not match grad_output dtype"),
     ),
 )
 
@@ -255,12 +264,18 @@ GRAD_BIAS = OpSpec(
 
 RELU_GRAD = OpSpec(
     name="relu_grad",
-    reference=lambda grad_output, output: torch.ops.aten.threshold_backward(grad_output, output, 0),
+    reference=lambda grad_output, output: in_format_of(
+        grad_output, torch.ops.aten.threshold_backward(grad_output, output, 0)
+    ),
     fake=lambda grad_output, output: torch.empty_like(grad_output),
     check=_check_relu_grad,
     triton="conv_backward:relu_grad",
     samples=_samples_of("relu_grad"),
-    bad_calls=(("shape", lambda a: (a[0], a[1][:, :3]), ValueError, r"does not match output shape"),),
+    bad_calls=(
+        ("shape", lambda a: (a[0], a[1][:, :3]), ValueError, r"does not match output shape"),
+        ("3-D", lambda a: (a[0][0], a[1][0]), ValueError, r"grad_output must be 4-D"),
+        ("dtype", lambda a: (a[0], a[1].float()), TypeError, r"output dtype .* does not match grad_output dtype"),
+    ),
 )
 
 

@@ -23,6 +23,8 @@ def _check(name: str):
         _checks.check_input(x, "x")
         if x.shape[2] == 0 or x.shape[3] == 0:
             raise ValueError(f"shufflenet_ops {name}: x must have a non-empty spatial size, got {list(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError(f"shufflenet_ops {name}: x must have at least one channel, got {list(x.shape)}")
 
     return check
 
@@ -64,6 +66,7 @@ def _bad_calls(name: str):
     return (
         ("empty spatial size", lambda a: (a[0][:, :, :0],), ValueError, rf"{name}: x must have a non-empty spatial size"),
         ("3-D input", lambda a: (a[0][0],), ValueError, r"x must be 4-D"),
+        ("no channels", lambda a: (a[0][:, :0],), ValueError, rf"{name}: x must have at least one channel"),
     )
 
 
@@ -97,7 +100,7 @@ _POOL_DOC = """``relu({kind}_pool2d(x, 3, stride=2, padding=1))`` in one pass ov
 
     Raises:
         TypeError: ``x`` is not a tensor or has an unsupported dtype.
-        ValueError: ``x`` is not 4-D or has an empty spatial size.
+        ValueError: ``x`` is not 4-D, has no channels or an empty spatial size.
         RuntimeError: the C++ extension is not built (CPU, backend 'cpp').
 """
 

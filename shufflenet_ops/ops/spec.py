@@ -76,9 +76,10 @@ class OpSpec:
         triton: ``"module:function"`` of the Triton kernel in ``shufflenet_ops.triton``; None
             runs ``reference`` on CUDA (and on the Triton backend).
         setup_context, backward: the autograd formula, as ``torch.library.register_autograd``
-            takes it; ``backward`` calls kernels through ``kernel_table(ctx.backend, device)``.
+            takes it; ``backward`` runs ops with ``OpSpec.run(ctx.backend, ...)``.
             None for an op that is not differentiable (the backward ops): it raises if a
-            gradient is asked of it (double backward).
+            gradient is asked of it (double backward), on every backend, as long as its
+            callers go through ``run`` (the conv's formula does).
         samples: yields argument tuples (float64) covering the op's options and layouts,
             for opcheck and the kernel-vs-reference tests.
         bad_calls: ``BadCall``s, each turning a sample's arguments into a bad call.
@@ -93,7 +94,7 @@ class OpSpec:
     backward: Callable[..., tuple] | None = None
     samples: Callable[[], Iterable[tuple]] = field(default=lambda: ())
     bad_calls: tuple[BadCall, ...] = ()
-    function: type[torch.autograd.Function] | None = field(init=False, repr=False)
+    function: type[torch.autograd.Function] = field(init=False, repr=False)
 
     @property
     def qualname(self) -> str:
@@ -113,20 +114,24 @@ class OpSpec:
         if one is needed."""
         if backend == "reference":
             return self.reference(*args)
-        if self.function is not None and needs_autograd(*args):
+        if needs_autograd(*args):
             return self.function.apply(*args, backend)
         return getattr(kernel_table(backend, args[0].device), self.name)(*args)
 
     def __post_init__(self) -> None:
         # Built once here, not lazily: torch.compile cannot trace a cached_property's lock.
-        object.__setattr__(self, "function", self._autograd_function() if self.differentiable else None)
+        object.__setattr__(self, "function", self._autograd_function())
 
     def _autograd_function(self) -> type[torch.autograd.Function]:
         """The op as a torch.autograd.Function: ``apply(*schema_args, backend)`` (the backend
-        last, so ``ctx.needs_input_grad`` indexes the schema's arguments)."""
+        last, so ``ctx.needs_input_grad`` indexes the schema's arguments). For an op without
+        a formula its backward raises: a gradient of a gradient through the fused convs fails
+        loudly on every backend instead of coming back detached."""
         # The methods close over plain functions and a str, not over the spec: torch.compile
         # traces them and cannot wrap an arbitrary object captured by a closure.
-        name, setup_op, backward_op = self.name, self.setup_context, self.backward
+        name = self.name
+        setup_op = self.setup_context or (lambda ctx, inputs, output: None)
+        backward_op = self.backward or _no_double_backward(self.qualname)
 
         def forward(*args):
             *args, backend = args
@@ -141,6 +146,16 @@ class OpSpec:
 
         methods = {"forward": forward, "setup_context": setup_context, "backward": backward}
         return type(f"{_camel(self.name)}Function", (_PositionalFunction,), {k: staticmethod(f) for k, f in methods.items()})
+
+
+def _no_double_backward(qualname: str) -> Callable[..., tuple]:
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"double backward (create_graph=True) through {qualname} is not supported; "
+            "use shufflenet_ops.backend('reference') for higher-order gradients"
+        )
+
+    return backward
 
 
 def _camel(name: str) -> str:
@@ -159,22 +174,14 @@ def register(spec: OpSpec) -> None:
         return spec.fake(*args)
 
     torch.library.register_fake(spec.qualname, fake)
-    if spec.differentiable:
 
-        def setup_context(ctx, inputs, output):
-            ctx.backend = None  # the dispatcher's table
+    def setup_context(ctx, inputs, output):
+        ctx.backend = None  # the dispatcher's table
+        if spec.setup_context is not None:
             spec.setup_context(ctx, inputs, output)
 
-        torch.library.register_autograd(spec.qualname, spec.backward, setup_context=setup_context)
-    else:
-
-        def no_double_backward(ctx, *grads):
-            raise RuntimeError(
-                f"double backward (create_graph=True) through {spec.qualname} is not supported; "
-                "use shufflenet_ops.backend('reference') for higher-order gradients"
-            )
-
-        torch.library.register_autograd(spec.qualname, no_double_backward)
+    backward = spec.backward or _no_double_backward(spec.qualname)
+    torch.library.register_autograd(spec.qualname, backward, setup_context=setup_context)
 
 
 def checked_cuda_kernel(spec: OpSpec) -> Callable[..., torch.Tensor]:

@@ -37,8 +37,8 @@ def on_input_device(name: str, launcher: Callable[..., torch.Tensor]) -> Callabl
 
 
 def _entry(spec: OpSpec) -> Callable[..., torch.Tensor]:
-    if spec.triton is None:
-        return spec.reference
+    if spec.triton is None:  # the reference, under the same device rule as the kernels
+        return on_input_device(spec.name, spec.reference)
     module, function = spec.triton.split(":")
     return on_input_device(spec.name, getattr(importlib.import_module(f"{__package__}.{module}"), function))
 
