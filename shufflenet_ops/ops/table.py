@@ -56,8 +56,10 @@ def kernel_table(backend: str | None, device: torch.device) -> KernelTable:
     'triton' calls the Triton kernels directly in eager mode: the dispatcher reaches the same
     functions, but adds its Python autograd and dynamo wrappers to every launch (host time
     that a small GPU kernel cannot hide). Under torch.compile, CUDA tensors go through the
-    dispatcher so the graph holds opaque ops; CPU tensors (Triton's interpreter) always take
-    the Triton table, as the dispatcher would send them to the C++ kernels.
+    dispatcher so the graph holds opaque ops. CPU tensors (Triton's interpreter, a testing
+    path) always take the Triton table, as the dispatcher would send them to the C++
+    kernels; torch.compile cannot trace that path (dynamo stops in the launchers' tile
+    selection), so compile with the Triton backend needs CUDA tensors.
     """
     if backend == "triton":
         compiled_cuda = device.type == "cuda" and torch.compiler.is_compiling() and _extension.available()
