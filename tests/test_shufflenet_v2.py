@@ -14,7 +14,7 @@ from shufflenet_ops.fuse import fused_convs
 from shufflenet_ops.models import ShuffleNetV2, shufflenet_v2
 from shufflenet_ops.models.shufflenet_v2 import STAGE_OUT_CHANNELS, InvertedResidual, interleave
 
-from _helpers import FORMATS, assert_same_buffers, assert_same_grads, randomize_batchnorm, requires_extension
+from _helpers import FORMATS, assert_same_training, randomize_batchnorm, requires_extension, run_and_backward
 
 pytestmark = requires_extension
 DOUBLE = torch.float64
@@ -123,12 +123,11 @@ def _torchvision_and_package(width_mult, fused=True, dtype=DOUBLE, num_classes=1
     return tv, model
 
 
-def _forward_backward(model, x, seed=1):
-    x = x.detach().clone().requires_grad_()
-    y = model(x)
-    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
-    y.backward(grad)
-    return y.detach(), x.grad
+def _same_in_train_and_eval(reference, model, x):
+    for train in (True, False):
+        reference.train(train)
+        model.train(train)
+        assert_same_training(reference, model, x)  # train: the running statistics moved the same way
 
 
 # ------------------------------------------------------------------ architecture
@@ -159,17 +158,7 @@ def test_torchvision_state_dict_same_outputs_and_gradients_train_and_eval(width_
     """Batch 1 at an odd size: 1x3x67x45 (Stage 4 at 3x2, so train-mode BN has 6 values)."""
     tv, model = _torchvision_and_package(width_mult)
     x = torch.randn(1, 3, 67, 45, generator=torch.Generator().manual_seed(2), dtype=DOUBLE)
-    for train in (True, False):
-        tv.train(train)
-        model.train(train)
-        tv.zero_grad()
-        model.zero_grad()
-        y_ref, gx_ref = _forward_backward(tv, x)
-        y, gx = _forward_backward(model, x)
-        torch.testing.assert_close(y, y_ref)
-        torch.testing.assert_close(gx, gx_ref)
-        assert_same_grads(tv, model)
-        assert_same_buffers(tv, model)  # train: the running statistics moved the same way
+    _same_in_train_and_eval(tv, model, x)
 
 
 @pytest.mark.parametrize("width_mult", [0.5, 1.0])
@@ -188,8 +177,8 @@ def test_float32_within_torchs_own_float32_error(width_mult):
         torch.testing.assert_close(model(x).double(), tv64(x.double()), rtol=1e-4, atol=1e-4)
     for m in (tv, model, tv64):
         m.train()
-    reference = _forward_backward(tv64, x.double())
-    naive, fused = _forward_backward(tv, x), _forward_backward(model, x)
+    reference = run_and_backward(tv64, x.double())
+    naive, fused = run_and_backward(tv, x), run_and_backward(model, x)
     pairs = [("logits", fused[0], naive[0], reference[0]), ("grad input", fused[1], naive[1], reference[1])]
     pairs += [(name, p.grad, q.grad, r.grad) for (name, p), q, r in
               zip(model.named_parameters(), tv.parameters(), tv64.parameters())]
@@ -259,12 +248,7 @@ def test_unit_matches_torchvision_unit(stride, fmt, train):
     unit = InvertedResidual(inp, oup, stride, fused=True).to(DOUBLE).train(train)
     unit.load_state_dict(tv.state_dict())
     x = torch.randn(1, inp, 13, 7, dtype=DOUBLE).contiguous(memory_format=FORMATS[fmt])
-    y_ref, gx_ref = _forward_backward(tv, x)
-    y, gx = _forward_backward(unit, x)
-    torch.testing.assert_close(y, y_ref)
-    torch.testing.assert_close(gx, gx_ref)
-    assert_same_grads(tv, unit)
-    assert_same_buffers(tv, unit)
+    y = assert_same_training(tv, unit, x)
     assert y.shape == (1, oup, 13 if stride == 1 else 7, 7 if stride == 1 else 4)
     if fmt == "channels_last":
         assert y.is_contiguous(memory_format=torch.channels_last)
@@ -329,15 +313,7 @@ def test_fuse_of_torchvision_style_v2_today():
     convs = {name for name, m in tv.named_modules() if isinstance(m, nn.Conv2d)}
     assert folded == convs - set(on_op) and len(folded) == 53
     x = torch.randn(1, 3, 67, 45, dtype=DOUBLE)
-    for train in (True, False):
-        tv.train(train)
-        fused.train(train)
-        tv.zero_grad()
-        fused.zero_grad()
-        y_ref, gx_ref = _forward_backward(tv, x)
-        y, gx = _forward_backward(fused, x)
-        torch.testing.assert_close(y, y_ref)
-        torch.testing.assert_close(gx, gx_ref)
+    _same_in_train_and_eval(tv, fused, x)
 
 
 # ------------------------------------------------------------------------ arguments

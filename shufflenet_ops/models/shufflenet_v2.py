@@ -77,7 +77,21 @@ def _pointwise(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, 1, 0, bias=False)
 
 
-class InvertedResidual(nn.Module):
+class _Folding(nn.Module):
+    """A module whose fused forward folds ``pairs`` conv+BN pairs: one ``FoldCache`` each
+    (derived data, not in the state_dict), cleared on ``train()`` / ``eval()``."""
+
+    def __init__(self, pairs: int) -> None:
+        super().__init__()
+        self._fold_caches = [FoldCache() for _ in range(pairs)]
+
+    def train(self, mode: bool = True):
+        for cache in self._fold_caches:
+            cache.clear()
+        return super().train(mode)
+
+
+class InvertedResidual(_Folding):
     """The ShuffleNet V2 unit (paper Fig. 3c / 3d), torchvision's ``InvertedResidual``.
 
     Stride 1: ``x1, x2 = x.chunk(2, 1)``; ``out = shuffle(cat(x1, branch2(x2)), 2)``.
@@ -103,7 +117,7 @@ class InvertedResidual(nn.Module):
     """
 
     def __init__(self, inp: int, oup: int, stride: int, fused: bool = True) -> None:
-        super().__init__()
+        super().__init__(pairs=5)  # branch2: two 1x1 convs and the depthwise one; branch1: two
         if stride not in (1, 2) or isinstance(stride, bool):
             raise ValueError(f"stride must be 1 or 2, got {stride!r}")
         if oup < 2 or oup % 2:
@@ -132,13 +146,6 @@ class InvertedResidual(nn.Module):
             nn.BatchNorm2d(branch_features),
             nn.ReLU(inplace=True),
         )
-        # Folded weights of each (conv, BN) pair, derived data (not in the state_dict).
-        self._fold_caches = [FoldCache() for _ in range(5)]
-
-    def train(self, mode: bool = True) -> InvertedResidual:
-        for cache in self._fold_caches:
-            cache.clear()
-        return super().train(mode)
 
     def _branch2(self, x: torch.Tensor) -> torch.Tensor:
         b, caches = self.branch2, self._fold_caches
@@ -171,7 +178,7 @@ class InvertedResidual(nn.Module):
         return f"stride={self.stride}, fused={self.fused}"
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(_Folding):
     """ShuffleNet V2 (paper Table 5) with torchvision's module names and state_dict keys
     (see the module docstring): ``conv1``, ``maxpool``, ``stage2``-``stage4`` of
     ``InvertedResidual``, ``conv5``, global average pool, ``fc``.
@@ -202,7 +209,7 @@ class ShuffleNetV2(nn.Module):
         num_classes: int = 1000,
         fused: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(pairs=2)  # conv1 and conv5
         if len(stages_repeats) != 3:
             raise ValueError(f"expected stages_repeats as a list of 3 positive ints, got {stages_repeats!r}")
         if len(stages_out_channels) != 5:
@@ -234,12 +241,6 @@ class ShuffleNetV2(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.fc = nn.Linear(output_channels, num_classes)
-        self._fold_caches = [FoldCache() for _ in range(2)]
-
-    def train(self, mode: bool = True) -> ShuffleNetV2:
-        for cache in self._fold_caches:
-            cache.clear()
-        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fused:
