@@ -191,6 +191,17 @@ def test_float32_within_torchs_own_float32_error(width_mult):
         assert error <= 2 * torch_error + 1e-6 * scale, (name, error, torch_error)
 
 
+@pytest.mark.parametrize("size", [(32, 32), (17, 23), (1, 1)])
+def test_small_inputs_down_to_1x1_feature_maps(size):
+    """Stage 4 at 1x1 (a (N, C, 1, 1) tensor is both NCHW and channels_last)."""
+    tv, model = _torchvision_and_package(0.5)
+    x = torch.randn(2, 3, *size, dtype=DOUBLE)
+    for m in (tv, model):
+        m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x))
+
+
 def test_naive_model_is_torchvisions_code_exactly():
     tv, model = _torchvision_and_package(0.5, fused=False)
     x = torch.randn(2, 3, 33, 41, dtype=DOUBLE)

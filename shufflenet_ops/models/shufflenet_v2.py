@@ -62,11 +62,13 @@ def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     result is ``a[:, j]`` and channel ``2j + 1`` is ``b[:, j]``. The result is channels_last
     if ``b`` is, contiguous NCHW otherwise; differentiable (a stack and views)."""
     n, c, h, w = b.shape
+    # reshape, not view: stack may lay out a (N, C, 1, 1) pair in either format, and then
+    # reshape copies (a few elements) where a view cannot express it.
     if b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous():
         # (N, H, W, C, 2) contiguous is (N, 2C, H, W) channels_last with the channels interleaved.
         pair = torch.stack((a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)), dim=4)
-        return pair.view(n, h, w, 2 * c).permute(0, 3, 1, 2)
-    return torch.stack((a, b), dim=2).view(n, 2 * c, h, w)
+        return pair.reshape(n, h, w, 2 * c).permute(0, 3, 1, 2)
+    return torch.stack((a, b), dim=2).reshape(n, 2 * c, h, w)
 
 
 def _depthwise(channels: int, stride: int) -> nn.Conv2d:
