@@ -28,7 +28,7 @@ from shufflenet_ops.triton import _configs
 
 __all__ = [
     "COMBOS", "EPILOGUES", "FORMATS", "GROUPS", "GROUP_SHAPES", "PATH_TILES", "TOLERANCES", "assert_close",
-    "assert_same_buffers", "assert_same_grads", "check_conv", "check_residual_epilogue", "check_shuffle",
+    "assert_same_buffers", "assert_same_grads", "assert_same_training", "check_conv", "check_residual_epilogue", "check_shuffle",
     "conv_inputs", "pointwise_layers", "pointwise_shapes", "randomize_batchnorm", "requires_extension",
     "run_and_backward", "shuffle_for",
 ]
@@ -275,3 +275,16 @@ def assert_same_buffers(module_a: nn.Module, module_b: nn.Module) -> None:
     assert buffers_a.keys() == buffers_b.keys()
     for name, buffer in buffers_a.items():
         torch.testing.assert_close(buffer, buffers_b[name], msg=lambda m, name=name: f"{name}: {m}")
+
+
+def assert_same_training(reference: nn.Module, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` equals ``reference(x)`` (float64: to rounding), as do the gradients of x
+    and of every parameter (same names) and the buffers after the call (running
+    statistics in train mode); returns the model's output."""
+    for module in (reference, model):
+        module.zero_grad()
+    (y_ref, gx_ref), (y, gx) = (run_and_backward(module, x) for module in (reference, model))
+    torch.testing.assert_close((y, gx), (y_ref, gx_ref))
+    assert_same_grads(reference, model)
+    assert_same_buffers(reference, model)
+    return y

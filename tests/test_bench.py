@@ -843,3 +843,34 @@ def test_default_out_dir_is_a_new_folder_per_run():
 
     when = datetime.datetime(2026, 11, 30, 9, 5, 7)
     assert default_out_dir(when) == os.path.join("shufflenet-bench-results", "2026-11-30_090507")
+
+
+@requires_extension
+def test_v2_model_rows_only_with_the_models_flag():
+    """ShuffleNet V2 at the model level behind --models (default v1: the default run is
+    unchanged); its case rebuilds from its spec and every eager provider and mode runs it."""
+    from shufflenet_ops.bench import networks
+    from shufflenet_ops.bench.__main__ import parse_args
+
+    assert parse_args([]).models == ["v1"]
+    args = parse_args(["--models", "v1,v2", "--v2-widths", "0.5"])
+    assert args.models == ["v1", "v2"] and args.v2_widths == (0.5,)
+    with pytest.raises(SystemExit):
+        parse_args(["--models", "v3"])
+    cases = networks.model_v2_cases((0.5,), (1, 2), 64)
+    assert [(c.batch, c.modes) for c in cases] == [(1, ("eval",)), (2, networks.NETWORK_MODES)]
+    case = cases[1]
+    assert networks.case_from_spec(case.spec) == case and case.name == "ShuffleNet V2 0.5x 64px"
+    assert case.groups == 0 and case.macs == shufflenet_ops.count_flops(case.build(False), (1, 3, 64, 64))["total"]
+    setup = Setup(torch.device("cpu"), torch.float32, torch.contiguous_format, "default")
+    outputs = {}
+    for provider in (p for p in NETWORK_PROVIDERS if not p.compiled and p.runtime is None):
+        for mode in case.modes:
+            assert networks.included(case, provider, mode, full=False)
+            result = networks.prepare(case, provider, mode, setup)()
+            if mode == "eval":
+                outputs[provider.name] = result
+    torch.testing.assert_close(outputs["fused"], outputs["naive"], rtol=1e-4, atol=1e-4)
+    from shufflenet_ops.bench.report import _model_label
+
+    assert _model_label({"name": case.name, "groups": 0, "width": 0.5}) == "V2 0.5x"

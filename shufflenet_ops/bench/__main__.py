@@ -4,6 +4,7 @@
     shufflenet-bench --quick           # two layer shapes per g and one unit
     shufflenet-bench --efficiency      # + the whole model at widths 0.5x, 1x, 2x
     shufflenet-bench --full            # + the slow-to-compile peers (many minutes on a small CPU)
+    shufflenet-bench --models v1,v2    # + ShuffleNet V2 0.5x and 1x at the model level
     python -m shufflenet_ops.bench --device cuda --quick --out DIR
 
 The default run times, on the best device present: every distinct 1x1 conv shape of
@@ -66,6 +67,7 @@ from .roofline import measure_roofline
 from .timing import pin_glibc_malloc
 
 LEVELS = ("layers", "units", "models")
+MODELS = ("v1", "v2")  # the networks of the model level (--models)
 # name -> (module, its entry point taking the arguments after the name)
 SUBCOMMANDS = {
     "kernels": ("kernels", "main"),
@@ -96,6 +98,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-batch", type=int_list,
                         help="whole-model batch sizes, eval at each, the training step at the largest "
                              "(default: 1 and --batch)")
+    parser.add_argument("--models", type=str_list, default=["v1"],
+                        help="networks of the model level: any of " + ",".join(MODELS) + " (default v1; v2: "
+                             "ShuffleNet V2 at --v2-widths, torchvision's structure)")
+    parser.add_argument("--v2-widths", type=float_list, default=(0.5, 1.0),
+                        help="ShuffleNet V2 widths with --models v2 (default 0.5,1)")
     parser.add_argument("--efficiency-widths", type=float_list, default=(0.5, 1.0, 2.0),
                         help="widths of the efficiency table (default 0.5,1,2)")
     parser.add_argument("--efficiency-groups", type=int_list, default=(3,),
@@ -127,6 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check_choices(parser, "mode", args.modes, MODES)
     args.levels = args.levels or (["layers", "units"] if args.quick else list(LEVELS))
     check_choices(parser, "level", args.levels, LEVELS)
+    check_choices(parser, "model", args.models, MODELS)
     return args
 
 
@@ -184,8 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     model_cases = []
     if "models" in args.levels:
         efficiency_groups = args.efficiency_groups if args.efficiency or args.full else ()
-        model_cases = networks.model_cases(args.groups, args.width, model_batches, args.input_size,
-                                           args.efficiency_widths, efficiency_groups)
+        if "v1" in args.models:
+            model_cases = networks.model_cases(args.groups, args.width, model_batches, args.input_size,
+                                               args.efficiency_widths, efficiency_groups)
+        if "v2" in args.models:
+            model_cases += networks.model_v2_cases(args.v2_widths, model_batches, args.input_size)
     # --quick leaves the compiled unit peers to --full like the default run does.
     net_providers = [p for p in network_providers(args.compile, args.deploy)
                      if args.full or p.name != "openvino_default"]
@@ -208,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     info.update(batch=batch, model_batches=list(model_batches), dtype=args.dtype, layout=args.layout,
                 compile_mode=compile_mode if args.compile else None, quick=args.quick, full=args.full,
                 min_run_time_s=min_run_time, groups=list(args.groups), width=args.width, input_size=args.input_size,
+                models=list(args.models),
                 skipped=skipped_lines, malloc=malloc, cuda_graph=args.cuda_graph and device.type == "cuda")
     started = time.perf_counter()
     with progress_bar(total, args.no_progress) as bar, \

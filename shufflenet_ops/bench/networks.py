@@ -1,5 +1,5 @@
-"""Unit and model level: a ShuffleNet unit (stride 1 and 2) and the whole ShuffleNet V1,
-eval inference (BN folded by the fused modules) and one training step (forward, backward,
+"""Unit and model level: a ShuffleNet unit (stride 1 and 2) and the whole ShuffleNet V1
+(and, with ``--models v2``, ShuffleNet V2 at the model level), eval inference (BN folded by the fused modules) and one training step (forward, backward,
 SGD), in images per second; whole models also at batch 1 (single-image latency), against
 the deployment runtimes (``deploy.py``), and at other widths for the paper's efficiency
 yardstick (``efficiency.py``)."""
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..flops import count_flops
 from ..models.shufflenet_v1 import ShuffleNetV1, stage_channels
+from ..models.shufflenet_v2 import shufflenet_v2
 from ..modules import ShuffleUnit
 from . import deploy
 from .layers import add_speedups
@@ -33,10 +34,12 @@ class NetworkCase:
 
     level: str  # "unit" or "model"
     name: str
-    spec: tuple  # ("unit", g, width, stride, batch, input_size) or ("model", g, width, batch, input_size, modes)
+    # ("unit", g, width, stride, batch, input_size), ("model", g, width, batch, input_size, modes)
+    # or ("model_v2", width, batch, input_size, modes)
+    spec: tuple
     input_shape: tuple[int, ...]
     classes: int  # 0: a feature map (the loss is its mean)
-    groups: int
+    groups: int  # 0: ShuffleNet V2 (its 1x1 convs are ungrouped)
     width: float
     modes: tuple[str, ...] = NETWORK_MODES
     extra_width: bool = False  # a width timed only for the efficiency table
@@ -53,6 +56,8 @@ class NetworkCase:
             _, g, width, stride, _, _ = self.spec
             cin, cout = _unit_channels(g, width, stride)
             return ShuffleUnit(cin, cout, g, stride, fused=fused)
+        if self.spec[0] == "model_v2":
+            return shufflenet_v2(self.width, 1000, fused=fused)
         return ShuffleNetV1(self.groups, self.width, 1000, fused=fused)
 
 
@@ -104,9 +109,27 @@ def model_cases(
     return cases
 
 
+def model_v2_case(width_mult: float, batch: int, input_size: int, modes: tuple[str, ...] = NETWORK_MODES) -> NetworkCase:
+    """ShuffleNet V2 (torchvision's structure) at ``width_mult``; ``groups`` is 0."""
+    macs = count_flops(shufflenet_v2(width_mult, 1000, fused=False), (1, 3, input_size, input_size))["total"]
+    return NetworkCase("model", f"ShuffleNet V2 {width_mult:g}x {input_size}px",
+                       ("model_v2", width_mult, batch, input_size, tuple(modes)), (batch, 3, input_size, input_size),
+                       1000, 0, width_mult, tuple(modes), False, macs)
+
+
+def model_v2_cases(widths: tuple[float, ...], batches: tuple[int, ...], input_size: int) -> list[NetworkCase]:
+    """Per width: eval at every batch size, the training step at the largest if above one
+    (as ``model_cases``)."""
+    return [model_v2_case(width, batch, input_size,
+                          NETWORK_MODES if batch == max(batches) and batch > 1 else ("eval",))
+            for width in widths for batch in sorted(batches)]
+
+
 def case_from_spec(spec: tuple) -> NetworkCase:
     if spec[0] == "unit":
         return unit_case(*spec[1:])
+    if spec[0] == "model_v2":
+        return model_v2_case(*spec[1:])
     _, g, width, batch, input_size, modes = spec
     return model_case(g, width, batch, input_size, modes)
 
@@ -137,7 +160,8 @@ def _deployed(case: NetworkCase, provider: NetworkProvider, setup: Setup, export
     naive = case.build(False).eval()
     x = _input(case)
     example = torch.randn(2, *case.input_shape[1:])  # batch 2: a batch of 1 could specialise
-    path = exports.path(f"g{case.groups}_{case.width:g}x_{case.input_shape[-1]}px", lambda: naive, example)
+    path = exports.path(f"{case.spec[0]}_g{case.groups}_{case.width:g}x_{case.input_shape[-1]}px", lambda: naive,
+                        example)
     threads = torch.get_num_threads()
     if provider.runtime == "onnxruntime":
         run_array, rtol = deploy.onnxruntime_runner(path, threads), 1e-4

@@ -124,6 +124,8 @@ def _fused_name(rows: list[dict]) -> str | None:
 
 
 def _model_label(row: dict) -> str:
+    if row["name"].startswith("ShuffleNet V2"):
+        return f"V2 {row['width']:g}x"
     return f"g{row['groups']} {row['width']:g}x"
 
 

@@ -1,0 +1,280 @@
+"""ShuffleNet V2 (Ma et al., ECCV 2018), Table 5 of the paper, with torchvision's module
+names and state_dict keys, so ``model.load_state_dict(torchvision_state_dict)`` works
+unchanged (torchvision itself is not needed):
+
+- ``conv1``: Sequential(3x3/2 conv, BN, ReLU) (keys ``conv1.0.*``, ``conv1.1.*``);
+  ``maxpool``: 3x3/2 max pool;
+- ``stage2``, ``stage3``, ``stage4``: Sequentials of ``InvertedResidual`` units (one
+  stride-2 unit, then 3 / 7 / 3 stride-1 units), each with ``branch1`` (stride 2 only:
+  3x3/2 depthwise conv, BN, 1x1 conv, BN, ReLU at indices 0..4; an empty Sequential for
+  stride 1) and ``branch2`` (1x1 conv, BN, ReLU, 3x3 depthwise conv, BN, 1x1 conv, BN,
+  ReLU at indices 0..7);
+- ``conv5``: Sequential(1x1 conv, BN, ReLU); global average pool; ``fc``.
+
+What ``fused=True`` runs today (the ops have no output channel map for V2's
+concatenation yet, see issue 16):
+
+- with the BN in eval mode (``can_fold``): every 1x1 conv with its BN and ReLU as one call of
+  the fused op (``conv1x1_bn``: ``group_conv1x1_shuffle`` with ``groups=1``,
+  ``shuffle_groups=1``, the folded BN as its bias, the ReLU in its epilogue); every 3x3
+  conv with its BN folded (``conv2d_bn``: one ``F.conv2d``); the stem's ReLU and max pool
+  as ``max_pool3x3s2_relu``;
+- in every mode: ``shuffle(cat(a, b), 2)`` of each unit as one interleaving copy
+  (``interleave``: channel ``2j`` of the output is ``a[:, j]``, ``2j + 1`` is ``b[:, j]``)
+  instead of torch's cat and then the shuffle's copy; the chunk is a channel slice that the
+  fused op reads in place;
+- on CPU, activations in channels_last (as ``ShuffleNetV1``);
+- with the BN in train mode nothing else fuses (a BN between a conv and its ReLU keeps
+  them apart): each conv, BN and ReLU runs as its own module, as in the naive model.
+
+``fused=False`` is torchvision's code (chunk, cat, then the reshape-transpose shuffle).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import functional
+from ..modules import FoldCache, can_fold, conv1x1_bn, conv2d_bn
+
+WIDTH_MULTS = (0.5, 1.0, 1.5, 2.0)
+STAGE_REPEATS = (4, 8, 4)  # one stride-2 unit, then 3 / 7 / 3 stride-1 units
+# Table 5: output channels of conv1, Stages 2-4 and conv5 per width.
+STAGE_OUT_CHANNELS = {
+    0.5: (24, 48, 96, 192, 1024),
+    1.0: (24, 116, 232, 464, 1024),
+    1.5: (24, 176, 352, 704, 1024),
+    2.0: (24, 244, 488, 976, 2048),
+}
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """torchvision's channel shuffle (reshape to ``(groups, C/groups)``, transpose, flatten):
+    ``torch.channel_shuffle(x, groups)``."""
+    n, c, h, w = x.size()
+    x = x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous()
+    return x.view(n, c, h, w)
+
+
+def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``channel_shuffle(torch.cat((a, b), 1), 2)`` in one copy: channel ``2j`` of the
+    result is ``a[:, j]`` and channel ``2j + 1`` is ``b[:, j]``. The result is channels_last
+    if ``b`` is, contiguous NCHW otherwise; differentiable (a stack and views)."""
+    n, c, h, w = b.shape
+    # reshape, not view: stack may lay out a (N, C, 1, 1) pair in either format, and then
+    # reshape copies (a few elements) where a view cannot express it.
+    if b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous():
+        # (N, H, W, C, 2) contiguous is (N, 2C, H, W) channels_last with the channels interleaved.
+        pair = torch.stack((a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)), dim=4)
+        return pair.reshape(n, h, w, 2 * c).permute(0, 3, 1, 2)
+    return torch.stack((a, b), dim=2).reshape(n, 2 * c, h, w)
+
+
+def _depthwise(channels: int, stride: int) -> nn.Conv2d:
+    return nn.Conv2d(channels, channels, 3, stride, 1, bias=False, groups=channels)
+
+
+def _pointwise(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, 1, 0, bias=False)
+
+
+class _Folding(nn.Module):
+    """A module whose fused forward folds ``pairs`` conv+BN pairs: one ``FoldCache`` each
+    (derived data, not in the state_dict), cleared on ``train()`` / ``eval()``."""
+
+    def __init__(self, pairs: int) -> None:
+        super().__init__()
+        self._fold_caches = [FoldCache() for _ in range(pairs)]
+
+    def train(self, mode: bool = True):
+        for cache in self._fold_caches:
+            cache.clear()
+        return super().train(mode)
+
+
+class InvertedResidual(_Folding):
+    """The ShuffleNet V2 unit (paper Fig. 3c / 3d), torchvision's ``InvertedResidual``.
+
+    Stride 1: ``x1, x2 = x.chunk(2, 1)``; ``out = shuffle(cat(x1, branch2(x2)), 2)``.
+    Stride 2: ``out = shuffle(cat(branch1(x), branch2(x)), 2)``. branch1 = 3x3/2
+    depthwise conv, BN, 1x1 conv, BN, ReLU; branch2 = 1x1 conv, BN, ReLU, 3x3 depthwise
+    conv (stride 1 or 2), BN, 1x1 conv, BN, ReLU; each branch outputs ``oup // 2``.
+
+    ``fused``: see the module docstring. Both variants have the same parameters and
+    state_dict keys (``branch1.{0,1,2,3}.*``, ``branch2.{0,1,3,4,5,6}.*``).
+
+    Args:
+        inp: input channels; ``oup`` for stride 1 (each half is ``oup // 2``).
+        oup: output channels, even.
+        stride: 1 or 2.
+        fused: the fused forward (True) or torchvision's (False).
+
+    Shape: x ``(N, inp, H, W)`` -> ``(N, oup, H, W)`` (stride 1) or
+    ``(N, oup, ceil(H / 2), ceil(W / 2))`` (stride 2).
+
+    Raises:
+        ValueError: (construction) stride not 1 or 2, ``oup`` odd or < 2, ``inp != oup``
+            for stride 1.
+    """
+
+    def __init__(self, inp: int, oup: int, stride: int, fused: bool = True) -> None:
+        super().__init__(pairs=5)  # branch2: two 1x1 convs and the depthwise one; branch1: two
+        if stride not in (1, 2) or isinstance(stride, bool):
+            raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+        if oup < 2 or oup % 2:
+            raise ValueError(f"oup must be an even number >= 2, got {oup!r}")
+        if stride == 1 and inp != oup:
+            raise ValueError(f"a stride-1 unit keeps its width: inp ({inp}) must equal oup ({oup})")
+        self.stride, self.fused = stride, fused
+        branch_features = oup // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                _depthwise(inp, stride),
+                nn.BatchNorm2d(inp),
+                _pointwise(inp, branch_features),
+                nn.BatchNorm2d(branch_features),
+                nn.ReLU(inplace=True),
+            )
+        else:
+            self.branch1 = nn.Sequential()
+        self.branch2 = nn.Sequential(
+            _pointwise(inp if stride > 1 else branch_features, branch_features),
+            nn.BatchNorm2d(branch_features),
+            nn.ReLU(inplace=True),
+            _depthwise(branch_features, stride),
+            nn.BatchNorm2d(branch_features),
+            _pointwise(branch_features, branch_features),
+            nn.BatchNorm2d(branch_features),
+            nn.ReLU(inplace=True),
+        )
+
+    def _branch2(self, x: torch.Tensor) -> torch.Tensor:
+        b, caches = self.branch2, self._fold_caches
+        if not (can_fold(b[1]) and can_fold(b[4]) and can_fold(b[6])):
+            return b(x)
+        y = conv1x1_bn(x, b[0], b[1], relu=True, fold_cache=caches[0])
+        y = conv2d_bn(y, b[3], b[4], caches[1])
+        return conv1x1_bn(y, b[5], b[6], relu=True, fold_cache=caches[2])
+
+    def _branch1(self, x: torch.Tensor) -> torch.Tensor:
+        b, caches = self.branch1, self._fold_caches
+        if not (can_fold(b[1]) and can_fold(b[3])):
+            return b(x)
+        return conv1x1_bn(conv2d_bn(x, b[0], b[1], caches[3]), b[2], b[3], relu=True, fold_cache=caches[4])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused:
+            if self.stride == 1:
+                x1, x2 = x.chunk(2, dim=1)
+                out = torch.cat((x1, self.branch2(x2)), dim=1)
+            else:
+                out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+            return channel_shuffle(out, 2)
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            return interleave(x1, self._branch2(x2))
+        return interleave(self._branch1(x), self._branch2(x))
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, fused={self.fused}"
+
+
+class ShuffleNetV2(_Folding):
+    """ShuffleNet V2 (paper Table 5) with torchvision's module names and state_dict keys
+    (see the module docstring): ``conv1``, ``maxpool``, ``stage2``-``stage4`` of
+    ``InvertedResidual``, ``conv5``, global average pool, ``fc``.
+
+    Args:
+        stages_repeats: units per stage (3 values; ``(4, 8, 4)`` in the paper).
+        stages_out_channels: output channels of conv1, Stages 2-4 and conv5 (5 values;
+            Stage widths even).
+        num_classes: outputs of the classifier.
+        fused: see the module docstring; False: torchvision's forward.
+
+    Shape: x ``(N, 3, H, W)`` (any H, W >= 1) -> logits ``(N, num_classes)``.
+
+    dtypes: x has the parameters' dtype, as have the logits.
+
+    Memory format: the logits are a contiguous 2-D tensor; on CPU the fused model runs its
+    activations channels_last (x converted once), except under ``torch.export``.
+
+    Raises:
+        ValueError: (construction) not 3 repeats or 5 widths, an odd stage width,
+            ``num_classes`` not a positive int.
+    """
+
+    def __init__(
+        self,
+        stages_repeats: tuple[int, ...] = STAGE_REPEATS,
+        stages_out_channels: tuple[int, ...] = STAGE_OUT_CHANNELS[1.0],
+        num_classes: int = 1000,
+        fused: bool = True,
+    ) -> None:
+        super().__init__(pairs=2)  # conv1 and conv5
+        if len(stages_repeats) != 3:
+            raise ValueError(f"expected stages_repeats as a list of 3 positive ints, got {stages_repeats!r}")
+        if len(stages_out_channels) != 5:
+            raise ValueError(f"expected stages_out_channels as a list of 5 positive ints, got {stages_out_channels!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.fused = fused
+        self._stage_out_channels = tuple(stages_out_channels)
+        input_channels = 3
+        output_channels = self._stage_out_channels[0]
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(input_channels, output_channels, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(output_channels),
+            nn.ReLU(inplace=True),
+        )
+        input_channels = output_channels
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for name, repeats, output_channels in zip(
+            ("stage2", "stage3", "stage4"), stages_repeats, self._stage_out_channels[1:]
+        ):
+            units = [InvertedResidual(input_channels, output_channels, 2, fused)]
+            units += [InvertedResidual(output_channels, output_channels, 1, fused) for _ in range(repeats - 1)]
+            setattr(self, name, nn.Sequential(*units))
+            input_channels = output_channels
+        output_channels = self._stage_out_channels[-1]
+        self.conv5 = nn.Sequential(
+            _pointwise(input_channels, output_channels),
+            nn.BatchNorm2d(output_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(output_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused:
+            x = self.maxpool(self.conv1(x))
+            x = self.conv5(self.stage4(self.stage3(self.stage2(x))))
+            return self.fc(x.mean([2, 3]))
+        if x.device.type == "cpu" and not torch.compiler.is_exporting():
+            # As ShuffleNetV1: the depthwise convs and pools run faster channels_last on CPU.
+            x = x.contiguous(memory_format=torch.channels_last)
+        conv, bn = self.conv1[0], self.conv1[1]
+        if can_fold(bn):
+            # ReLU is monotone, so it commutes with the max pool: pool and ReLU in one pass.
+            x = functional.max_pool3x3s2_relu(conv2d_bn(x, conv, bn, self._fold_caches[0]))
+        else:
+            x = self.maxpool(self.conv1(x))
+        x = self.stage4(self.stage3(self.stage2(x)))
+        conv, bn = self.conv5[0], self.conv5[1]
+        if can_fold(bn):
+            x = conv1x1_bn(x, conv, bn, relu=True, fold_cache=self._fold_caches[1])
+        else:
+            x = self.conv5(x)
+        return self.fc(x.mean([2, 3]))
+
+
+def shufflenet_v2(width_mult: float = 1.0, num_classes: int = 1000, fused: bool = True) -> ShuffleNetV2:
+    """ShuffleNet V2 at ``width_mult`` in {0.5, 1.0, 1.5, 2.0} (Table 5), torchvision's
+    ``shufflenet_v2_x{0_5,1_0,1_5,2_0}`` structure. Args and shape: as ``ShuffleNetV2``.
+
+    Raises:
+        ValueError: ``width_mult`` not one of the four above, ``num_classes`` not a
+            positive int.
+    """
+    if width_mult not in STAGE_OUT_CHANNELS:
+        raise ValueError(f"width_mult must be one of {WIDTH_MULTS}, got {width_mult!r}")
+    return ShuffleNetV2(STAGE_REPEATS, STAGE_OUT_CHANNELS[width_mult], num_classes, fused)

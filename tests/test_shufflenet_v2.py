@@ -1,0 +1,342 @@
+"""ShuffleNet V2: torchvision's state_dict, fused vs naive (outputs, gradients, running
+statistics), the interleaving copy, count_flops against the paper's Table 5, and what
+fuse() does today with a torchvision-style V2."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import shufflenet_ops as so
+from shufflenet_ops import count_flops, models
+from shufflenet_ops.fuse import fused_convs
+from shufflenet_ops.models import ShuffleNetV2, shufflenet_v2
+from shufflenet_ops.models.shufflenet_v2 import STAGE_OUT_CHANNELS, InvertedResidual, interleave
+
+from _helpers import FORMATS, assert_same_training, randomize_batchnorm, requires_extension, run_and_backward
+
+pytestmark = requires_extension
+DOUBLE = torch.float64
+
+
+# ---------------------------------------------------------- torchvision's structure
+# Written from torchvision.models.shufflenetv2 (not imported: torchvision is not a
+# dependency): the naive reference whose state_dict the package's model must load.
+def tv_channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    batchsize, num_channels, height, width = x.size()
+    channels_per_group = num_channels // groups
+    x = x.view(batchsize, groups, channels_per_group, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batchsize, -1, height, width)
+
+
+class TVInvertedResidual(nn.Module):
+    def __init__(self, inp: int, oup: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        branch_features = oup // 2
+        if self.stride > 1:
+            self.branch1 = nn.Sequential(
+                self.depthwise_conv(inp, inp, kernel_size=3, stride=self.stride, padding=1),
+                nn.BatchNorm2d(inp),
+                nn.Conv2d(inp, branch_features, kernel_size=1, stride=1, padding=0, bias=False),
+                nn.BatchNorm2d(branch_features),
+                nn.ReLU(inplace=True),
+            )
+        else:
+            self.branch1 = nn.Sequential()
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(inp if self.stride > 1 else branch_features, branch_features, kernel_size=1, stride=1,
+                      padding=0, bias=False),
+            nn.BatchNorm2d(branch_features),
+            nn.ReLU(inplace=True),
+            self.depthwise_conv(branch_features, branch_features, kernel_size=3, stride=self.stride, padding=1),
+            nn.BatchNorm2d(branch_features),
+            nn.Conv2d(branch_features, branch_features, kernel_size=1, stride=1, padding=0, bias=False),
+            nn.BatchNorm2d(branch_features),
+            nn.ReLU(inplace=True),
+        )
+
+    @staticmethod
+    def depthwise_conv(i, o, kernel_size, stride=1, padding=0, bias=False):
+        return nn.Conv2d(i, o, kernel_size, stride, padding, bias=bias, groups=i)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return tv_channel_shuffle(out, 2)
+
+
+class TVShuffleNetV2(nn.Module):
+    def __init__(self, stages_repeats, stages_out_channels, num_classes=1000):
+        super().__init__()
+        self._stage_out_channels = stages_out_channels
+        input_channels = 3
+        output_channels = self._stage_out_channels[0]
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(input_channels, output_channels, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(output_channels),
+            nn.ReLU(inplace=True),
+        )
+        input_channels = output_channels
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for name, repeats, output_channels in zip(
+            ["stage2", "stage3", "stage4"], stages_repeats, self._stage_out_channels[1:]
+        ):
+            seq = [TVInvertedResidual(input_channels, output_channels, 2)]
+            for _ in range(repeats - 1):
+                seq.append(TVInvertedResidual(output_channels, output_channels, 1))
+            setattr(self, name, nn.Sequential(*seq))
+            input_channels = output_channels
+        output_channels = self._stage_out_channels[-1]
+        self.conv5 = nn.Sequential(
+            nn.Conv2d(input_channels, output_channels, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(output_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(output_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = self.maxpool(x)
+        x = self.stage2(x)
+        x = self.stage3(x)
+        x = self.stage4(x)
+        x = self.conv5(x)
+        x = x.mean([2, 3])  # globalpool
+        return self.fc(x)
+
+
+def tv_shufflenet_v2(width_mult: float, num_classes: int = 1000) -> TVShuffleNetV2:
+    return TVShuffleNetV2([4, 8, 4], list(STAGE_OUT_CHANNELS[width_mult]), num_classes)
+
+
+def _torchvision_and_package(width_mult, fused=True, dtype=DOUBLE, num_classes=10):
+    torch.manual_seed(0)
+    tv = randomize_batchnorm(tv_shufflenet_v2(width_mult, num_classes)).to(dtype)
+    model = shufflenet_v2(width_mult, num_classes, fused=fused).to(dtype)
+    model.load_state_dict(tv.state_dict())  # strict: every key, no more
+    return tv, model
+
+
+def _same_in_train_and_eval(reference, model, x):
+    for train in (True, False):
+        reference.train(train)
+        model.train(train)
+        assert_same_training(reference, model, x)  # train: the running statistics moved the same way
+
+
+# ------------------------------------------------------------------ architecture
+@pytest.mark.parametrize("width_mult", sorted(STAGE_OUT_CHANNELS))
+@pytest.mark.parametrize("fused", [True, False])
+def test_state_dict_keys_and_shapes_are_torchvisions(width_mult, fused):
+    tv_state = tv_shufflenet_v2(width_mult).state_dict()
+    state = shufflenet_v2(width_mult, fused=fused).state_dict()
+    assert list(state) == list(tv_state)
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in tv_state.items()}
+    tv_names = [name for name, _ in tv_shufflenet_v2(width_mult).named_modules()]
+    assert [name for name, _ in shufflenet_v2(width_mult, fused=fused).named_modules()] == tv_names
+
+
+def test_table5_widths():
+    for width, (conv1, s2, s3, s4, conv5) in STAGE_OUT_CHANNELS.items():
+        model = shufflenet_v2(width)
+        assert model.conv1[0].out_channels == conv1 and model.conv5[0].out_channels == conv5
+        for stage, repeats, channels in zip((model.stage2, model.stage3, model.stage4), (4, 8, 4), (s2, s3, s4)):
+            assert [unit.stride for unit in stage] == [2] + [1] * (repeats - 1)
+            assert all(unit.branch2[5].out_channels == channels // 2 for unit in stage)
+        assert model.fc.in_features == conv5
+
+
+# ---------------------------------------------------- fused vs torchvision's code
+@pytest.mark.parametrize("width_mult", [0.5, 1.0])
+def test_torchvision_state_dict_same_outputs_and_gradients_train_and_eval(width_mult):
+    """Batch 1 at an odd size: 1x3x67x45 (Stage 4 at 3x2, so train-mode BN has 6 values)."""
+    tv, model = _torchvision_and_package(width_mult)
+    x = torch.randn(1, 3, 67, 45, generator=torch.Generator().manual_seed(2), dtype=DOUBLE)
+    _same_in_train_and_eval(tv, model, x)
+
+
+@pytest.mark.parametrize("width_mult", [0.5, 1.0])
+def test_float32_within_torchs_own_float32_error(width_mult):
+    """float32 against the float64 torchvision model. Eval: logits within 1e-4. Train:
+    batch statistics over few values make the gradients ill-conditioned (torch's own
+    float32 model misses the float64 input gradient by about its size here), so the fused
+    model's error in the logits, the input gradient and every parameter gradient must be
+    at most twice torch's own float32 error (plus a floor at 1e-6 of the largest one)."""
+    tv, model = _torchvision_and_package(width_mult, dtype=torch.float32)
+    tv64, _ = _torchvision_and_package(width_mult, dtype=DOUBLE)
+    x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(3))
+    for m in (tv, model, tv64):
+        m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).double(), tv64(x.double()), rtol=1e-4, atol=1e-4)
+    for m in (tv, model, tv64):
+        m.train()
+    reference = run_and_backward(tv64, x.double())
+    naive, fused = run_and_backward(tv, x), run_and_backward(model, x)
+    pairs = [("logits", fused[0], naive[0], reference[0]), ("grad input", fused[1], naive[1], reference[1])]
+    pairs += [(name, p.grad, q.grad, r.grad) for (name, p), q, r in
+              zip(model.named_parameters(), tv.parameters(), tv64.parameters())]
+    # The floor's scale is the largest gradient: some gradients are 0 in exact arithmetic
+    # (a BN bias before a train-mode BN), and float32 leaves noise there.
+    scale = max(expected.abs().max().item() for _, _, _, expected in pairs)
+    for name, got, torch_own, expected in pairs:
+        error = (got.double() - expected).abs().max().item()
+        torch_error = (torch_own.double() - expected).abs().max().item()
+        assert error <= 2 * torch_error + 1e-6 * scale, (name, error, torch_error)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (17, 23), (1, 1)])
+def test_small_inputs_down_to_1x1_feature_maps(size):
+    """Stage 4 at 1x1 (a (N, C, 1, 1) tensor is both NCHW and channels_last)."""
+    tv, model = _torchvision_and_package(0.5)
+    x = torch.randn(2, 3, *size, dtype=DOUBLE)
+    for m in (tv, model):
+        m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x))
+
+
+def test_naive_model_is_torchvisions_code_exactly():
+    tv, model = _torchvision_and_package(0.5, fused=False)
+    x = torch.randn(2, 3, 33, 41, dtype=DOUBLE)
+    for train in (True, False):
+        tv.train(train)
+        model.train(train)
+        with torch.no_grad():
+            assert torch.equal(model(x), tv(x))
+
+
+def test_package_state_dict_loads_into_torchvisions_structure():
+    torch.manual_seed(1)
+    model = randomize_batchnorm(shufflenet_v2(0.5, 10)).to(DOUBLE).eval()
+    tv = tv_shufflenet_v2(0.5, 10).to(DOUBLE).eval()
+    tv.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 40, 40, dtype=DOUBLE)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x))
+
+
+def test_eval_folds_and_runs_the_fused_op(monkeypatch):
+    """In eval every 1x1 conv runs through the fused op with its BN folded and its ReLU in
+    the epilogue; no nn.Conv2d or nn.BatchNorm2d module is called."""
+    _, model = _torchvision_and_package(0.5, dtype=torch.float32)
+    model.eval()
+    calls = []
+    original = so.functional.group_conv1x1_shuffle
+
+    def spy(x, weight, groups, bias=None, shuffle_groups=None, relu=False, residual=None):
+        calls.append((groups, shuffle_groups, relu, bias is not None))
+        return original(x, weight, groups, bias=bias, shuffle_groups=shuffle_groups, relu=relu, residual=residual)
+
+    monkeypatch.setattr("shufflenet_ops.modules.conv_bn.functional.group_conv1x1_shuffle", spy)
+    module_calls = []
+    hooks = [m.register_forward_hook(lambda m, i, o: module_calls.append(type(m).__name__))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    for hook in hooks:
+        hook.remove()
+    pointwise = sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))
+    assert len(calls) == pointwise == 2 * 16 + 3 + 1  # two per unit, branch1 of 3 stride-2 units, conv5
+    assert set(calls) == {(1, 1, True, True)}
+    assert module_calls == []
+
+
+# ---------------------------------------------------------------------------- units
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("train", [True, False])
+def test_unit_matches_torchvision_unit(stride, fmt, train):
+    inp, oup = (24, 48) if stride == 2 else (48, 48)
+    torch.manual_seed(0)
+    tv = randomize_batchnorm(TVInvertedResidual(inp, oup, stride)).to(DOUBLE).train(train)
+    unit = InvertedResidual(inp, oup, stride, fused=True).to(DOUBLE).train(train)
+    unit.load_state_dict(tv.state_dict())
+    x = torch.randn(1, inp, 13, 7, dtype=DOUBLE).contiguous(memory_format=FORMATS[fmt])
+    y = assert_same_training(tv, unit, x)
+    assert y.shape == (1, oup, 13 if stride == 1 else 7, 7 if stride == 1 else 4)
+    if fmt == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_interleave_is_cat_then_shuffle_in_one_copy(fmt):
+    a = torch.randn(2, 6, 5, 3).contiguous(memory_format=FORMATS[fmt]).requires_grad_()
+    b = torch.randn(2, 6, 5, 3).contiguous(memory_format=FORMATS[fmt]).requires_grad_()
+    out = interleave(a, b)
+    expected = torch.channel_shuffle(torch.cat((a, b), 1), 2)
+    assert torch.equal(out, expected)
+    assert out.is_contiguous(memory_format=FORMATS[fmt])
+    go = torch.randn_like(out)
+    ga, gb = torch.autograd.grad(out, (a, b), go)
+    assert torch.equal(ga, go[:, 0::2]) and torch.equal(gb, go[:, 1::2])
+    x = torch.randn(1, 12, 4, 4).contiguous(memory_format=FORMATS[fmt])
+    x1, x2 = x.chunk(2, dim=1)  # a channel slice as the first operand (a stride-1 unit)
+    assert torch.equal(interleave(x1, x2 * 2), tv_channel_shuffle(torch.cat((x1, x2 * 2), 1), 2))
+
+
+# ---------------------------------------------------------------------------- flops
+# ShuffleNet V2 paper, Table 5: complexity (MFLOPs, multiply-adds) at 224x224.
+TABLE5_MFLOPS = {0.5: 41, 1.0: 146, 1.5: 299, 2.0: 591}
+
+
+@pytest.mark.parametrize("width_mult", sorted(TABLE5_MFLOPS))
+def test_count_flops_matches_table5(width_mult):
+    flops = count_flops(shufflenet_v2(width_mult), (1, 3, 224, 224))
+    # Within 2% of the paper's value (the whole network, FC included).
+    assert flops["total"] / 1e6 == pytest.approx(TABLE5_MFLOPS[width_mult], rel=0.02)
+    naive = count_flops(shufflenet_v2(width_mult, fused=False), (1, 3, 224, 224))
+    assert naive == flops
+    assert count_flops(tv_shufflenet_v2(width_mult), (1, 3, 224, 224)) == flops
+
+
+# ---------------------------------------------------------------------------- fuse()
+def test_fuse_of_torchvision_style_v2_today():
+    """What fuse() covers of torchvision's V2 code today (issue 16 item 3 is not done).
+    Three 1x1 convs run on the fused op, each reading a unit's output shuffle through its
+    input shuffle: conv5, and branch2's first conv of the stride-2 units of Stages 3 and 4
+    (their input is the previous stage's last shuffle; branch1 reads it too, so that
+    shuffle is still materialised). The other 1x1 convs have no shuffle next to them (the
+    cat sits between) and are ungrouped, so they are not matched; since the whole model is
+    one traced graph with a match, every other conv+BN pair (stem, depthwise, branch 1x1s:
+    53 at any width) folds its BN into one F.conv2d, the ReLUs staying separate ops.
+    No FuseWarning. The result stays exact, train and eval."""
+    torch.manual_seed(0)
+    tv = randomize_batchnorm(tv_shufflenet_v2(0.5, 10)).to(DOUBLE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", so.FuseWarning)
+        fused = so.fuse(tv)
+    sites = fused_convs(fused)
+    on_op = {name: site for name, site in sites.items() if site.kernel != "conv2d_bn"}
+    assert sorted(on_op) == ["conv5.0", "stage3.0.branch2.0", "stage4.0.branch2.0"]
+    for name, site in on_op.items():
+        assert (site.input_shuffle, site.output_shuffle, site.relu, site.residual) == (2, 1, True, False)
+        assert site.bn == name[:-1] + "1"
+    folded = {name for name, site in sites.items() if site.kernel == "conv2d_bn"}
+    convs = {name for name, m in tv.named_modules() if isinstance(m, nn.Conv2d)}
+    assert folded == convs - set(on_op) and len(folded) == 53
+    x = torch.randn(1, 3, 67, 45, dtype=DOUBLE)
+    _same_in_train_and_eval(tv, fused, x)
+
+
+# ------------------------------------------------------------------------ arguments
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="width_mult must be one of"):
+        shufflenet_v2(0.75)
+    with pytest.raises(ValueError, match="num_classes"):
+        shufflenet_v2(num_classes=0)
+    with pytest.raises(ValueError, match="stages_out_channels"):
+        ShuffleNetV2((4, 8, 4), (24, 48, 96))
+    with pytest.raises(ValueError, match="stride"):
+        InvertedResidual(24, 48, 3)
+    with pytest.raises(ValueError, match="inp"):
+        InvertedResidual(24, 48, 1)
+    assert models.shufflenet_v2 is shufflenet_v2 and isinstance(shufflenet_v2(0.5).stage2[0], InvertedResidual)
