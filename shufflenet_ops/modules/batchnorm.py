@@ -111,7 +111,7 @@ class FoldCache:
     Derived data: never pickled or deep-copied."""
 
     def __init__(self) -> None:
-        self._entry: tuple[list, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._entry: tuple[tuple, tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def clear(self) -> None:
         self._entry = None
@@ -119,21 +119,33 @@ class FoldCache:
     def folded(
         self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        sources = [t for t in (*conv.parameters(), *bn.parameters(), *bn.buffers()) if t is not None]
+        # The tensors the fold reads, straight from the modules' dicts: nn.Module's
+        # __getattr__ (or walking parameters() and buffers()) is Python work that a batch-1
+        # forward would pay once per conv+BN pair on every call.
+        params, bn_params, bn_buffers = conv._parameters, bn._parameters, bn._buffers
+        if "weight" in params:
+            direct = (
+                params["weight"], params.get("bias"), bn_params.get("weight"), bn_params.get("bias"),
+                bn_buffers.get("running_mean"), bn_buffers.get("running_var"),
+            )
+        else:  # a parametrized weight (e.g. weight norm): computed from tensors held elsewhere
+            direct = (*conv.parameters(), *bn.parameters(), *bn.buffers())
+        sources = tuple(t for t in direct if t is not None)
         needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
         if needs_graph or torch.compiler.is_compiling() or any(t.is_inference() for t in sources):
             return folded_conv_bn(conv, bn, bn_index)
         # In-place updates bump _version; `.data =` (as in module.to()) swaps the storage.
-        stamps = [(t, t._version, t.data_ptr(), t.dtype, t.device) for t in sources]
-        if self._entry is not None:
-            old_stamps, folded = self._entry
-            if len(old_stamps) == len(stamps) and all(
-                old[0] is new[0] and old[1:] == new[1:] for old, new in zip(old_stamps, stamps)
+        stamps = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
+        entry = self._entry
+        if entry is not None:
+            old_sources, old_stamps, folded = entry
+            if old_stamps == stamps and len(old_sources) == len(sources) and all(
+                old is new for old, new in zip(old_sources, sources)
             ):
                 return folded
         with torch.no_grad():
             folded = folded_conv_bn(conv, bn, bn_index)
-        self._entry = (stamps, folded)
+        self._entry = (sources, stamps, folded)
         return folded
 
     def __deepcopy__(self, memo: dict) -> FoldCache:
