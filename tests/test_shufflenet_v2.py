@@ -153,7 +153,7 @@ def test_table5_widths():
 
 
 # ---------------------------------------------------- fused vs torchvision's code
-@pytest.mark.parametrize("width_mult", [0.5, 1.0])
+@pytest.mark.parametrize("width_mult", sorted(STAGE_OUT_CHANNELS))
 def test_torchvision_state_dict_same_outputs_and_gradients_train_and_eval(width_mult):
     """Batch 1 at an odd size: 1x3x67x45 (Stage 4 at 3x2, so train-mode BN has 6 values)."""
     tv, model = _torchvision_and_package(width_mult)
@@ -161,7 +161,7 @@ def test_torchvision_state_dict_same_outputs_and_gradients_train_and_eval(width_
     _same_in_train_and_eval(tv, model, x)
 
 
-@pytest.mark.parametrize("width_mult", [0.5, 1.0])
+@pytest.mark.parametrize("width_mult", sorted(STAGE_OUT_CHANNELS))
 def test_float32_within_torchs_own_float32_error(width_mult):
     """float32 against the float64 torchvision model. Eval: logits within 1e-4. Train:
     batch statistics over few values make the gradients ill-conditioned (torch's own
