@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import functional
+from .. import functional, reference
 from ..modules import FoldCache, can_fold, conv1x1_bn, conv2d_bn
 
 WIDTH_MULTS = (0.5, 1.0, 1.5, 2.0)
@@ -49,16 +49,8 @@ STAGE_OUT_CHANNELS = {
 }
 
 
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """torchvision's channel shuffle (reshape to ``(groups, C/groups)``, transpose, flatten):
-    ``torch.channel_shuffle(x, groups)``."""
-    n, c, h, w = x.size()
-    x = x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous()
-    return x.view(n, c, h, w)
-
-
 def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``channel_shuffle(torch.cat((a, b), 1), 2)`` in one copy: channel ``2j`` of the
+    """``reference.channel_shuffle(torch.cat((a, b), 1), 2)`` in one copy: channel ``2j`` of the
     result is ``a[:, j]`` and channel ``2j + 1`` is ``b[:, j]``. The result is channels_last
     if ``b`` is, contiguous NCHW otherwise; differentiable (a stack and views)."""
     n, c, h, w = b.shape
@@ -170,7 +162,7 @@ class InvertedResidual(_Folding):
                 out = torch.cat((x1, self.branch2(x2)), dim=1)
             else:
                 out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
-            return channel_shuffle(out, 2)
+            return reference.channel_shuffle(out, 2)  # torchvision's reshape-transpose-flatten
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
             return interleave(x1, self._branch2(x2))
