@@ -37,4 +37,15 @@ TORCH_LIBRARY(shufflenet_ops, m) {
   // (the average counts the padding): the stem's pool and the stride-2 units' shortcut.
   m.def("max_pool3x3s2_relu(Tensor x) -> Tensor");
   m.def("avg_pool3x3s2_relu(Tensor x) -> Tensor");
+  // A whole ShuffleNet V1 unit for inference (BN folded into the weights and biases):
+  //   h = relu(conv1x1(x, compress) + compress_bias)                   grouped, Cin -> B
+  //   d = depthwise3x3(h, stride, padding 1) + depthwise_bias          B -> B
+  //   e = conv1x1(shuffle(d, shuffle_groups), expand) + expand_bias    grouped, B -> E
+  //   y = relu(x + e) (stride 1, E == Cin)  or  cat(relu(avgpool3x3s2(x)), relu(e)) (stride 2)
+  // The 1x1 weights come group-transposed, (groups, Cin/groups, B/groups) and
+  // (groups, B/groups, E/groups): the GEMMs' B operand as it is read, so no call repacks them
+  // (shufflenet_ops.ops.shuffle_unit.pack_pointwise_weight). Forward only (no autograd).
+  m.def(
+      "shuffle_unit(Tensor x, Tensor compress_weight, Tensor compress_bias, Tensor depthwise_weight, "
+      "Tensor depthwise_bias, Tensor expand_weight, Tensor expand_bias, int shuffle_groups, int stride) -> Tensor");
 }

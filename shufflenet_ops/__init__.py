@@ -12,7 +12,9 @@ from .functional import (
     channel_shuffle,
     group_conv1x1_shuffle,
     max_pool3x3s2_relu,
+    pack_pointwise_weight,
     shuffle_group_conv1x1,
+    shuffle_unit,
 )
 from .modules import (
     GroupConv1x1BNShuffle,
@@ -54,6 +56,8 @@ __all__ = [
     "ops",
     "original_forwards",
     "onnx",
+    "pack_pointwise_weight",
     "reference",
     "shuffle_group_conv1x1",
+    "shuffle_unit",
 ]

@@ -31,9 +31,10 @@ from .ops.spec import LIBRARY
 
 __all__ = ["INFERENCE_OPS", "export", "translation_table"]
 
-# The ops of the library an inference (forward-only) graph can contain: the differentiable
-# ones; the others are the pieces of their backward pass. Each needs a translation below.
-INFERENCE_OPS = tuple(spec.name for spec in SPECS if spec.differentiable)
+# The ops of the library an inference (forward-only) graph can contain: the forward ops
+# (``OpSpec.is_forward``); the others are the pieces of a backward pass. Each needs a
+# translation below.
+INFERENCE_OPS = tuple(spec.name for spec in SPECS if spec.is_forward)
 
 
 def _opset():
@@ -177,12 +178,56 @@ def avg_pool3x3s2_relu(x):
     return op.Relu(pooled)
 
 
+def _unpacked_pointwise(packed):
+    """A ``(groups, K, M)`` packed 1x1 weight (``pack_pointwise_weight``) as the
+    ``(groups * M, K, 1, 1)`` Conv weight, and its group count."""
+    op = _opset()
+    groups, k, m = _dims(packed, 0)
+    if None in (groups, k, m):
+        raise ValueError("shufflenet_ops.onnx: shuffle_unit needs static weight shapes")
+    weight = op.Reshape(op.Transpose(packed, perm=[0, 2, 1]), op.Constant(value_ints=[groups * m, k, 1, 1]))
+    return weight, groups
+
+
+def shuffle_unit(
+    x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
+    shuffle_groups: int = 1, stride: int = 1,
+):
+    """A ShuffleNet V1 unit with folded BNs (``shufflenet_ops.shuffle_unit``) in ONNX, layer by
+    layer: Conv + Relu, depthwise Conv, the shuffle, Conv, then Add + Relu (stride 1) or
+    Concat with the average-pooled input + Relu (stride 2).
+
+    Args:
+        x: (N, Cin, H, W) value.
+        compress_weight, expand_weight: packed (groups, K, M) values (``pack_pointwise_weight``).
+        compress_bias, depthwise_bias, expand_bias: (B,), (B,), (E,) values.
+        depthwise_weight: (B, 1, 3, 3) value.
+        shuffle_groups: the shuffle before the expand conv.
+        stride: 1 or 2.
+
+    Returns:
+        The output value, (N, Cin, H, W) or (N, Cin + E, (H-1)//2+1, (W-1)//2+1).
+    """
+    op = _opset()
+    compress, compress_groups = _unpacked_pointwise(compress_weight)
+    expand, expand_groups = _unpacked_pointwise(expand_weight)
+    bottleneck = _dims(compress_bias, 0)[0]
+    h = op.Relu(_conv1x1(x, compress, compress_bias, compress_groups))
+    d = op.Conv(h, depthwise_weight, depthwise_bias, group=bottleneck, kernel_shape=[3, 3], strides=[stride, stride],
+                pads=[1, 1, 1, 1])
+    e = _conv1x1(_shuffle(d, shuffle_groups, bottleneck, [None, None]), expand, expand_bias, expand_groups)
+    if stride == 1:
+        return op.Relu(op.Add(x, e))
+    return op.Concat(avg_pool3x3s2_relu(x), op.Relu(e), axis=1)
+
+
 _TRANSLATIONS = {
     "group_conv1x1_shuffle": group_conv1x1_shuffle,
     "shuffle_group_conv1x1": shuffle_group_conv1x1,
     "channel_shuffle": channel_shuffle,
     "max_pool3x3s2_relu": max_pool3x3s2_relu,
     "avg_pool3x3s2_relu": avg_pool3x3s2_relu,
+    "shuffle_unit": shuffle_unit,
 }
 
 

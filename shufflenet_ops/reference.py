@@ -72,3 +72,28 @@ def avg_pool3x3s2_relu(x: torch.Tensor) -> torch.Tensor:
     """relu(avg_pool2d(x, 3, stride=2, padding=1)) (padding counted, as nn.AvgPool2d): the
     stride-2 unit's shortcut with the ReLU that follows its concat."""
     return F.relu(F.avg_pool2d(x, 3, stride=2, padding=1))
+
+
+def shuffle_unit(
+    x: torch.Tensor,
+    compress_weight: torch.Tensor,
+    compress_bias: torch.Tensor,
+    depthwise_weight: torch.Tensor,
+    depthwise_bias: torch.Tensor,
+    expand_weight: torch.Tensor,
+    expand_bias: torch.Tensor,
+    compress_groups: int,
+    expand_groups: int,
+    shuffle_groups: int,
+    stride: int,
+) -> torch.Tensor:
+    """A ShuffleNet V1 unit with its BNs folded (paper Fig. 2b / 2c), layer by layer:
+    ``h = relu(conv1x1(x) + b)``, ``d = depthwise3x3(h, stride) + b``,
+    ``e = conv1x1(shuffle(d, shuffle_groups)) + b``, then ``relu(x + e)`` (stride 1) or
+    ``cat(relu(avg_pool3x3s2(x)), relu(e))`` (stride 2). Weights in ``nn.Conv2d``'s layout."""
+    h = F.relu(F.conv2d(x, _as_conv_weight(compress_weight), compress_bias, groups=compress_groups))
+    d = F.conv2d(h, depthwise_weight, depthwise_bias, stride=stride, padding=1, groups=h.shape[1])
+    e = F.conv2d(channel_shuffle(d, shuffle_groups), _as_conv_weight(expand_weight), expand_bias, groups=expand_groups)
+    if stride == 1:
+        return F.relu(x + e)
+    return torch.cat((avg_pool3x3s2_relu(x), F.relu(e)), dim=1)

@@ -174,3 +174,24 @@ def test_eager_fused_model_still_runs_channels_last():
     with torch.no_grad():
         fused(torch.randn(2, 3, 32, 32))
     assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shuffle_unit_op_exports_and_matches_reference(stride):
+    """The whole-unit inference op (the fused modules use it in eager inference only; export
+    traces their per-op path) called directly: its translation, float32, dynamic batch."""
+    from shufflenet_ops.ops.shuffle_unit import SHUFFLE_UNIT
+
+    args = [a.float() if isinstance(a, torch.Tensor) else a for a in list(SHUFFLE_UNIT.samples())[2 * (stride - 1)]]
+    weights = nn.ParameterList(args[1:7])
+
+    class Unit(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights = weights
+
+        def forward(self, x):
+            return so.shuffle_unit(x, *self.weights, *args[7:])
+
+    model = Unit().eval()
+    check_export(model, lambda x: SHUFFLE_UNIT.reference(x, *weights, *args[7:]), args[0][:1].contiguous())

@@ -21,7 +21,7 @@ namespace {
 // zmm registers), each k step = NV vector loads of B, MR broadcasts of A, MR * NV FMAs.
 template <int MR, int NV>
 __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const float* a, int64_t a_row, int64_t a_col,
-                                                     const float* b, int64_t ldb, float* c, int64_t ldc,
+                                                     const int64_t* a_offsets, const float* b, int64_t ldb, float* c, int64_t ldc,
                                                      __mmask16 last_mask, const float* row_bias,
                                                      const float* col_bias, const float* residual,
                                                      int64_t residual_ld, bool relu, bool prefetch_next_panel,
@@ -34,7 +34,7 @@ __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const flo
     for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) _m_prefetchw(c + (r + rows_ahead) * ldc + 16 * v);
-      if (a_col == 1) {
+      if (a_col == 1 && !a_offsets) {
         const float* next = a + (r + rows_ahead) * a_row;
         for (int64_t u = 0; u < k; u += 16) _mm_prefetch(reinterpret_cast<const char*>(next + u), _MM_HINT_T0);
       }
@@ -69,7 +69,7 @@ __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const flo
     for (int v = 0; v < NV; ++v) {
       bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last_mask, brow + 16 * v) : _mm512_loadu_ps(brow + 16 * v);
     }
-    const float* acol = a + kk * a_col;
+    const float* acol = a + (a_offsets ? a_offsets[kk] : kk * a_col);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m512 av = _mm512_set1_ps(acol[r * a_row]);
@@ -126,7 +126,7 @@ __attribute__((target("avx512f,prfchw"))) inline void block(int64_t k, const flo
 
 template <int NV>
 __attribute__((target("avx512f,prfchw"))) void column_panel(int64_t m, int64_t k, const float* a, int64_t a_row,
-                                                     int64_t a_col, const float* b, int64_t ldb, float* c,
+                                                     int64_t a_col, const int64_t* a_offsets, const float* b, int64_t ldb, float* c,
                                                      int64_t ldc, __mmask16 last_mask, const float* row_bias,
                                                      const float* col_bias, const float* residual,
                                                      int64_t residual_ld, bool relu, bool prefetch_next_panel,
@@ -135,7 +135,7 @@ __attribute__((target("avx512f,prfchw"))) void column_panel(int64_t m, int64_t k
   int64_t i = 0;
   // The first row block of the panel prefetches for the next panel; the others find B in L1.
   for (; i + kRows <= m; i += kRows) {
-    block<kRows, NV>(k, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, last_mask,
+    block<kRows, NV>(k, a + i * a_row, a_row, a_col, a_offsets, b, ldb, c + i * ldc, ldc, last_mask,
                      row_bias ? row_bias + i : nullptr, col_bias, residual ? residual + i * residual_ld : nullptr,
                      residual_ld, relu, prefetch_next_panel && i == 0, prefetch_next_panel && !stream_c, stream_c,
                      prefetch_rows ? kRows : 0);
@@ -143,7 +143,7 @@ __attribute__((target("avx512f,prfchw"))) void column_panel(int64_t m, int64_t k
   switch (m - i) {  // remainder rows
 #define SHUFFLENET_OPS_REMAINDER(R)                                                                  \
   case R:                                                                                            \
-    block<R, NV>(k, a + i * a_row, a_row, a_col, b, ldb, c + i * ldc, ldc, last_mask,               \
+    block<R, NV>(k, a + i * a_row, a_row, a_col, a_offsets, b, ldb, c + i * ldc, ldc, last_mask,               \
                  row_bias ? row_bias + i : nullptr, col_bias,                                        \
                  residual ? residual + i * residual_ld : nullptr, residual_ld, relu,                 \
                  prefetch_next_panel && i == 0, prefetch_next_panel && !stream_c, stream_c, 0);     \
@@ -215,7 +215,7 @@ bool small_gemm_available() { return __builtin_cpu_supports("avx512f"); }
 
 bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
                 int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue, bool stream_rows,
-                bool prefetch_rows) {
+                bool prefetch_rows, const int64_t* a_offsets) {
   static const bool available = small_gemm_available();
   if (!available) return false;
   // In-place channel-major output whose rows are whole 64-byte lines: stream it to memory
@@ -236,7 +236,7 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, 
     // One instantiation per panel width in vectors (the accumulator block is a template).
     using Panel = decltype(&column_panel<1>);
     static constexpr Panel kPanels[] = {column_panel<1>, column_panel<2>, column_panel<3>, column_panel<4>};
-    kPanels[vectors - 1](m, k, a, a_row, a_col, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
+    kPanels[vectors - 1](m, k, a, a_row, a_col, a_offsets, b + j, ldb, c + j, ldc, last_mask, epilogue.row_bias,
                          epilogue.col_bias ? epilogue.col_bias + j : nullptr,
                          epilogue.residual ? epilogue.residual + j : nullptr, epilogue.residual_ld, epilogue.relu,
                          prefetch, stream, prefetch_rows);
@@ -265,7 +265,7 @@ bool small_gemm_nt_accumulate(int64_t m, int64_t n, int64_t k, const float* a, i
 bool small_gemm_available() { return false; }
 
 bool small_gemm(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t,
-                const SmallGemmEpilogue&, bool, bool) {
+                const SmallGemmEpilogue&, bool, bool, const int64_t*) {
   return false;
 }
 

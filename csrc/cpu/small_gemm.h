@@ -37,9 +37,12 @@ struct SmallGemmEpilogue {
 // a buffer (they stay in cache for their next use).
 // prefetch_rows: A's rows (and C's) are rows of a larger tensor read in place (the
 // channels_last layout's pixels), so each row block prefetches the next block's rows.
+// a_offsets: if not null, A's column k is at a_offsets[k] instead of k * a_col, i.e. element
+// (i, k) at a[i * a_row + a_offsets[k]]: a GEMM that reads its input channels through a
+// shuffle that no single stride describes (a ShuffleNet unit's expand GConv, shuffle_unit).
 bool small_gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
                 int64_t ldb, float* c, int64_t ldc, const SmallGemmEpilogue& epilogue = {}, bool stream_rows = false,
-                bool prefetch_rows = false);
+                bool prefetch_rows = false, const int64_t* a_offsets = nullptr);
 
 // C (m x n, ldc) += A (m x k) @ B (n x k)^T where the rows of A and B are contiguous (lda,
 // ldb apart): the dot-product form of grad weight in the channel-major layout, where the

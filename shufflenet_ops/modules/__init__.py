@@ -3,17 +3,19 @@
 - ``conv1x1``: ``GroupConv1x1Shuffle`` and ``ShuffleGroupConv1x1``, drop-in replacements
   for a 1x1 ``nn.Conv2d`` next to a channel shuffle (same parameters and state_dict keys);
 - ``batchnorm``: BatchNorm folding (``folded_conv_bn``, ``can_fold``, ``FoldCache``,
-  ``batchnorm_folding``) and BatchNorm on shuffled channels;
+  ``batchnorm_folding``), ``TensorCache`` (values derived from parameters, kept until they
+  change) and BatchNorm on shuffled channels;
 - ``conv_bn``: conv + BN (+ ReLU) with the shuffle as one module that folds its BN in eval
   mode (``GroupConv1x1BNShuffle``, ``ShuffleGroupConv1x1BN``, ``Conv2dBN``) and
   ``fold_batchnorm``, which folds permanently;
-- ``unit``: ``ShuffleUnit``, the ShuffleNet V1 unit (``fused=False``: the naive unit with
-  the same state_dict keys).
+- ``unit``: ``ShuffleUnit``, the ShuffleNet V1 unit (one ``shuffle_unit`` op in inference;
+  ``fused=False``: the naive unit with the same state_dict keys).
 """
 
 from ._common import shuffle_permutation
 from .batchnorm import (
     FoldCache,
+    TensorCache,
     batchnorm_folding,
     batchnorm_scale_shift,
     can_fold,
@@ -43,6 +45,7 @@ __all__ = [
     "ShuffleGroupConv1x1",
     "ShuffleGroupConv1x1BN",
     "ShuffleUnit",
+    "TensorCache",
     "batchnorm_folding",
     "batchnorm_scale_shift",
     "can_fold",

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+T = TypeVar("T")
 
 
 def is_plain_batchnorm(bn: nn.Module) -> bool:
@@ -105,51 +108,67 @@ def folded_conv_bn(
     return weight, bias.to(conv.weight.dtype)
 
 
-class FoldCache:
-    """The last folded ``(weight, bias)`` of one conv+BN pair, reused in inference until
-    any source tensor is replaced or changed in place (which bumps its version counter).
+def fold_sources(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, ...]:
+    """The tensors that ``folded_conv_bn(conv, bn)`` reads (the conv's weight and bias, the
+    BN's affine parameters and running statistics), as ``TensorCache`` keys on them."""
+    # Straight from the modules' dicts: nn.Module's __getattr__ (or walking parameters() and
+    # buffers()) is Python work that a batch-1 forward would pay once per conv+BN pair on
+    # every call.
+    params, bn_params, bn_buffers = conv._parameters, bn._parameters, bn._buffers
+    if "weight" in params:
+        direct = (
+            params["weight"], params.get("bias"), bn_params.get("weight"), bn_params.get("bias"),
+            bn_buffers.get("running_mean"), bn_buffers.get("running_var"),
+        )
+    else:  # a parametrized weight (e.g. weight norm): computed from tensors held elsewhere
+        direct = (*conv.parameters(), *bn.parameters(), *bn.buffers())
+    return tuple(t for t in direct if t is not None)
+
+
+class TensorCache:
+    """One value derived from some tensors (a folded weight, a packed one), reused in inference
+    until any source tensor is replaced or changed in place (which bumps its version counter).
     Derived data: never pickled or deep-copied."""
 
     def __init__(self) -> None:
-        self._entry: tuple[tuple, tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._entry: tuple[tuple, tuple, object] | None = None
 
     def clear(self) -> None:
         self._entry = None
 
-    def folded(
-        self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_index: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The tensors the fold reads, straight from the modules' dicts: nn.Module's
-        # __getattr__ (or walking parameters() and buffers()) is Python work that a batch-1
-        # forward would pay once per conv+BN pair on every call.
-        params, bn_params, bn_buffers = conv._parameters, bn._parameters, bn._buffers
-        if "weight" in params:
-            direct = (
-                params["weight"], params.get("bias"), bn_params.get("weight"), bn_params.get("bias"),
-                bn_buffers.get("running_mean"), bn_buffers.get("running_var"),
-            )
-        else:  # a parametrized weight (e.g. weight norm): computed from tensors held elsewhere
-            direct = (*conv.parameters(), *bn.parameters(), *bn.buffers())
-        sources = tuple(t for t in direct if t is not None)
+    def get(self, sources: tuple[torch.Tensor, ...], compute: Callable[[], T]) -> T:
+        """``compute()``, or its result from an earlier call with the same, unchanged sources.
+        Not cached (computed every call) where the result must carry a graph (grad mode and a
+        source requiring grad), under torch.compile, or for inference tensors (no version)."""
         needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
         if needs_graph or torch.compiler.is_compiling() or any(t.is_inference() for t in sources):
-            return folded_conv_bn(conv, bn, bn_index)
+            return compute()
         # In-place updates bump _version; `.data =` (as in module.to()) swaps the storage.
         stamps = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
         entry = self._entry
         if entry is not None:
-            old_sources, old_stamps, folded = entry
+            old_sources, old_stamps, value = entry
             if old_stamps == stamps and len(old_sources) == len(sources) and all(
                 old is new for old, new in zip(old_sources, sources)
             ):
-                return folded
+                return value  # type: ignore[return-value]
         with torch.no_grad():
-            folded = folded_conv_bn(conv, bn, bn_index)
-        self._entry = (sources, stamps, folded)
-        return folded
+            value = compute()
+        self._entry = (sources, stamps, value)
+        return value
 
-    def __deepcopy__(self, memo: dict) -> FoldCache:
-        return FoldCache()
+    def __deepcopy__(self, memo: dict) -> TensorCache:
+        return type(self)()
 
     def __reduce__(self):
-        return (FoldCache, ())
+        return (type(self), ())
+
+
+class FoldCache(TensorCache):
+    """The last folded ``(weight, bias)`` of one conv+BN pair (``TensorCache``)."""
+
+    def folded(
+        self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.get(fold_sources(conv, bn), lambda: folded_conv_bn(conv, bn, bn_index))
+

@@ -9,9 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import functional
+from .. import _backend, _extension, functional, reference
+from ..ops.shuffle_unit import pack_pointwise_weight
 from ._common import check_divisible, check_positive_int
+from .batchnorm import TensorCache, can_fold, fold_sources, folded_conv_bn
 from .conv_bn import Conv2dBN, GroupConv1x1BNShuffle
+
+# The dtypes of the whole-unit op (shuffle_unit); others run the unit op by op.
+_UNIT_DTYPES = (torch.float32, torch.float64)
 
 
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int) -> OrderedDict:
@@ -34,9 +39,14 @@ class ShuffleUnit(nn.Module):
     second GConv (before the add). ``grouped_first=False`` makes the first 1x1 conv
     ungrouped (the first unit of Stage 2); the shuffle still uses ``groups``.
 
-    ``fused=True`` runs each 1x1 conv with its BN, ReLU and shuffle as one fused module
-    (``GroupConv1x1BNShuffle``; BN folded in eval mode, and for stride 2 the final ReLU of
-    the branch in the second conv's epilogue). ``fused=False`` is the naive unit: separate
+    ``fused=True`` in inference (every BN in eval mode, no gradient needed: ``torch.no_grad``
+    or ``torch.inference_mode``; CPU, float32 or float64, the ``cpp`` backend) runs the
+    whole unit as one op, ``shuffle_unit``, with the BNs folded and the weights packed once
+    and cached until a parameter or statistic changes. Otherwise (training, a gradient
+    through an eval-mode unit, other devices or dtypes, torch.compile) it runs each 1x1 conv
+    with its BN, ReLU and shuffle as one fused module (``GroupConv1x1BNShuffle``; BN folded
+    in eval mode, and for stride 2 the final ReLU of the branch in the second conv's
+    epilogue). ``fused=False`` is the naive unit: separate
     conv, BN, ReLU and ``nn.ChannelShuffle``. Both have the same parameters and
     state_dict keys (``compress.conv``, ``compress.bn``, ``depthwise.conv``,
     ``depthwise.bn``, ``expand.conv``, ``expand.bn``), so checkpoints load both ways.
@@ -128,9 +138,57 @@ class ShuffleUnit(nn.Module):
         else:
             self.expand = nn.Sequential(expand)
         self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+        self._unit_cache = TensorCache()
+
+    def train(self, mode: bool = True) -> ShuffleUnit:
+        self._unit_cache.clear()
+        return super().train(mode)
+
+    def _unit_arguments(self, x: torch.Tensor) -> tuple | None:
+        """The ``shuffle_unit`` op's arguments after x (folded, packed, cached), or None where
+        the unit runs op by op (see the class docstring). Kept cheap: a batch-1 unit call is
+        ~100 us, and this runs on every one."""
+        if not (x.device.type == "cpu" and x.dtype in _UNIT_DTYPES and x.dim() == 4 and _extension.available()):
+            return None
+        modules = self._modules
+        compress, depthwise, expand = modules["compress"], modules["depthwise"], modules["expand"]
+        if not (can_fold(compress.bn) and can_fold(depthwise.bn) and can_fold(expand.bn)):
+            return None
+        if torch.compiler.is_compiling() or _backend.resolve(x.device) != "cpp":
+            return None
+        sources = (
+            fold_sources(compress.conv, compress.bn) + fold_sources(depthwise.conv, depthwise.bn)
+            + fold_sources(expand.conv, expand.bn)
+        )
+        if x.dtype != sources[0].dtype or x.shape[1] != self.in_channels or x.shape[2] == 0 or x.shape[3] == 0:
+            return None  # the per-op path raises its usual errors
+        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in sources)):
+            return None
+        return self._unit_cache.get(sources, self._pack_unit)
+
+    def _pack_unit(self) -> tuple:
+        compress, depthwise, expand = self.compress, self.depthwise, self.expand
+        compress_weight, compress_bias = folded_conv_bn(compress.conv, compress.bn, compress._bn_index())
+        depthwise_weight, depthwise_bias = folded_conv_bn(depthwise.conv, depthwise.bn)
+        expand_weight, expand_bias = folded_conv_bn(expand.conv, expand.bn)
+        # This unit shuffles before the depthwise conv, so its channels are in shuffled order;
+        # the op shuffles after it (the same thing: the conv is per channel), so they are put
+        # back in the compress output's order by the inverse shuffle.
+        bottleneck = compress_weight.shape[0]
+        inverse = bottleneck // self.groups
+        depthwise_weight = reference.channel_shuffle(depthwise_weight.reshape(1, bottleneck, 3, 3), inverse)
+        depthwise_bias = reference.channel_shuffle(depthwise_bias.reshape(1, bottleneck, 1, 1), inverse)
+        return (
+            pack_pointwise_weight(compress_weight, compress.conv.groups), compress_bias,
+            depthwise_weight.reshape(bottleneck, 1, 3, 3), depthwise_bias.reshape(bottleneck),
+            pack_pointwise_weight(expand_weight, self.groups), expand_bias, self.groups, self.stride,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
+            arguments = self._unit_arguments(x)
+            if arguments is not None:
+                return torch.ops.shufflenet_ops.shuffle_unit(x, *arguments)
             hidden = self.depthwise(self.compress(x))
             if self.stride == 1:
                 return self.expand(hidden, residual=x)

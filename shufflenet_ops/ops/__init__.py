@@ -24,6 +24,7 @@ from .conv1x1_shuffle import (
     SHUFFLE_GROUP_CONV1X1,
 )
 from .pool3x3s2_relu import AVG_POOL3X3S2_RELU, MAX_POOL3X3S2_RELU
+from .shuffle_unit import SHUFFLE_UNIT
 from .spec import OpSpec, register, register_cuda_kernel
 from .table import KernelTable, kernel_table
 
@@ -38,6 +39,7 @@ SPECS: tuple[OpSpec, ...] = (
     RELU_GRAD,
     MAX_POOL3X3S2_RELU,
     AVG_POOL3X3S2_RELU,
+    SHUFFLE_UNIT,
 )
 BY_NAME: dict[str, OpSpec] = {spec.name: spec for spec in SPECS}
 

@@ -83,6 +83,8 @@ class OpSpec:
         samples: yields argument tuples (float64) covering the op's options and layouts,
             for opcheck and the kernel-vs-reference tests.
         bad_calls: ``BadCall``s, each turning a sample's arguments into a bad call.
+        inference_only: a forward op without a backward (the fused unit): asking it for a
+            gradient raises, naming the op and what to train with instead.
     """
 
     name: str
@@ -94,6 +96,7 @@ class OpSpec:
     backward: Callable[..., tuple] | None = None
     samples: Callable[[], Iterable[tuple]] = field(default=lambda: ())
     bad_calls: tuple[BadCall, ...] = ()
+    inference_only: bool = False
     function: type[torch.autograd.Function] = field(init=False, repr=False)
 
     @property
@@ -103,6 +106,15 @@ class OpSpec:
     @property
     def differentiable(self) -> bool:
         return self.backward is not None
+
+    @property
+    def is_forward(self) -> bool:
+        """An op a model's forward calls (not a backward piece): what an inference graph holds."""
+        return self.differentiable or self.inference_only
+
+    def missing_backward(self) -> Callable[..., tuple]:
+        """The backward of an op without a formula: it raises."""
+        return _no_backward(self.qualname) if self.inference_only else _no_double_backward(self.qualname)
 
     def __call__(self, *args: Any) -> torch.Tensor:
         """Check ``args`` (the schema's, positionally) and run the op on the configured backend."""
@@ -131,7 +143,7 @@ class OpSpec:
         # traces them and cannot wrap an arbitrary object captured by a closure.
         name = self.name
         setup_op = self.setup_context or (lambda ctx, inputs, output: None)
-        backward_op = self.backward or _no_double_backward(self.qualname)
+        backward_op = self.backward or self.missing_backward()
 
         def forward(*args):
             *args, backend = args
@@ -153,6 +165,16 @@ def _no_double_backward(qualname: str) -> Callable[..., tuple]:
         raise RuntimeError(
             f"double backward (create_graph=True) through {qualname} is not supported; "
             "use shufflenet_ops.backend('reference') for higher-order gradients"
+        )
+
+    return backward
+
+
+def _no_backward(qualname: str) -> Callable[..., tuple]:
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{qualname} is an inference op and has no backward; train with the per-op path "
+            "(the fused modules call it only when no gradient is needed)"
         )
 
     return backward
@@ -180,7 +202,7 @@ def register(spec: OpSpec) -> None:
         if spec.setup_context is not None:
             spec.setup_context(ctx, inputs, output)
 
-    backward = spec.backward or _no_double_backward(spec.qualname)
+    backward = spec.backward or spec.missing_backward()
     torch.library.register_autograd(spec.qualname, backward, setup_context=setup_context)
 
 

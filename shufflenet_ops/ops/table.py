@@ -49,6 +49,11 @@ class KernelTable(Protocol):
 
     def avg_pool3x3s2_relu(self, x: Tensor) -> Tensor: ...
 
+    def shuffle_unit(
+        self, x: Tensor, compress_weight: Tensor, compress_bias: Tensor, depthwise_weight: Tensor,
+        depthwise_bias: Tensor, expand_weight: Tensor, expand_bias: Tensor, shuffle_groups: int, stride: int,
+    ) -> Tensor: ...
+
 
 def kernel_table(backend: str | None, device: torch.device) -> KernelTable:
     """The table that runs ``backend`` ('cpp', 'triton', or None: the dispatcher) on ``device``.

@@ -1,0 +1,272 @@
+// CPU inference kernel of a whole ShuffleNet V1 unit in one op (shuffle_unit; semantics in
+// csrc/ops.cpp, design in docs/design.md "The fused unit"):
+//   compress GConv + bias + ReLU -> 3x3 depthwise conv (stride 1/2) + bias -> shuffle ->
+//   expand GConv + bias -> relu(x + .) (stride 1) or cat(relu(avgpool(x)), relu(.)) (stride 2).
+//
+// Work is cut into tasks of (image, band of output rows); a task walks its band in chunks of
+// a few output rows. Per chunk, the compress output rows that the depthwise conv needs
+// (the chunk's rows times the stride, plus a one-row halo on each side) and the depthwise
+// output live in two small per-thread buffers, so the bottleneck activations never reach
+// memory; the halo rows a chunk shares with the next one are kept (moved to the buffer's
+// front), not recomputed. Only band edges recompute rows: a batch-1 image is split into as
+// many bands as threads so both cores work.
+//
+// Everything runs pixel-major (a pixel's channels contiguous): the 1x1 convs are small_gemm
+// calls whose B operand is the weight in the group-transposed layout the op takes (no
+// packing per call), the depthwise conv is vectorised over channels, and the expand GConv
+// reads its input channels through the shuffle with a column-offset table (no shuffled copy).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "../channel_map.h"
+#include "../checks.h"
+#include "depthwise3x3.h"
+#include "planar.h"
+#include "pool3x3.h"
+#include "small_gemm.h"
+
+namespace shufflenet_ops::cpu {
+namespace {
+
+// Output pixels per chunk: wide enough for the GEMMs to run at speed (several 16-pixel row
+// blocks per weight panel), small enough that a chunk's buffers stay in L1/L2 (stage 2 of
+// the 1x g=3 net: 60 bottleneck channels x (3 + 2) rows x 28 pixels x 4 bytes = 34 KB).
+constexpr int64_t kChunkPixels = 128;
+
+// The unit's sizes, from the operands (checked by check_shuffle_unit).
+struct UnitShape {
+  int64_t batch, in_channels, h, w, stride, oh, ow;
+  int64_t compress_groups, compress_k, compress_m;  // compress weight (groups, K, M) per group
+  int64_t bottleneck;
+  int64_t expand_groups, expand_k, expand_m;
+  int64_t out_channels, branch_offset;  // the expand output's first channel in y (stride 2: after the pool)
+};
+
+void check_shuffle_unit(const at::Tensor& x, const at::Tensor& cw, const at::Tensor& cb, const at::Tensor& dw,
+                        const at::Tensor& db, const at::Tensor& ew, const at::Tensor& eb, int64_t shuffle_groups,
+                        int64_t stride) {
+  check_input(x, "x");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                   "shuffle_unit supports float32 and float64, got x of dtype ", x.scalar_type(),
+                   " (other dtypes: run the unit's per-op path)");
+  TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, "shuffle_unit: x must have a non-empty spatial size, got ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, "shuffle_unit: stride must be 1 or 2, got ", stride);
+  const int64_t cin = x.size(1);
+  TORCH_CHECK_TYPE(cw.defined() && ew.defined() && cb.defined() && dw.defined() && db.defined() && eb.defined(),
+                   "shuffle_unit: every weight and bias must be a torch.Tensor, got None");
+  TORCH_CHECK_VALUE(cw.dim() == 3 && cw.size(0) >= 1 && cw.size(0) * cw.size(1) == cin && cw.size(2) >= 1,
+                    "compress_weight must have shape (groups, Cin/groups, bottleneck/groups) with Cin = ", cin,
+                    ", got ", cw.sizes());
+  const int64_t bottleneck = cw.size(0) * cw.size(2);
+  TORCH_CHECK_VALUE(cb.dim() == 1 && cb.size(0) == bottleneck, "compress_bias must have shape (", bottleneck,
+                    ",), got ", cb.sizes());
+  TORCH_CHECK_VALUE(dw.dim() == 4 && dw.size(0) == bottleneck && dw.size(1) == 1 && dw.size(2) == 3 && dw.size(3) == 3,
+                    "depthwise_weight must have shape (", bottleneck, ", 1, 3, 3), got ", dw.sizes());
+  TORCH_CHECK_VALUE(db.dim() == 1 && db.size(0) == bottleneck, "depthwise_bias must have shape (", bottleneck,
+                    ",), got ", db.sizes());
+  TORCH_CHECK_VALUE(ew.dim() == 3 && ew.size(0) >= 1 && ew.size(0) * ew.size(1) == bottleneck && ew.size(2) >= 1,
+                    "expand_weight must have shape (groups, bottleneck/groups, Cout/groups) with bottleneck = ",
+                    bottleneck, ", got ", ew.sizes());
+  const int64_t branch = ew.size(0) * ew.size(2);
+  TORCH_CHECK_VALUE(eb.dim() == 1 && eb.size(0) == branch, "expand_bias must have shape (", branch, ",), got ",
+                    eb.sizes());
+  check_groups(shuffle_groups, "shuffle_groups", bottleneck, "bottleneck channels");
+  TORCH_CHECK_VALUE(stride == 2 || branch == cin, "shuffle_unit: a stride-1 unit adds x to the expand output: its ",
+                    branch, " channels must equal x's ", cin);
+  const char* names[] = {"compress_weight", "compress_bias", "depthwise_weight", "depthwise_bias", "expand_weight",
+                         "expand_bias"};
+  const at::Tensor* operands[] = {&cw, &cb, &dw, &db, &ew, &eb};
+  for (int i = 0; i < 6; ++i) check_same(*operands[i], x, names[i], "x");
+}
+
+UnitShape unit_shape(const at::Tensor& x, const at::Tensor& cw, const at::Tensor& ew, int64_t stride) {
+  UnitShape s{};
+  s.batch = x.size(0);
+  s.in_channels = x.size(1);
+  s.h = x.size(2);
+  s.w = x.size(3);
+  s.stride = stride;
+  s.oh = (s.h - 1) / stride + 1;
+  s.ow = (s.w - 1) / stride + 1;
+  s.compress_groups = cw.size(0);
+  s.compress_k = cw.size(1);
+  s.compress_m = cw.size(2);
+  s.bottleneck = s.compress_groups * s.compress_m;
+  s.expand_groups = ew.size(0);
+  s.expand_k = ew.size(1);
+  s.expand_m = ew.size(2);
+  const int64_t branch = s.expand_groups * s.expand_m;
+  s.branch_offset = stride == 2 ? s.in_channels : 0;
+  s.out_channels = s.branch_offset + branch;
+  return s;
+}
+
+// Bands per image: the fewest that give every thread the same number of tasks when there
+// are few images (batch 1 on 2 threads: 2 bands), else one (whole images, no halo recomputed).
+int64_t bands_per_image(int64_t batch, int64_t rows, int64_t threads) {
+  if (batch >= 4 * threads) return 1;
+  for (int64_t bands = 1; bands <= rows; ++bands) {
+    if ((batch * bands) % threads == 0) return bands;
+  }
+  return std::min(rows, (threads + batch - 1) / batch);
+}
+
+// C (m x n, ldc) = A (m x k) @ B (k x n, contiguous) + col_bias (+ residual) (ReLU), A's
+// element (i, kk) at a[i * a_row + (a_offsets ? a_offsets[kk] : kk * a_col)]. small_gemm for
+// float32 where it runs, else these portable loops (float64, CPUs without AVX-512).
+template <typename T>
+void gemm_bias_relu(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row, int64_t a_col,
+                    const int64_t* a_offsets, const T* b, T* c, int64_t ldc, const T* col_bias, const T* residual,
+                    int64_t residual_ld, bool relu, bool vector, bool prefetch_rows) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (vector) {
+      SmallGemmEpilogue epilogue;
+      epilogue.col_bias = col_bias;
+      epilogue.residual = residual;
+      epilogue.residual_ld = residual_ld;
+      epilogue.relu = relu;
+      if (small_gemm(m, n, k, a, a_row, a_col, b, n, c, ldc, epilogue, /*stream_rows=*/false, prefetch_rows,
+                     a_offsets)) {
+        return;
+      }
+    }
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    T* row = c + i * ldc;
+    for (int64_t j = 0; j < n; ++j) row[j] = col_bias[j];
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const T av = a[i * a_row + (a_offsets ? a_offsets[kk] : kk * a_col)];
+      const T* brow = b + kk * n;
+      for (int64_t j = 0; j < n; ++j) row[j] += av * brow[j];
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const T v = residual ? row[j] + residual[i * residual_ld + j] : row[j];
+      row[j] = relu ? cpu::relu(v) : v;
+    }
+  }
+}
+
+template <typename T>
+void run_unit(const UnitShape& s, const at::Tensor& x, const T* cw, const T* cb, const T* taps, const T* db,
+              const T* ew, const T* eb, const RowMap& expand_rows, at::Tensor& y) {
+  const Planar xv = planar_of(x);  // pixel-major: xv.sc == 1, pixels collapse (as_planar)
+  const T* x_data = x.const_data_ptr<T>();
+  T* y_data = y.mutable_data_ptr<T>();
+  const int64_t y_pixel = s.out_channels, y_image = s.oh * s.ow * s.out_channels;
+  const int64_t cb_channels = s.bottleneck;
+  const bool vector = std::is_same_v<T, float> && use_small_gemm();
+
+  const int64_t threads = at::get_num_threads();
+  const int64_t bands = bands_per_image(s.batch, s.oh, threads);
+  const int64_t chunk_rows = std::clamp<int64_t>((kChunkPixels + s.ow - 1) / s.ow, 1, s.oh);
+  const int64_t max_in_rows = (chunk_rows - 1) * s.stride + 3;
+
+  // Per expand group: its input channels (bottleneck channels read through the shuffle) as
+  // one stride, or as an offset table where no stride describes them.
+  std::vector<int64_t> first(s.expand_groups), step(s.expand_groups);
+  for (int64_t j = 0; j < s.expand_groups; ++j) {
+    first[j] = expand_rows.group_stride[j] > 0 ? expand_rows.group_channels(j)[0] : 0;
+    step[j] = expand_rows.group_stride[j];
+  }
+
+  at::parallel_for(0, s.batch * bands, 1, [&](int64_t begin, int64_t end) {
+    // Kept across calls: a fresh allocation of this size would be page-faulted in each time.
+    thread_local std::vector<T> compressed, filtered;
+    compressed.resize(max_in_rows * s.w * cb_channels);
+    filtered.resize(chunk_rows * s.ow * cb_channels);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / bands, band = task % bands;
+      const int64_t band_begin = band * s.oh / bands, band_end = (band + 1) * s.oh / bands;
+      const T* image = x_data + n * xv.sb;
+      T* out_image = y_data + n * y_image;
+      int64_t held_begin = 0, held_end = 0;  // compress output rows in `compressed`
+      for (int64_t r0 = band_begin; r0 < band_end; r0 += chunk_rows) {
+        const int64_t r1 = std::min(band_end, r0 + chunk_rows);
+        // Input rows of the depthwise conv for output rows [r0, r1), clipped to the image.
+        const int64_t need_begin = std::max<int64_t>(0, r0 * s.stride - 1);
+        const int64_t need_end = std::min(s.h, (r1 - 1) * s.stride + 2);
+        int64_t compute_from = need_begin;
+        if (held_begin <= need_begin && need_begin < held_end) {  // the halo shared with the last chunk
+          std::memmove(compressed.data(), compressed.data() + (need_begin - held_begin) * s.w * cb_channels,
+                       (held_end - need_begin) * s.w * cb_channels * sizeof(T));
+          compute_from = held_end;
+        }
+        held_begin = need_begin;
+        held_end = need_end;
+
+        // 1. compress GConv + bias + ReLU on rows [compute_from, need_end).
+        const int64_t in_pixels = (need_end - compute_from) * s.w;
+        T* compress_out = compressed.data() + (compute_from - need_begin) * s.w * cb_channels;
+        for (int64_t i = 0; i < s.compress_groups; ++i) {
+          gemm_bias_relu<T>(in_pixels, s.compress_m, s.compress_k,
+                            image + compute_from * s.w * xv.sp + i * s.compress_k, xv.sp, 1, nullptr,
+                            cw + i * s.compress_k * s.compress_m, compress_out + i * s.compress_m, cb_channels,
+                            cb + i * s.compress_m, nullptr, 0, /*relu=*/true, vector, /*prefetch_rows=*/true);
+        }
+
+        // 2. depthwise 3x3 + bias.
+        const Depthwise3x3<T> depthwise{compressed.data(), need_begin, s.h, s.w, cb_channels, taps, db, s.stride,
+                                        s.ow};
+        depthwise3x3_rows(depthwise, r0, r1, filtered.data(), vector);
+
+        // 3. expand GConv through the shuffle + bias, then the unit's epilogue.
+        const int64_t out_pixels = (r1 - r0) * s.ow;
+        T* out = out_image + r0 * s.ow * y_pixel + s.branch_offset;
+        const T* residual = s.stride == 1 ? image + r0 * s.w * xv.sp : nullptr;
+        for (int64_t j = 0; j < s.expand_groups; ++j) {
+          const int64_t* offsets = step[j] > 0 ? nullptr : expand_rows.group_channels(j);
+          gemm_bias_relu<T>(out_pixels, s.expand_m, s.expand_k, filtered.data() + first[j], cb_channels, step[j],
+                            offsets, ew + j * s.expand_k * s.expand_m, out + j * s.expand_m, y_pixel,
+                            eb + j * s.expand_m, residual ? residual + j * s.expand_m : nullptr, xv.sp,
+                            /*relu=*/true, vector, /*prefetch_rows=*/true);
+        }
+        // 4. stride 2: the average-pooled shortcut into channels [0, Cin).
+        if (s.stride == 2) {
+          const PixelImage<T> pooled_from{image, s.h, s.w, s.in_channels, xv.sp};
+          for (int64_t r = r0; r < r1; ++r) {
+            pool3x3s2_relu_row<false>(pooled_from, r, s.ow, out_image + r * s.ow * y_pixel, y_pixel);
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor shuffle_unit(const at::Tensor& x_in, const at::Tensor& compress_weight, const at::Tensor& compress_bias,
+                        const at::Tensor& depthwise_weight, const at::Tensor& depthwise_bias,
+                        const at::Tensor& expand_weight, const at::Tensor& expand_bias, int64_t shuffle_groups,
+                        int64_t stride) {
+  check_shuffle_unit(x_in, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight,
+                     expand_bias, shuffle_groups, stride);
+  const UnitShape s = unit_shape(x_in, compress_weight, expand_weight, stride);
+  // Computed channels_last; an NCHW x is converted once on the way in and the result on the
+  // way out (the fused models run channels_last on CPU).
+  const at::Tensor x = as_planar(x_in, Layout::kPixelMajor);
+  at::Tensor y = at::empty({s.batch, s.out_channels, s.oh, s.ow},
+                           x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y.contiguous(x_in.suggest_memory_format());
+  const at::Tensor cw = compress_weight.contiguous(), ew = expand_weight.contiguous();
+  const at::Tensor cb = compress_bias.contiguous(), db = depthwise_bias.contiguous(), eb = expand_bias.contiguous();
+  // The depthwise weight tap-major, (9, bottleneck): the kernel loads 16 channels of a tap at once.
+  const at::Tensor taps = depthwise_weight.reshape({s.bottleneck, 9}).t().contiguous();
+  const RowMap expand_rows = input_rows(s.bottleneck, s.expand_groups, shuffle_groups);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "shuffle_unit", [&] {
+    run_unit<scalar_t>(s, x, cw.const_data_ptr<scalar_t>(), cb.const_data_ptr<scalar_t>(),
+                       taps.const_data_ptr<scalar_t>(), db.const_data_ptr<scalar_t>(), ew.const_data_ptr<scalar_t>(),
+                       eb.const_data_ptr<scalar_t>(), expand_rows, y);
+  });
+  return y.contiguous(x_in.suggest_memory_format());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(shufflenet_ops, CPU, m) { m.impl("shuffle_unit", &shuffle_unit); }
+
+}  // namespace shufflenet_ops::cpu
