@@ -37,3 +37,16 @@ def cpu_gemm() -> str | None:
     use on this machine (``SHUFFLENET_OPS_CPU_GEMM=blas`` forces BLAS); None without the
     extension."""
     return _C.cpu_gemm() if LOAD_ERROR is None else None
+
+
+def tensor_stamps(tensors: tuple[torch.Tensor, ...]) -> tuple | None:
+    """The identity, version counter, data pointer, dtype and device of each tensor, as one
+    tuple (equal tuples: none of the tensors was replaced or changed in place, while the
+    caller keeps them alive); None if one is an inference tensor (it has no version counter).
+    The extension's version reads them in one call (a cache check of 15 tensors per fused
+    unit call costs ~8 us in Python); this is its fallback."""
+    if LOAD_ERROR is None:
+        return _C.tensor_stamps(tensors)
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple(s for t in tensors for s in (id(t), t._version, t.data_ptr(), t.dtype, t.device))

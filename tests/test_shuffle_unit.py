@@ -238,12 +238,20 @@ def test_cache_follows_parameter_changes():
         assert_close(run_unit(fused, x), naive(x), torch.float64)
 
 
-def test_backward_through_the_op_raises():
+@pytest.mark.parametrize("call", ["dispatcher", "public"])
+def test_a_call_that_needs_a_graph_raises(call):
+    """No silent, gradient-less output: a call that would need a backward is refused; the
+    same call without a graph (no_grad, inference_mode, no tensor requiring grad) runs."""
     args = next(iter(SHUFFLE_UNIT.samples()))
+    run = torch.ops.shufflenet_ops.shuffle_unit if call == "dispatcher" else so.shuffle_unit
     x = args[0].clone().requires_grad_()
-    y = torch.ops.shufflenet_ops.shuffle_unit(x, *args[1:])
     with pytest.raises(RuntimeError, match="shuffle_unit is an inference op and has no backward"):
-        y.sum().backward()
+        run(x, *args[1:])
+    expected = run(args[0], *args[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(run(x, *args[1:]), expected)
+    with torch.inference_mode():
+        torch.testing.assert_close(run(x, *args[1:]), expected)
 
 
 def test_fused_model_runs_every_unit_as_one_op():

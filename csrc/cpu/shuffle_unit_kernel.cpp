@@ -254,13 +254,19 @@ at::Tensor shuffle_unit(const at::Tensor& x_in, const at::Tensor& compress_weigh
   if (y.numel() == 0) return y.contiguous(x_in.suggest_memory_format());
   const at::Tensor cw = compress_weight.contiguous(), ew = expand_weight.contiguous();
   const at::Tensor cb = compress_bias.contiguous(), db = depthwise_bias.contiguous(), eb = expand_bias.contiguous();
-  // The depthwise weight tap-major, (9, bottleneck): the kernel loads 16 channels of a tap at once.
-  const at::Tensor taps = depthwise_weight.reshape({s.bottleneck, 9}).t().contiguous();
+  const at::Tensor dw = depthwise_weight.contiguous();
   const RowMap expand_rows = input_rows(s.bottleneck, s.expand_groups, shuffle_groups);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "shuffle_unit", [&] {
-    run_unit<scalar_t>(s, x, cw.const_data_ptr<scalar_t>(), cb.const_data_ptr<scalar_t>(),
-                       taps.const_data_ptr<scalar_t>(), db.const_data_ptr<scalar_t>(), ew.const_data_ptr<scalar_t>(),
-                       eb.const_data_ptr<scalar_t>(), expand_rows, y);
+    // The depthwise weight tap-major, (9, bottleneck): the kernel loads 16 channels of a tap
+    // at once. A plain loop: an aten transpose + copy would cost more host time than the
+    // copy itself (at most a few thousand elements).
+    std::vector<scalar_t> taps(9 * s.bottleneck);
+    const scalar_t* per_channel = dw.const_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < s.bottleneck; ++c)
+      for (int64_t t = 0; t < 9; ++t) taps[t * s.bottleneck + c] = per_channel[c * 9 + t];
+    run_unit<scalar_t>(s, x, cw.const_data_ptr<scalar_t>(), cb.const_data_ptr<scalar_t>(), taps.data(),
+                       db.const_data_ptr<scalar_t>(), ew.const_data_ptr<scalar_t>(), eb.const_data_ptr<scalar_t>(),
+                       expand_rows, y);
   });
   return y.contiguous(x_in.suggest_memory_format());
 }

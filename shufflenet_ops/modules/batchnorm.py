@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _extension
+
 T = TypeVar("T")
 
 
@@ -125,6 +127,15 @@ def fold_sources(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, ...
     return tuple(t for t in direct if t is not None)
 
 
+def foldable_sources(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, ...] | None:
+    """``fold_sources(conv, bn)`` where ``can_fold(bn)`` (folding on: check
+    ``folding_enabled()`` once), else None: both in one look at the modules' dicts."""
+    buffers = bn._buffers
+    if bn.training or buffers.get("running_mean") is None or buffers.get("running_var") is None:
+        return None
+    return fold_sources(conv, bn)
+
+
 class TensorCache:
     """One value derived from some tensors (a folded weight, a packed one), reused in inference
     until any source tensor is replaced or changed in place (which bumps its version counter).
@@ -140,18 +151,15 @@ class TensorCache:
         """``compute()``, or its result from an earlier call with the same, unchanged sources.
         Not cached (computed every call) where the result must carry a graph (grad mode and a
         source requiring grad), under torch.compile, or for inference tensors (no version)."""
-        needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
-        if needs_graph or torch.compiler.is_compiling() or any(t.is_inference() for t in sources):
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
             return compute()
         # In-place updates bump _version; `.data =` (as in module.to()) swaps the storage.
-        stamps = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
+        stamps = _extension.tensor_stamps(sources)
+        if stamps is None:
+            return compute()
         entry = self._entry
-        if entry is not None:
-            old_sources, old_stamps, value = entry
-            if old_stamps == stamps and len(old_sources) == len(sources) and all(
-                old is new for old, new in zip(old_sources, sources)
-            ):
-                return value  # type: ignore[return-value]
+        if entry is not None and entry[1] == stamps:  # the entry keeps its sources alive: ids stay unique
+            return entry[2]  # type: ignore[return-value]
         with torch.no_grad():
             value = compute()
         self._entry = (sources, stamps, value)

@@ -83,8 +83,9 @@ class OpSpec:
         samples: yields argument tuples (float64) covering the op's options and layouts,
             for opcheck and the kernel-vs-reference tests.
         bad_calls: ``BadCall``s, each turning a sample's arguments into a bad call.
-        inference_only: a forward op without a backward (the fused unit): asking it for a
-            gradient raises, naming the op and what to train with instead.
+        inference_only: a forward op without a backward (the fused unit): a call that would
+            record a graph raises, naming the op and what to do instead. Its autograd kernel
+            is C++ (csrc/ops.cpp), so the dispatcher path costs no Python.
     """
 
     name: str
@@ -127,6 +128,8 @@ class OpSpec:
         if backend == "reference":
             return self.reference(*args)
         if needs_autograd(*args):
+            if self.inference_only:
+                raise RuntimeError(_inference_only_message(self.qualname))
             return self.function.apply(*args, backend)
         return getattr(kernel_table(backend, args[0].device), self.name)(*args)
 
@@ -170,12 +173,17 @@ def _no_double_backward(qualname: str) -> Callable[..., tuple]:
     return backward
 
 
+def _inference_only_message(qualname: str) -> str:
+    return (
+        f"{qualname} is an inference op and has no backward: call it under torch.no_grad() or "
+        "torch.inference_mode(), or with tensors that do not require grad (the fused modules take "
+        "their per-op path when a gradient is needed)"
+    )
+
+
 def _no_backward(qualname: str) -> Callable[..., tuple]:
     def backward(ctx, *grads):
-        raise RuntimeError(
-            f"{qualname} is an inference op and has no backward; train with the per-op path "
-            "(the fused modules call it only when no gradient is needed)"
-        )
+        raise RuntimeError(_inference_only_message(qualname))
 
     return backward
 
@@ -196,6 +204,8 @@ def register(spec: OpSpec) -> None:
         return spec.fake(*args)
 
     torch.library.register_fake(spec.qualname, fake)
+    if spec.inference_only:
+        return  # its autograd kernel is C++ (csrc/ops.cpp)
 
     def setup_context(ctx, inputs, output):
         ctx.backend = None  # the dispatcher's table
