@@ -39,15 +39,15 @@ TORCH_LIBRARY(shufflenet_ops, m) {
   // (the average counts the padding): the stem's pool and the stride-2 units' shortcut.
   m.def("max_pool3x3s2_relu(Tensor x) -> Tensor");
   m.def("avg_pool3x3s2_relu(Tensor x) -> Tensor");
-  // A whole ShuffleNet V1 unit for inference (BN folded into the weights and biases):
+  // An inference op (BN folded; forward only: its autograd kernel, below, refuses a call that
+  // would need a graph), a whole ShuffleNet V1 unit:
   //   h = relu(conv1x1(x, compress) + compress_bias)                   grouped, Cin -> B
   //   d = depthwise3x3(h, stride, padding 1) + depthwise_bias          B -> B
   //   e = conv1x1(shuffle(d, shuffle_groups), expand) + expand_bias    grouped, B -> E
   //   y = relu(x + e) (stride 1, E == Cin)  or  cat(relu(avgpool3x3s2(x)), relu(e)) (stride 2)
   // The 1x1 weights come group-transposed, (groups, Cin/groups, B/groups) and
   // (groups, B/groups, E/groups): the GEMMs' B operand as it is read, so no call repacks them
-  // (shufflenet_ops.ops.shuffle_unit.pack_pointwise_weight). Forward only: its autograd
-  // kernel (below) refuses a call that would need a graph.
+  // (shufflenet_ops.ops.shuffle_unit.pack_pointwise_weight).
   m.def(
       "shuffle_unit(Tensor x, Tensor compress_weight, Tensor compress_bias, Tensor depthwise_weight, "
       "Tensor depthwise_bias, Tensor expand_weight, Tensor expand_bias, int shuffle_groups, int stride) -> Tensor");
@@ -55,29 +55,26 @@ TORCH_LIBRARY(shufflenet_ops, m) {
 
 namespace {
 
-// shuffle_unit has no backward. Its autograd kernel refuses to record a graph (an error now,
-// rather than at backward) and otherwise goes straight to the backend's kernel, in C++: a
-// Python autograd registration costs ~3.5 us per call, a tenth of a batch-1 unit's time.
-at::Tensor shuffle_unit_autograd(const at::Tensor& x, const at::Tensor& compress_weight,
-                                 const at::Tensor& compress_bias, const at::Tensor& depthwise_weight,
-                                 const at::Tensor& depthwise_bias, const at::Tensor& expand_weight,
-                                 const at::Tensor& expand_bias, int64_t shuffle_groups, int64_t stride) {
-  const at::Tensor* tensors[] = {&x, &compress_weight, &compress_bias, &depthwise_weight,
-                                 &depthwise_bias, &expand_weight, &expand_bias};
+// The inference ops have no backward. Their autograd kernel refuses to record a graph (an
+// error now, rather than at backward) and otherwise goes straight to the backend's kernel, in
+// C++: a Python autograd registration costs ~3.5 us per call, a tenth of a batch-1 unit's time.
+void inference_only_autograd(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto& arguments = op.schema().arguments();
   bool requires_grad = false;
-  for (const at::Tensor* t : tensors) requires_grad = requires_grad || (t->defined() && t->requires_grad());
-  TORCH_CHECK(!(requires_grad && at::GradMode::is_enabled()),
-              "shufflenet_ops::shuffle_unit is an inference op and has no backward: call it under "
-              "torch.no_grad() or torch.inference_mode(), or with tensors that do not require grad "
-              "(the fused modules take their per-op path when a gradient is needed)");
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("shufflenet_ops::shuffle_unit", "")
-                             .typed<decltype(shuffle_unit_autograd)>();
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    const c10::IValue& value = (*stack)[stack->size() - arguments.size() + i];
+    requires_grad = requires_grad || (value.isTensor() && value.toTensor().requires_grad());
+  }
+  TORCH_CHECK(!(requires_grad && at::GradMode::is_enabled()), op.schema().name(),
+              " is an inference op and has no backward: call it under torch.no_grad() or "
+              "torch.inference_mode(), or with tensors that do not require grad (the fused modules take "
+              "their per-op path when a gradient is needed)");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
-                 shuffle_groups, stride);
+  op.callBoxed(stack);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(shufflenet_ops, Autograd, m) { m.impl("shuffle_unit", &shuffle_unit_autograd); }
+TORCH_LIBRARY_IMPL(shufflenet_ops, Autograd, m) {
+  m.impl("shuffle_unit", torch::CppFunction::makeFromBoxedFunction<&inference_only_autograd>());
+}

@@ -20,7 +20,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -28,7 +27,9 @@
 #include "../checks.h"
 #include "depthwise3x3.h"
 #include "planar.h"
+#include "pixel_gemm.h"
 #include "pool3x3.h"
+#include "row_bands.h"
 #include "small_gemm.h"
 
 namespace shufflenet_ops::cpu {
@@ -108,51 +109,6 @@ UnitShape unit_shape(const at::Tensor& x, const at::Tensor& cw, const at::Tensor
   return s;
 }
 
-// Bands per image: the fewest that give every thread the same number of tasks when there
-// are few images (batch 1 on 2 threads: 2 bands), else one (whole images, no halo recomputed).
-int64_t bands_per_image(int64_t batch, int64_t rows, int64_t threads) {
-  if (batch >= 4 * threads) return 1;
-  for (int64_t bands = 1; bands <= rows; ++bands) {
-    if ((batch * bands) % threads == 0) return bands;
-  }
-  return std::min(rows, (threads + batch - 1) / batch);
-}
-
-// C (m x n, ldc) = A (m x k) @ B (k x n, contiguous) + col_bias (+ residual) (ReLU), A's
-// element (i, kk) at a[i * a_row + (a_offsets ? a_offsets[kk] : kk * a_col)]. small_gemm for
-// float32 where it runs, else these portable loops (float64, CPUs without AVX-512).
-template <typename T>
-void gemm_bias_relu(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row, int64_t a_col,
-                    const int64_t* a_offsets, const T* b, T* c, int64_t ldc, const T* col_bias, const T* residual,
-                    int64_t residual_ld, bool relu, bool vector, bool prefetch_rows) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (vector) {
-      SmallGemmEpilogue epilogue;
-      epilogue.col_bias = col_bias;
-      epilogue.residual = residual;
-      epilogue.residual_ld = residual_ld;
-      epilogue.relu = relu;
-      if (small_gemm(m, n, k, a, a_row, a_col, b, n, c, ldc, epilogue, /*stream_rows=*/false, prefetch_rows,
-                     a_offsets)) {
-        return;
-      }
-    }
-  }
-  for (int64_t i = 0; i < m; ++i) {
-    T* row = c + i * ldc;
-    for (int64_t j = 0; j < n; ++j) row[j] = col_bias[j];
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const T av = a[i * a_row + (a_offsets ? a_offsets[kk] : kk * a_col)];
-      const T* brow = b + kk * n;
-      for (int64_t j = 0; j < n; ++j) row[j] += av * brow[j];
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      const T v = residual ? row[j] + residual[i * residual_ld + j] : row[j];
-      row[j] = relu ? cpu::relu(v) : v;
-    }
-  }
-}
-
 template <typename T>
 void run_unit(const UnitShape& s, const at::Tensor& x, const T* cw, const T* cb, const T* taps, const T* db,
               const T* ew, const T* eb, const RowMap& expand_rows, at::Tensor& y) {
@@ -182,28 +138,20 @@ void run_unit(const UnitShape& s, const at::Tensor& x, const T* cw, const T* cb,
     compressed.resize(max_in_rows * s.w * cb_channels);
     filtered.resize(chunk_rows * s.ow * cb_channels);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / bands, band = task % bands;
-      const int64_t band_begin = band * s.oh / bands, band_end = (band + 1) * s.oh / bands;
+      const int64_t n = task / bands;
+      const auto [band_begin, band_end] = band_rows(task % bands, bands, s.oh);
       const T* image = x_data + n * xv.sb;
       T* out_image = y_data + n * y_image;
-      int64_t held_begin = 0, held_end = 0;  // compress output rows in `compressed`
+      RowBuffer<T> compress_rows(compressed, s.w * cb_channels);
       for (int64_t r0 = band_begin; r0 < band_end; r0 += chunk_rows) {
         const int64_t r1 = std::min(band_end, r0 + chunk_rows);
         // Input rows of the depthwise conv for output rows [r0, r1), clipped to the image.
-        const int64_t need_begin = std::max<int64_t>(0, r0 * s.stride - 1);
         const int64_t need_end = std::min(s.h, (r1 - 1) * s.stride + 2);
-        int64_t compute_from = need_begin;
-        if (held_begin <= need_begin && need_begin < held_end) {  // the halo shared with the last chunk
-          std::memmove(compressed.data(), compressed.data() + (need_begin - held_begin) * s.w * cb_channels,
-                       (held_end - need_begin) * s.w * cb_channels * sizeof(T));
-          compute_from = held_end;
-        }
-        held_begin = need_begin;
-        held_end = need_end;
+        const int64_t compute_from = compress_rows.hold(std::max<int64_t>(0, r0 * s.stride - 1), need_end);
 
         // 1. compress GConv + bias + ReLU on rows [compute_from, need_end).
         const int64_t in_pixels = (need_end - compute_from) * s.w;
-        T* compress_out = compressed.data() + (compute_from - need_begin) * s.w * cb_channels;
+        T* compress_out = compress_rows.row(compute_from);
         for (int64_t i = 0; i < s.compress_groups; ++i) {
           gemm_bias_relu<T>(in_pixels, s.compress_m, s.compress_k,
                             image + compute_from * s.w * xv.sp + i * s.compress_k, xv.sp, 1, nullptr,
@@ -212,8 +160,8 @@ void run_unit(const UnitShape& s, const at::Tensor& x, const T* cw, const T* cb,
         }
 
         // 2. depthwise 3x3 + bias.
-        const Depthwise3x3<T> depthwise{compressed.data(), need_begin, s.h, s.w, cb_channels, taps, db, s.stride,
-                                        s.ow};
+        const Depthwise3x3<T> depthwise{compressed.data(), compress_rows.begin(), s.h, s.w, cb_channels, taps, db,
+                                        s.stride, s.ow};
         depthwise3x3_rows(depthwise, r0, r1, filtered.data(), vector);
 
         // 3. expand GConv through the shuffle + bias, then the unit's epilogue.
