@@ -14,7 +14,11 @@ What is rewritten, for every plain 1x1 ``nn.Conv2d`` (stride 1, no padding) of t
   ``torch.add``, ``.add``), with or without a ReLU after it, moves into the conv's
   epilogue (when the conv has no ReLU of its own); so does the ReLU after a concat of the
   conv's output with a 3x3/2 average-pooled shortcut (a stride-2 ShuffleNet unit), the
-  pool then running as ``avg_pool3x3s2_relu``.
+  pool then running as ``avg_pool3x3s2_relu``;
+- whole units: a ShuffleNet V1 unit (compress 1x1 conv + BN + ReLU, 3x3 depthwise conv +
+  BN, expand 1x1 conv + BN, the shuffle after the compress conv or before the expand conv,
+  ending ``relu(x + .)`` or ``relu(cat(avg_pool3x3s2(x), .))``) becomes one ``fused_unit``
+  call: in inference the whole-unit op ``shuffle_unit``, otherwise the three fused calls.
 
 A channel shuffle is recognised by what it computes, not by how it is written: any chain
 of layout operations (``nn.ChannelShuffle``, ``torch.channel_shuffle``,
@@ -70,16 +74,18 @@ from . import functional, reference
 from .modules import (
     FUSED_MODULE_TYPES,
     FoldCache,
+    TensorCache,
     conv1x1_bn,
     conv2d_bn,
     is_foldable_conv,
     is_plain_batchnorm,
     is_pointwise_conv,
 )
+from .modules.unit import shuffle_unit_arguments
 
 __all__ = [
     "FuseWarning", "FusedConv", "FusedForward", "fuse", "fused_conv1x1", "fused_conv_bn", "fused_convs",
-    "original_forwards",
+    "fused_unit", "original_forwards",
 ]
 
 
@@ -560,6 +566,61 @@ def fused_conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch
     return conv2d_bn(x, conv, bn, _fold_cache(conv, bn, 1))
 
 
+# The whole-unit op's packed arguments per unit, reused until a source tensor changes
+# (TensorCache). Weak on the expand BN: the cache never keeps a model alive.
+_unit_caches: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, TensorCache]]" = weakref.WeakKeyDictionary()
+
+
+def fused_unit(
+    x: torch.Tensor,
+    compress_conv: nn.Conv2d,
+    compress_bn: nn.BatchNorm2d,
+    depthwise_conv: nn.Conv2d,
+    depthwise_bn: nn.BatchNorm2d,
+    expand_conv: nn.Conv2d,
+    expand_bn: nn.BatchNorm2d,
+    *,
+    shuffle_groups: int,
+    shuffle_before_depthwise: bool,
+    compress_bn_after_shuffle: bool,
+    stride: int,
+) -> torch.Tensor:
+    """One ShuffleNet V1 unit of a ``fuse()``d forward, from the model's own layers:
+    ``relu(x + e)`` (stride 1) or ``cat(relu(avg_pool3x3s2(x)), relu(e))`` (stride 2) with
+    ``e = bn(expand(P(bn(depthwise(P(relu(bn(compress(x)))))))))``, the shuffle ``P`` (by
+    ``shuffle_groups``) in one of the two places.
+
+    In inference (every BN in eval mode, no gradient needed, CPU float32/float64, backend
+    ``cpp``) one ``shuffle_unit`` call with the folded weights (cached); otherwise the three
+    fused calls it replaced (``fused_conv1x1``, ``fused_conv_bn``, ``fused_conv1x1``).
+
+    Shape: x ``(N, Cin, H, W)`` -> ``(N, Cin, H, W)`` (stride 1) or
+    ``(N, Cin + E, (H-1)//2+1, (W-1)//2+1)`` (stride 2), x's dtype and memory format.
+    """
+    caches = _unit_caches.get(expand_bn)
+    if caches is None:
+        caches = _unit_caches[expand_bn] = {}
+    key = (id(compress_conv), id(depthwise_conv), id(expand_conv), shuffle_groups, shuffle_before_depthwise)
+    cache = caches.get(key)
+    if cache is None:
+        cache = caches[key] = TensorCache()
+    arguments = shuffle_unit_arguments(
+        x, (compress_conv, compress_bn), (depthwise_conv, depthwise_bn), (expand_conv, expand_bn),
+        shuffle_groups=shuffle_groups, shuffle_before_depthwise=shuffle_before_depthwise, stride=stride, cache=cache,
+        compress_bn_after_shuffle=compress_bn_after_shuffle,
+    )
+    if arguments is not None:
+        return torch.ops.shufflenet_ops.shuffle_unit.default(x, *arguments)
+    before, after = (shuffle_groups, 1) if shuffle_before_depthwise else (1, shuffle_groups)
+    h = fused_conv1x1(x, compress_conv, compress_bn, output_shuffle=before, relu=True,
+                      bn_after_shuffle=compress_bn_after_shuffle)
+    h = fused_conv_bn(h, depthwise_conv, depthwise_bn)
+    if stride == 1:
+        return fused_conv1x1(h, expand_conv, expand_bn, x, input_shuffle=after, relu=True)
+    branch = fused_conv1x1(h, expand_conv, expand_bn, input_shuffle=after, relu=True)
+    return torch.cat((functional.avg_pool3x3s2_relu(x), branch), dim=1)
+
+
 @dataclass(frozen=True)
 class FusedConv:
     """One conv that a ``fuse()``d forward runs fused (paths from the module ``fused_convs``
@@ -900,6 +961,84 @@ def _fuse_max_pool_relus(root: nn.Module, graph: fx.Graph) -> bool:
     return changed
 
 
+def _is_call(node: object, function: Any) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target is function
+
+
+def _depthwise3x3_stride(root: nn.Module, node: fx.Node) -> int | None:
+    """The stride of the conv of a ``fused_conv_bn`` call if it is a ShuffleNet unit's 3x3
+    depthwise conv (padding 1, stride 1 or 2, one channel per group), else None."""
+    conv = root.get_submodule(node.args[1].target)
+    channels = conv.in_channels
+    if not (
+        conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.dilation == (1, 1)
+        and conv.groups == channels == conv.out_channels and conv.stride in ((1, 1), (2, 2))
+    ):
+        return None
+    return conv.stride[0]
+
+
+def _fuse_whole_units(root: nn.Module, graph: fx.Graph) -> bool:
+    """``fused_conv1x1`` (compress) -> ``fused_conv_bn`` (3x3 depthwise) -> ``fused_conv1x1``
+    (expand) with the unit's ending -> one ``fused_unit`` call. Each value must feed only the
+    next; exactly the V1 unit's computation, else nothing changes."""
+    changed = False
+    for expand in list(graph.nodes):
+        if not (_is_fused_call(expand) and expand.kwargs["relu"] and expand.args[2] is not None):
+            continue
+        if expand.kwargs["output_shuffle"] != 1 or expand.kwargs["bn_after_shuffle"]:
+            continue
+        depthwise = expand.args[0]
+        if not _is_call(depthwise, fused_conv_bn) or len(depthwise.users) != 1:
+            continue
+        compress = depthwise.args[0]
+        if not (_is_call(compress, fused_conv1x1) and compress.kwargs["relu"] and compress.args[2] is not None):
+            continue
+        if len(compress.users) != 1 or compress.args[3:] not in ((), (None,)) or compress.kwargs["input_shuffle"] != 1:
+            continue
+        before, after = compress.kwargs["output_shuffle"], expand.kwargs["input_shuffle"]
+        stride = _depthwise3x3_stride(root, depthwise)
+        if (before > 1 and after > 1) or stride is None:
+            continue
+        x = compress.args[0]
+        residual = expand.args[3] if len(expand.args) > 3 else None
+        compress_conv = root.get_submodule(compress.args[1].target)
+        expand_conv = root.get_submodule(expand.args[1].target)
+        if stride == 1:  # relu(x + expand(...)), x the unit's input
+            if residual is not x or expand_conv.out_channels != compress_conv.in_channels:
+                continue
+            end, erased = expand, [expand]
+        else:  # cat((avg_pool3x3s2_relu(x), expand(...)), 1): _fuse_pooled_concats's form
+            if residual is not None or len(expand.users) != 1:
+                continue
+            end = next(iter(expand.users))
+            parts = end.args[0] if end.args else None
+            if not (end.op == "call_function" and end.target in _CONCAT_FUNCTIONS and isinstance(parts, (list, tuple))):
+                continue
+            dim = end.kwargs.get("dim", end.args[1] if len(end.args) > 1 else 0)
+            pool = parts[0] if len(parts) == 2 and parts[1] is expand else None
+            if dim != 1 or not _is_call(pool, functional.avg_pool3x3s2_relu) or pool.args != (x,):
+                continue
+            if len(pool.users) != 1:
+                continue
+            erased = [end, expand, pool]
+        with graph.inserting_before(end):
+            unit = graph.call_function(
+                fused_unit,
+                (x, compress.args[1], compress.args[2], depthwise.args[1], depthwise.args[2], expand.args[1],
+                 expand.args[2]),
+                {
+                    "shuffle_groups": max(before, after), "shuffle_before_depthwise": after == 1,
+                    "compress_bn_after_shuffle": compress.kwargs["bn_after_shuffle"], "stride": stride,
+                },
+            )
+        end.replace_all_uses_with(unit)
+        for node in (*erased, depthwise, compress):
+            graph.erase_node(node)
+        changed = True
+    return changed
+
+
 def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> bool:
     """Fuse every pattern of ``graph`` (traced from ``root``) in place; True if anything changed."""
     changed = False
@@ -928,6 +1067,7 @@ def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> 
         _fuse_pooled_concats(root, graph)
         _fold_conv_batchnorms(root, graph)
         _fuse_max_pool_relus(root, graph)
+        _fuse_whole_units(root, graph)
     for node in graph.nodes:
         if _is_explicit_shuffle(root, node):
             where = _qualified(prefix, node.target if node.op == "call_module" else node.name)
@@ -944,7 +1084,18 @@ def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> 
 def _sites(graph: fx.Graph) -> tuple[FusedConv, ...]:
     sites = []
     for node in graph.nodes:
-        if node.op == "call_function" and node.target is fused_conv_bn:
+        if _is_call(node, fused_unit):  # its three convs, as they run when not in inference
+            x, compress, compress_bn, depthwise, depthwise_bn, expand, expand_bn = node.args
+            before = node.kwargs["shuffle_groups"] if node.kwargs["shuffle_before_depthwise"] else 1
+            after = node.kwargs["shuffle_groups"] if not node.kwargs["shuffle_before_depthwise"] else 1
+            sites += [
+                FusedConv(conv=compress.target, bn=compress_bn.target, output_shuffle=before, relu=True,
+                          bn_after_shuffle=node.kwargs["compress_bn_after_shuffle"]),
+                FusedConv(conv=depthwise.target, bn=depthwise_bn.target, kernel="conv2d_bn"),
+                FusedConv(conv=expand.target, bn=expand_bn.target, input_shuffle=after, relu=True,
+                          residual=node.kwargs["stride"] == 1),
+            ]
+        elif node.op == "call_function" and node.target is fused_conv_bn:
             sites.append(FusedConv(conv=node.args[1].target, bn=node.args[2].target, kernel="conv2d_bn"))
         elif _is_fused_call(node):
             _, conv, bn, *residual = node.args

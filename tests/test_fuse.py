@@ -293,7 +293,11 @@ def test_package_naive_shufflenet_reaches_the_fused_one():
     assert len(fused_sites(fused, "conv2d_bn")) == 17  # 16 depthwise convs and the stem's conv
     code = fused_code(fused)
     assert ".shuffle" not in code and "channel_shuffle" not in code
-    assert "avg_pool3x3s2_relu" in code and "max_pool3x3s2_relu" in code and "relu(" not in code.replace("_relu(", "")
+    # in the whole network's forward, every unit is one call (the pooled shortcut and the
+    # ReLUs inside it); the units' own forwards, fused too, keep their per-conv calls
+    top = fused.forward.code
+    assert top.count("fuse_fused_unit(") == 16 and "fused_conv1x1" not in top
+    assert "max_pool3x3s2_relu" in code and "relu(" not in code.replace("_relu(", "")
     packaged = shufflenet_v1(3, 0.25, num_classes=10, fused=True).to(DOUBLE)
     packaged.load_state_dict(reference.state_dict())
     x = torch.randn(2, 3, 32, 32, dtype=DOUBLE)

@@ -183,7 +183,7 @@ def test_shuffle_unit_op_exports_and_matches_reference(stride):
     from shufflenet_ops.ops.shuffle_unit import SHUFFLE_UNIT
 
     args = [a.float() if isinstance(a, torch.Tensor) else a for a in list(SHUFFLE_UNIT.samples())[2 * (stride - 1)]]
-    weights = nn.ParameterList(args[1:7])
+    weights = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in args[1:7]])  # inference only
 
     class Unit(nn.Module):
         def __init__(self) -> None:

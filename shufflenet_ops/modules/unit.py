@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import _backend, _extension, functional, reference
 from ..ops.shuffle_unit import pack_pointwise_weight
-from ._common import check_divisible, check_positive_int
+from ._common import check_divisible, check_positive_int, shuffle_permutation
 from .batchnorm import TensorCache, foldable_sources, folded_conv_bn, folding_enabled
 from .conv_bn import Conv2dBN, GroupConv1x1BNShuffle
 
@@ -25,6 +25,76 @@ def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int,
             in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False
         ),
         bn=nn.BatchNorm2d(out_channels),
+    )
+
+
+ConvBN = tuple[nn.Conv2d, nn.BatchNorm2d]
+
+
+def shuffle_unit_arguments(
+    x: torch.Tensor,
+    compress: ConvBN,
+    depthwise: ConvBN,
+    expand: ConvBN,
+    *,
+    shuffle_groups: int,
+    shuffle_before_depthwise: bool,
+    stride: int,
+    cache: TensorCache,
+    compress_bn_after_shuffle: bool = False,
+) -> tuple | None:
+    """The ``shuffle_unit`` op's arguments after ``x`` for a ShuffleNet V1 unit given as its
+    three (conv, BN) pairs, or None where the unit must run op by op: not CPU, not float32 /
+    float64, a BN that cannot fold (train mode), a gradient needed, another backend than
+    ``cpp``, torch.compile, or an input the per-op path should reject with its own errors.
+
+    ``shuffle_before_depthwise``: the shuffle (``shuffle_groups``, 1: none) follows the
+    compress conv (the paper's placement), else it precedes the expand conv;
+    ``compress_bn_after_shuffle``: the compress BN is indexed in shuffled order. The folded,
+    permuted and packed arguments are computed once and kept in ``cache`` until a source
+    tensor changes. Kept cheap (~7 us): a batch-1 unit call is ~60 us, and this runs before
+    every one.
+    """
+    if x.device.type != "cpu" or x.dtype not in _UNIT_DTYPES or x.dim() != 4 or not _extension.available():
+        return None
+    if not folding_enabled() or torch.compiler.is_compiling() or _backend.resolve(x.device) != "cpp":
+        return None
+    parts = (foldable_sources(*compress), foldable_sources(*depthwise), foldable_sources(*expand))
+    if None in parts:
+        return None  # a BN in train mode (or without running statistics)
+    sources = parts[0] + parts[1] + parts[2]
+    if x.dtype != sources[0].dtype or x.shape[1] != compress[0].in_channels or x.shape[2] == 0 or x.shape[3] == 0:
+        return None  # the per-op path raises its usual errors
+    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in sources)):
+        return None
+    return cache.get(
+        sources,
+        lambda: _pack_unit(compress, depthwise, expand, shuffle_groups, shuffle_before_depthwise,
+                           compress_bn_after_shuffle, stride),
+    )
+
+
+def _pack_unit(compress: ConvBN, depthwise: ConvBN, expand: ConvBN, shuffle_groups: int,
+               shuffle_before_depthwise: bool, compress_bn_after_shuffle: bool, stride: int) -> tuple:
+    (compress_conv, compress_bn), (expand_conv, expand_bn) = compress, expand
+    bottleneck = compress_conv.out_channels
+    inverse = bottleneck // shuffle_groups  # shuffle(., inverse) undoes shuffle(., shuffle_groups)
+    bn_index = None
+    if compress_bn_after_shuffle and shuffle_before_depthwise and shuffle_groups > 1:
+        bn_index = shuffle_permutation(bottleneck, inverse, compress_conv.weight.device)
+    compress_weight, compress_bias = folded_conv_bn(compress_conv, compress_bn, bn_index)
+    depthwise_weight, depthwise_bias = folded_conv_bn(*depthwise)
+    expand_weight, expand_bias = folded_conv_bn(expand_conv, expand_bn)
+    if shuffle_before_depthwise:
+        # The depthwise conv then sees its channels in shuffled order; the op shuffles after
+        # it (the same thing: the conv is per channel), so they are put back in the compress
+        # output's order by the inverse shuffle.
+        depthwise_weight = reference.channel_shuffle(depthwise_weight.reshape(1, bottleneck, 3, 3), inverse)
+        depthwise_bias = reference.channel_shuffle(depthwise_bias.reshape(1, bottleneck, 1, 1), inverse)
+    return (
+        pack_pointwise_weight(compress_weight, compress_conv.groups), compress_bias,
+        depthwise_weight.reshape(bottleneck, 1, 3, 3), depthwise_bias.reshape(bottleneck),
+        pack_pointwise_weight(expand_weight, expand_conv.groups), expand_bias, shuffle_groups, stride,
     )
 
 
@@ -43,7 +113,8 @@ class ShuffleUnit(nn.Module):
     or ``torch.inference_mode``; CPU, float32 or float64, the ``cpp`` backend) runs the
     whole unit as one op, ``shuffle_unit``, with the BNs folded and the weights packed once
     and cached until a parameter or statistic changes. Otherwise (training, a gradient
-    through an eval-mode unit, other devices or dtypes, torch.compile) it runs each 1x1 conv
+    through an eval-mode unit, other devices or dtypes, torch.compile, BNs removed by
+    ``fold_batchnorm``) it runs each 1x1 conv
     with its BN, ReLU and shuffle as one fused module (``GroupConv1x1BNShuffle``; BN folded
     in eval mode, and for stride 2 the final ReLU of the branch in the second conv's
     epilogue). ``fused=False`` is the naive unit: separate
@@ -145,44 +216,16 @@ class ShuffleUnit(nn.Module):
         return super().train(mode)
 
     def _unit_arguments(self, x: torch.Tensor) -> tuple | None:
-        """The ``shuffle_unit`` op's arguments after x (folded, packed, cached), or None where
-        the unit runs op by op (see the class docstring). Kept cheap: a batch-1 unit call is
-        ~60 us, and this runs before every one."""
-        if x.device.type != "cpu" or x.dtype not in _UNIT_DTYPES or x.dim() != 4 or not _extension.available():
-            return None
-        if not folding_enabled() or torch.compiler.is_compiling() or _backend.resolve(x.device) != "cpp":
-            return None
         # Children through _modules: nn.Module.__getattr__ costs ~0.5 us a lookup.
         modules = self._modules
-        parts = tuple(
-            foldable_sources(pair["conv"], pair["bn"])
-            for pair in (modules["compress"]._modules, modules["depthwise"]._modules, modules["expand"]._modules)
+        compress, depthwise, expand = (
+            modules[name]._modules for name in ("compress", "depthwise", "expand")
         )
-        if None in parts:
-            return None  # a BN in train mode (or without running statistics)
-        sources = parts[0] + parts[1] + parts[2]
-        if x.dtype != sources[0].dtype or x.shape[1] != self.in_channels or x.shape[2] == 0 or x.shape[3] == 0:
-            return None  # the per-op path raises its usual errors
-        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in sources)):
-            return None
-        return self._unit_cache.get(sources, self._pack_unit)
-
-    def _pack_unit(self) -> tuple:
-        compress, depthwise, expand = self.compress, self.depthwise, self.expand
-        compress_weight, compress_bias = folded_conv_bn(compress.conv, compress.bn, compress._bn_index())
-        depthwise_weight, depthwise_bias = folded_conv_bn(depthwise.conv, depthwise.bn)
-        expand_weight, expand_bias = folded_conv_bn(expand.conv, expand.bn)
-        # This unit shuffles before the depthwise conv, so its channels are in shuffled order;
-        # the op shuffles after it (the same thing: the conv is per channel), so they are put
-        # back in the compress output's order by the inverse shuffle.
-        bottleneck = compress_weight.shape[0]
-        inverse = bottleneck // self.groups
-        depthwise_weight = reference.channel_shuffle(depthwise_weight.reshape(1, bottleneck, 3, 3), inverse)
-        depthwise_bias = reference.channel_shuffle(depthwise_bias.reshape(1, bottleneck, 1, 1), inverse)
-        return (
-            pack_pointwise_weight(compress_weight, compress.conv.groups), compress_bias,
-            depthwise_weight.reshape(bottleneck, 1, 3, 3), depthwise_bias.reshape(bottleneck),
-            pack_pointwise_weight(expand_weight, self.groups), expand_bias, self.groups, self.stride,
+        if "bn" not in compress or "bn" not in depthwise or "bn" not in expand:
+            return None  # BNs folded for good (fold_batchnorm): plain fused convs, run op by op
+        return shuffle_unit_arguments(
+            x, (compress["conv"], compress["bn"]), (depthwise["conv"], depthwise["bn"]), (expand["conv"], expand["bn"]),
+            shuffle_groups=self.groups, shuffle_before_depthwise=True, stride=self.stride, cache=self._unit_cache,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
