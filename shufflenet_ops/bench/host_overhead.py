@@ -251,6 +251,7 @@ def cuda_results() -> dict:
     import triton.testing
 
     from shufflenet_ops import reference
+    from shufflenet_ops.triton import _common, conv_backward
     from shufflenet_ops.triton.table import TRITON
 
     _empty = _empty_kernel
@@ -279,9 +280,18 @@ def cuda_results() -> dict:
         "kernel table: grad_input": cuda_host_us(lambda: TRITON.conv1x1_shuffle_grad_input(go, w, 3, 1, 3)),
         "kernel table: grad_weight": cuda_host_us(lambda: TRITON.conv1x1_shuffle_grad_weight(go, x, 3, 1, 3)),
         "kernel table: grad_bias": cuda_host_us(lambda: TRITON.conv1x1_shuffle_grad_bias(go, 3)),
+        "fused conv backward (conv1x1_shuffle_backward)": cuda_host_us(
+            lambda: conv_backward.conv1x1_shuffle_backward(go, x, w, y, 3, 1, 3, (True, True, True))),
         "fused forward+backward step": cuda_host_us(fused_step),
         "eager unfused forward+backward step": cuda_host_us(eager_step),
     }
+    _common.set_launch_cache(False)  # the same with every launch planned and bound anew
+    try:
+        results["kernel table: forward, launch cache off"] = cuda_host_us(
+            lambda: TRITON.group_conv1x1_shuffle(x, w, b, 3, 3, True))
+        results["fused forward+backward step, launch cache off"] = cuda_host_us(fused_step)
+    finally:
+        _common.set_launch_cache(True)
     for name, fn in (("fused", fused_step), ("eager", eager_step)):
         try:
             results[f"{name} step, CUDA-graph replay (GPU time)"] = 1e3 * triton.testing.do_bench_cudagraph(
