@@ -109,6 +109,33 @@ def test_cache_makes_one_plan_per_key():
         launch_cache._caches.remove(cache)
 
 
+def test_a_miss_inside_cuda_graph_capture_is_a_clear_error(monkeypatch):
+    """Warm up before capture: a new key inside a capture raises, a cached one runs."""
+
+    class CudaLike:  # what the key reads of a CUDA tensor
+        is_cuda, dtype, shape, device = True, torch.float32, torch.Size([2, 3]), torch.device("cuda", 0)
+
+        def stride(self):
+            return (3, 1)
+
+        def data_ptr(self):
+            return 1024
+
+    def make(*args):
+        return object()
+
+    cache = LaunchCache("test")
+    try:
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+        plan = cache.plan((CudaLike(),), (), make)
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+        assert cache.plan((CudaLike(),), (), make) is plan
+        with pytest.raises(RuntimeError, match="inside a CUDA graph capture; run the captured code once"):
+            cache.plan((CudaLike(),), (1,), make)
+    finally:
+        launch_cache._caches.remove(cache)
+
+
 # ------------------------------------------------------------------ Launch, stand-in kernel
 class FakeCompiled:
     def __init__(self, calls):

@@ -13,7 +13,9 @@ is taken: forward, grad input, grad weight, grad bias and the ReLU mask; both pl
 both shuffle conventions (s = g as in the paper, s = C/g as in the official code) and no
 shuffle; NCHW (per-image pixel tiles) and channels_last (batch folded, all groups per
 program); the tensor-core path and the FMA path for narrow groups; masked edges in every
-tile dimension; several reduction slices; 64-bit offsets; batch 0; non-dense inputs.
+tile dimension; several reduction slices; 64-bit offsets; batch 0; non-dense inputs; the fused
+backward (ReLU mask and grad bias in the grad kernels) against the op-by-op one, NaN and inf
+included, and gradcheck through it; the launch cache's results against the uncached path.
 
 The cases and checks (tests/_helpers.py) are shared with tests/test_cuda.py, which runs them
 on CUDA.

@@ -11,7 +11,7 @@ out the same every time, so a launcher keeps it:
   ``make`` on the first call. The key (``call_key``) is everything a plan depends on: each
   tensor's dtype, shape, strides and 16-byte alignment, the launcher's scalar arguments,
   the device, and the settings that change launches (``_common.launch_settings``: TF32,
-  autotuning, deterministic grad weight, forced tiles in tests).
+  autotuning, deterministic grad weight, the 64-bit offsets limit, forced tiles in tests).
 - ``Launch``: one kernel launch with everything but its leading tensor arguments bound. Its
   first call goes through ``kernel[grid](...)`` (the JIT, the autotuner), which returns the
   ``CompiledKernel``; later calls go straight to that kernel's launcher
@@ -26,8 +26,15 @@ What a replayed launch skips: Triton's check that the kernel's global values did
 (our kernels read none), and a change of Triton's JIT knobs (``TRITON_DEBUG`` etc.) after
 the first call; call ``clear_all()`` after changing those. Under Triton's interpreter
 (TRITON_INTERPRET=1) ``kernel[grid]`` compiles nothing and returns None: plans are still
-cached, every launch goes through the interpreter. ``set_enabled(False)`` (or
+cached, every launch goes through the interpreter. ``_common.set_launch_cache(False)`` (or
 SHUFFLENET_OPS_TRITON_LAUNCH_CACHE=0) makes a fresh plan per call: the uncached path.
+
+What it saves: measured only on a CPU with the GPU launch stubbed (``shufflenet-bench
+host-overhead``; numbers in benchmarks/README.md); the saving in wall time on a GPU is not
+measured yet.
+
+CUDA graphs: a miss inside a capture raises (its first call would compile, and autotune with
+host syncs); warm up on the captured shapes first (docs/design.md, "CUDA graphs").
 """
 
 from __future__ import annotations
@@ -77,6 +84,14 @@ class LaunchCache:
             self.hits += 1
             return plan
         self.misses += 1
+        if tensors[0].is_cuda and torch.cuda.is_current_stream_capturing():
+            # A first call compiles its kernel and, autotuned, times tiles with host syncs:
+            # neither belongs in a capture. A clear error instead of the driver's.
+            raise RuntimeError(
+                f"shufflenet_ops: the Triton {self.name} launcher got arguments it has not seen (shape, "
+                "strides, dtype or alignment) inside a CUDA graph capture; run the captured code once "
+                "on the same inputs before capturing (docs/design.md, 'CUDA graphs')"
+            )
         plan = make(*tensors, *scalars)
         if len(self._plans) < self.maxsize:
             self._plans[key] = plan
