@@ -396,13 +396,18 @@ def conv1x1_grad_weight(
 
 
 class _GradBiasPlan:
+    """The standalone grad bias for one launch-cache key: channel sums, then, with more than
+    one slice, the slice sum."""
+
     def __init__(self, go, out_shuffle) -> None:
         self.fmt = _common.dense_format(go)
         self.c = go.shape[1]
         self.out_shuffle = out_shuffle
         self.empty = go.numel() == 0
         self.acc = _common.acc_dtype(go.dtype)
+        self.splits = 0  # set with the launches, on the first call
         self.partial: Launch | None = None
+        self.finish: Launch | None = None
 
     def __call__(self, go) -> torch.Tensor:
         gb = torch.empty((self.c,), dtype=go.dtype, device=go.device)
