@@ -30,7 +30,7 @@ __all__ = [
     "COMBOS", "EPILOGUES", "FORMATS", "GROUPS", "GROUP_SHAPES", "PATH_TILES", "TOLERANCES", "assert_close",
     "assert_same_buffers", "assert_same_grads", "assert_same_training", "check_conv", "check_residual_epilogue", "check_shuffle",
     "conv_inputs", "pointwise_layers", "pointwise_shapes", "randomize_batchnorm", "requires_extension",
-    "run_and_backward", "shuffle_for",
+    "run_and_backward", "shuffle_for", "triton_launcher_calls",
 ]
 
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -234,6 +234,33 @@ def check_shuffle(c, g, fmt, dtype, device, n=2, h=3, w=5, backend=None):
     go = torch.randn_like(y)
     (gx,) = torch.autograd.grad(y, x, go)
     assert torch.equal(gx, torch.channel_shuffle(go, c // g)), "shuffle backward is not the inverse shuffle"
+
+
+def triton_launcher_calls(device="cpu", dtype=torch.float32) -> dict:
+    """One call of every Triton launcher (and each launcher's options: ReLU mask, residual,
+    input shuffle, grad weight with bias), on fixed random tensors: for the launch-cache
+    tests, which compare repeated calls and the uncached path (tests/test_launch_cache.py
+    with the GPU stubbed, tests/test_triton.py under the interpreter)."""
+    from shufflenet_ops.triton import conv_backward, conv_forward, shuffle
+
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape, fmt=torch.contiguous_format):
+        return torch.randn(*shape, generator=gen, dtype=dtype).to(device).contiguous(memory_format=fmt)
+
+    x = randn(2, 24, 5, 7, fmt=torch.channels_last)
+    w, b = randn(48, 8, 1, 1) / 3, randn(48)
+    go, out, residual = randn(2, 48, 5, 7), randn(2, 48, 5, 7), randn(2, 48, 5, 7)
+    return {
+        "forward": lambda: conv_forward.conv1x1_shuffle_forward(x, w, b, 3, 1, 3, True, None),
+        "forward, input shuffle, residual": lambda: conv_forward.conv1x1_shuffle_forward(
+            x, w, None, 3, 8, 1, False, residual),
+        "grad input, ReLU mask": lambda: conv_backward.conv1x1_grad_input(go, w, 3, 1, 3, out),
+        "grad weight and bias, ReLU mask": lambda: conv_backward.grad_weight_and_bias(go, x, 3, 1, 3, out, True),
+        "grad bias": lambda: conv_backward.conv1x1_grad_bias(go, 3),
+        "relu grad": lambda: conv_backward.relu_grad(go, out),
+        "channel shuffle": lambda: shuffle.channel_shuffle(x, 3),
+    }
 
 
 # ----------------------------------------------------------------- fused vs naive modules

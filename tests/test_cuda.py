@@ -192,3 +192,88 @@ def test_backend_env_var_forces_triton(monkeypatch):
     monkeypatch.setenv("SHUFFLENET_OPS_BACKEND", "triton")
     cases.check_conv("in", 8, 96, 384, "official", bias=False, relu=False, fmt="channels_last",
                      dtype=torch.bfloat16, device=DEVICE, n=2, h=7, w=7)
+
+
+# ------------------------------------------------------------------------- CUDA graphs
+class _TwoConvs(torch.nn.Module):
+    """A ShuffleNet unit's two fused 1x1 convs: bias + ReLU, then the input shuffle with the
+    residual and ReLU (both backward forms: the fused one and the materialised mask)."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.w1 = torch.nn.Parameter(torch.randn(60, 80, 1, 1, generator=gen) / 9)
+        self.b1 = torch.nn.Parameter(torch.randn(60, generator=gen))
+        self.w2 = torch.nn.Parameter(torch.randn(240, 20, 1, 1, generator=gen) / 4)
+
+    def forward(self, x):
+        y = so.group_conv1x1_shuffle(x, self.w1, 3, bias=self.b1, relu=True)
+        return so.shuffle_group_conv1x1(y, self.w2, 3, 20, relu=True, residual=x)
+
+
+def _graph_inputs(seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 240, 14, 14, generator=gen).to(DEVICE).contiguous(memory_format=torch.channels_last)
+
+
+def _train_step(model, x):
+    out = model(x)
+    grads = torch.autograd.grad(out.square().sum(), [x, *model.parameters()])
+    return out.detach(), grads
+
+
+def _assert_same_step(got, want):
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    for g, w in zip(got[1], want[1]):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_graphs_make_graphed_callables_training():
+    """The documented path (docs/design.md, "CUDA graphs"): after a warm-up on the graph's
+    shapes every launch in the capture is a launch-cache hit (no compile, no autotuning inside
+    the capture), and the replayed forward and backward give the eager results."""
+    from shufflenet_ops.triton import launch_cache
+
+    eager = _TwoConvs().to(DEVICE)
+    x = _graph_inputs().requires_grad_()
+    want = _train_step(eager, x)
+    misses = {name: cache.misses for name, cache in launch_cache.caches().items()}
+    graphed = torch.cuda.make_graphed_callables(_TwoConvs().to(DEVICE), (x,))
+    assert {name: cache.misses for name, cache in launch_cache.caches().items()} == misses
+    for seed in (1, 2):  # replays with new input values
+        x2 = _graph_inputs(seed).requires_grad_()
+        _assert_same_step(_train_step(graphed, x2), _train_step(eager, x2))
+    assert torch.equal(_train_step(graphed, x)[0], want[0])
+
+
+def test_cuda_graphs_capture_and_replay_eval():
+    model = _TwoConvs().to(DEVICE).eval()
+    static_x = _graph_inputs()
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            model(static_x)  # warm-up: compiles, fills the launch cache
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph):
+            static_out = model(static_x)
+        for seed in (2, 3):
+            static_x.copy_(_graph_inputs(seed))
+            graph.replay()
+            torch.testing.assert_close(static_out, model(static_x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_cuda_graphs_torch_compile_reduce_overhead(train):
+    torch._dynamo.reset()
+    eager = _TwoConvs().to(DEVICE)
+    compiled = torch.compile(_TwoConvs().to(DEVICE), mode="reduce-overhead")
+    for seed in (1, 2, 3, 4):  # the first calls warm up, later ones replay the recorded graph
+        x = _graph_inputs(seed)
+        if train:
+            x.requires_grad_()
+            _assert_same_step(_train_step(compiled, x), _train_step(eager, x))
+        else:
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(x).clone(), eager(x), rtol=1e-5, atol=1e-5)

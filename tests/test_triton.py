@@ -13,7 +13,9 @@ is taken: forward, grad input, grad weight, grad bias and the ReLU mask; both pl
 both shuffle conventions (s = g as in the paper, s = C/g as in the official code) and no
 shuffle; NCHW (per-image pixel tiles) and channels_last (batch folded, all groups per
 program); the tensor-core path and the FMA path for narrow groups; masked edges in every
-tile dimension; several reduction slices; 64-bit offsets; batch 0; non-dense inputs.
+tile dimension; several reduction slices; 64-bit offsets; batch 0; non-dense inputs; the fused
+backward (ReLU mask and grad bias in the grad kernels) against the op-by-op one, NaN and inf
+included, and gradcheck through it; the launch cache's results against the uncached path.
 
 The cases and checks (tests/_helpers.py) are shared with tests/test_cuda.py, which runs them
 on CUDA.
@@ -53,6 +55,7 @@ from _helpers import (
     check_shuffle,
     conv_inputs,
     pointwise_shapes,
+    triton_launcher_calls,
 )
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -194,7 +197,7 @@ if not INTERPRETING:
         assert proc.returncode == 0, proc.stdout[-30000:] + proc.stderr[-5000:]
 
 else:
-    from shufflenet_ops.triton import _common, conv_forward
+    from shufflenet_ops.triton import _common, conv_backward, conv_forward, launch_cache
     from shufflenet_ops.triton.table import TRITON
 
     def test_gradient_penalty_fails_loudly_on_triton():
@@ -364,6 +367,113 @@ else:
             first = TRITON.conv1x1_shuffle_grad_weight(go, x, 4, 1, 4)
             again = TRITON.conv1x1_shuffle_grad_weight(go, x, 4, 1, 4)
         assert torch.equal(first, again)
+
+    # ------------------------------------------------------ launch cache and fused backward
+    def _same(got, want, what):
+        if isinstance(want, tuple):
+            for g, w in zip(got, want):
+                _same(g, w, what)
+        elif want is None:
+            assert got is None, what
+        else:
+            assert torch.equal(got, want) and got.stride() == want.stride(), what
+
+    def test_launch_cache_gives_the_uncached_results():
+        """Every launcher: the first call (a miss) and the next (a hit: the cached plan) give
+        exactly what the uncached path gives."""
+        launch_cache.clear_all()
+        for name, call in triton_launcher_calls().items():
+            _common.set_launch_cache(False)
+            try:
+                want = call()
+            finally:
+                _common.set_launch_cache(True)
+            _same(call(), want, f"{name}, first call")
+            _same(call(), want, f"{name}, cached")
+        assert all(cache.hits >= 1 for cache in launch_cache.caches().values())
+
+    def _relu_case(fmt, dtype=torch.float64, g=3, cin=12, cout=24, n=3):
+        """A conv's inputs, its output with a ReLU and a gradient; NaN in the output (its
+        gradient passes), inf and NaN in the gradient where the output is 0 (they give 0, not
+        NaN) and NaN where it is positive (it passes)."""
+        x, w, b, _ = conv_inputs(g, cin, cout, n=n, bias=True, fmt=fmt, dtype=dtype, fan_in_scaled=True)
+        out = TRITON.group_conv1x1_shuffle(x, w, b, g, g, True)
+        out[0, 1, 0, :2] = float("nan")
+        go = torch.randn(out.shape, dtype=dtype).contiguous(memory_format=FORMATS[fmt])
+        zeros = (out == 0).nonzero()
+        go[tuple(zeros[0])] = float("inf")
+        go[tuple(zeros[-1])] = float("nan")
+        go[tuple((out > 0).nonzero()[0])] = float("nan")
+        return x, w, out, go
+
+    @pytest.mark.parametrize("splits", [1, 3])
+    @pytest.mark.parametrize("path", list(PATH_TILES))
+    @pytest.mark.parametrize("fmt", list(FORMATS))
+    def test_fused_backward_is_the_op_by_op_backward(fmt, path, splits):
+        """ReLU mask and grad bias folded into the grad kernels: the relu_grad op's values,
+        NaN and inf included (a product go * (out > 0) would make inf * 0 = NaN)."""
+        x, w, out, go = _relu_case(fmt)
+        conv_tile, gw_tile = PATH_TILES[path]
+        with (_common.forced_tile("conv", conv_tile), _common.forced_tile("grad_weight", gw_tile),
+              _common.forced_splits(splits)):
+            gx, gw, gb = conv_backward.conv1x1_shuffle_backward(go, x, w, out, 3, 1, 3, (True, True, True))
+            masked = TRITON.relu_grad(go, out)
+            want = (TRITON.conv1x1_shuffle_grad_input(masked, w, 3, 1, 3),
+                    TRITON.conv1x1_shuffle_grad_weight(masked, x, 3, 1, 3), TRITON.conv1x1_shuffle_grad_bias(masked, 3))
+        torch.testing.assert_close(masked, torch.ops.aten.threshold_backward(go, out, 0), rtol=0, atol=0,
+                                   equal_nan=True, msg=lambda m: f"the op's mask is torch's: {m}")
+        assert masked.isnan().any() and not masked.isinf().any()
+        for name, got, ref in zip(("grad input", "grad weight", "grad bias"), (gx, gw, gb), want):
+            torch.testing.assert_close(got, ref, equal_nan=True, msg=lambda m, name=name: f"{name}: {m}")
+        assert gx.is_contiguous(memory_format=FORMATS[fmt])
+
+    def test_fused_backward_low_precision_and_what_is_needed():
+        """bf16 (partials summed in fp32, cast once), and only the gradients asked for: a frozen
+        weight (grad bias alone), no bias, no ReLU."""
+        x, w, out, _ = _relu_case("channels_last", torch.float32)
+        go = torch.randn(out.shape).contiguous(memory_format=torch.channels_last)
+        masked = TRITON.relu_grad(go, out)
+        xb, wb, gob, outb = (t.bfloat16() for t in (x, w, go, out))
+        with _common.forced_splits(3):
+            gx, gw, gb = conv_backward.conv1x1_shuffle_backward(gob, xb, wb, outb, 3, 1, 3, (True, True, True))
+        assert gx.dtype == gw.dtype == gb.dtype == torch.bfloat16
+        ref_masked = torch.ops.aten.threshold_backward(go, outb.float(), 0)
+        assert_close(gw, TRITON.conv1x1_shuffle_grad_weight(ref_masked, xb.float(), 3, 1, 3), torch.bfloat16, "gw")
+        assert_close(gb, TRITON.conv1x1_shuffle_grad_bias(ref_masked, 3), torch.bfloat16, "gb")
+        none, none_w, gb_only = conv_backward.conv1x1_shuffle_backward(go, x, w, out, 3, 1, 3, (False, False, True))
+        assert none is None and none_w is None
+        torch.testing.assert_close(gb_only, TRITON.conv1x1_shuffle_grad_bias(masked, 3))
+        gx, gw, no_bias = conv_backward.conv1x1_shuffle_backward(go, x, w, None, 3, 1, 3, (True, True, False))
+        assert no_bias is None
+        torch.testing.assert_close(gx, TRITON.conv1x1_shuffle_grad_input(go, w, 3, 1, 3))
+        torch.testing.assert_close(gw, TRITON.conv1x1_shuffle_grad_weight(go, x, 3, 1, 3))
+
+    def test_public_op_takes_the_fused_backward(monkeypatch):
+        """Eager Triton autograd calls the fused backward, once per conv; create_graph=True
+        (grad mode on in backward) does not (test_gradient_penalty_fails_loudly_on_triton)."""
+        from shufflenet_ops.triton import table
+
+        calls = []
+        fused = table.conv1x1_shuffle_backward
+        monkeypatch.setattr(table, "conv1x1_shuffle_backward", lambda *a: calls.append(1) or fused(*a))
+        x, w, b, _ = conv_inputs(3, 12, 24, bias=True, fmt="nchw", fan_in_scaled=True)
+        leaves = [t.requires_grad_() for t in (x, w, b)]
+        with so.backend("triton"):
+            y = so.group_conv1x1_shuffle(x, w, 3, bias=b, relu=True)
+        torch.autograd.grad(y.sum(), leaves)
+        assert calls == [1]
+
+    def test_gradcheck_through_the_fused_backward():
+        gen = torch.Generator().manual_seed(3)
+        x = torch.randn(1, 4, 2, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+        w = torch.randn(6, 2, 1, 1, dtype=torch.float64, generator=gen, requires_grad=True)
+        b = torch.randn(6, dtype=torch.float64, generator=gen, requires_grad=True)
+        r = torch.randn(1, 6, 2, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+        with so.backend("triton"):
+            assert torch.autograd.gradcheck(
+                lambda x, w, b: so.group_conv1x1_shuffle(x, w, 2, bias=b, shuffle_groups=3, relu=True), (x, w, b))
+            assert torch.autograd.gradcheck(
+                lambda x, w, r: so.shuffle_group_conv1x1(x, w, 2, 2, relu=True, residual=r), (x, w, r))
 
     # ------------------------------------------------------------------ property test
     from hypothesis import HealthCheck, given, settings

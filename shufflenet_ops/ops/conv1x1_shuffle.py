@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .. import _checks, reference
 from ._samples import empty_like_format, in_format_of, sample_tensors
 from .spec import OpSpec
+from .table import kernel_table
 
 Tensor = torch.Tensor
 
@@ -50,16 +51,39 @@ def _conv_setup_context(in_shuffle_of, out_shuffle_of):
     return setup_context
 
 
+def _fused_triton_backward(backend: str | None, device: torch.device):
+    """The Triton backward in one call (``triton/conv_backward.py:conv1x1_shuffle_backward``:
+    the ReLU mask and the bias gradient folded into the grad kernels), or None where the
+    backward must run op by op: any backend but the Triton table called directly (the C++
+    ops, the dispatcher, torch.compile's graphs), and with create_graph=True (grad mode on
+    inside backward), where each op's result must carry its double-backward node."""
+    if backend != "triton" or torch.is_grad_enabled():
+        return None
+    from ..triton.table import TRITON, conv1x1_shuffle_backward
+
+    return conv1x1_shuffle_backward if kernel_table(backend, device) is TRITON else None
+
+
 def _conv_backward(ctx, grad: Tensor) -> tuple:
     """The gradients of (x, weight, bias, groups, shuffle_groups, relu, residual).
 
     The backward ops run through ``OpSpec.run`` on the forward's backend: with
     create_graph=True their results then carry a node that raises on double backward,
-    instead of silently coming back detached."""
+    instead of silently coming back detached. Eager Triton without create_graph takes the
+    fused Triton backward instead (``_fused_triton_backward``)."""
     x, weight, output = ctx.saved_tensors
     backend, groups, in_shuffle, out_shuffle = ctx.backend, ctx.groups, ctx.in_shuffle, ctx.out_shuffle
-    if ctx.relu:
+    need_residual = ctx.has_residual and ctx.needs_input_grad[6]
+    fused = _fused_triton_backward(backend, grad.device)
+    if ctx.relu and (need_residual or not fused):  # the masked gradient is needed as a tensor
         grad = RELU_GRAD.run(backend, grad, output)
+        output = None
+    if fused:
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2])
+        grad_x, grad_weight, grad_bias = fused(grad, x, weight, output, groups, in_shuffle, out_shuffle, needs)
+        if grad_weight is not None:
+            grad_weight = grad_weight.reshape(weight.shape)
+        return grad_x, grad_weight, grad_bias, None, None, None, grad if need_residual else None
     grad_x = grad_weight = grad_bias = grad_residual = None
     if ctx.needs_input_grad[0]:
         grad_x = GRAD_INPUT.run(backend, grad, weight, groups, in_shuffle, out_shuffle)

@@ -22,8 +22,10 @@ from torch._prims_common import suggest_memory_format
 INT32_LIMIT = 2**31
 
 
+@functools.lru_cache(maxsize=None)
 def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1 when the
+    kernels were defined, so read once: launchers ask on every call)."""
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
@@ -35,7 +37,10 @@ def _env_flag(name: str, default: bool) -> bool:
 
 
 # TF32 is an opt-in: the default fp32 result is exact fp32 (ieee) like the reference.
-_settings = {"allow_tf32": _env_flag("SHUFFLENET_OPS_TF32", False)}
+_settings = {
+    "allow_tf32": _env_flag("SHUFFLENET_OPS_TF32", False),
+    "launch_cache": _env_flag("SHUFFLENET_OPS_TRITON_LAUNCH_CACHE", True),
+}
 
 
 def set_allow_tf32(enabled: bool) -> None:
@@ -45,6 +50,16 @@ def set_allow_tf32(enabled: bool) -> None:
 
 def allow_tf32() -> bool:
     return _settings["allow_tf32"]
+
+
+def set_launch_cache(enabled: bool) -> None:
+    """Cache each launcher's plan and compiled kernel per argument key (default on;
+    SHUFFLENET_OPS_TRITON_LAUNCH_CACHE=0 at import turns it off). See launch_cache.py."""
+    _settings["launch_cache"] = bool(enabled)
+
+
+def launch_cache_enabled() -> bool:
+    return _settings["launch_cache"]
 
 
 def autotune_enabled() -> bool:
@@ -108,13 +123,21 @@ def sm_count(device: torch.device) -> int:
     return 1  # interpreter: one "SM", so a few slices are still exercised
 
 
-def dense(t: torch.Tensor) -> tuple[torch.Tensor, torch.memory_format]:
-    """``t`` dense in its own memory format (a copy only if it is not already), and the format."""
+def like(t: torch.Tensor, ref: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """``t`` (``ref``'s shape) with exactly ``ref``'s strides, ``ref`` being dense in ``fmt``:
+    a kernel then addresses both with one set of offsets. A copy only if needed (size-1 dims
+    can leave ``contiguous`` with other strides)."""
+    t = t.contiguous(memory_format=fmt)
+    return t if t.stride() == ref.stride() else torch.empty_like(ref).copy_(t)
+
+
+def dense_format(t: torch.Tensor) -> torch.memory_format:
+    """The memory format ``t`` is (or, if it is not dense, is closest to): NCHW or channels_last.
+    Launchers run ``t.contiguous(memory_format=...)`` of it: a copy only if ``t`` is not dense."""
     nchw, nhwc = t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
     if nchw != nhwc:  # the common, unambiguous case, without suggest_memory_format's stride analysis
-        return t, torch.contiguous_format if nchw else torch.channels_last
-    fmt = suggest_memory_format(t)
-    return t.contiguous(memory_format=fmt), fmt
+        return torch.contiguous_format if nchw else torch.channels_last
+    return suggest_memory_format(t)
 
 
 @dataclass(frozen=True)
@@ -179,6 +202,16 @@ def forced_splits(n: int) -> Iterator[None]:
 
 def splits_override() -> int | None:
     return _forced_splits[-1] if _forced_splits else None
+
+
+def launch_settings() -> tuple:
+    """Everything besides a launcher's arguments that changes what it launches: part of
+    every launch-cache key (launch_cache.py). Environment variables are read per call, as
+    the launchers read them."""
+    return (
+        _settings["allow_tf32"], autotune_enabled(), deterministic(), INT32_LIMIT,
+        tuple(_forced.items()), tuple(_forced_splits),
+    )
 
 
 # Channel permutations as (a, b): channel c maps to (c % a) * b + c // a.

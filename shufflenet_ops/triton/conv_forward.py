@@ -6,6 +6,9 @@ read through one shuffle and whose output channels are written through another":
   forward       y[Pout(r)] = act(sum_k W_g[r, k] * x[Pin(g*K + k)] + b[r])
   grad input    gx[Pin(c)] = sum_n W_g[n, c]^T * go[Pout(g*N + n)]      (W transposed by strides)
 
+(grad input of a conv with ReLU reads go through the ReLU mask, ``MASK_X``: no masked copy of
+go is made.)
+
 Every shuffle (and its inverse, and the identity) has the form
 ``physical = (c % a) * b + c // a`` with a * b = C, so the kernel takes (a, b) per side and
 the permutation costs one mod and one div per loaded/stored row: no shuffled copy exists.
@@ -19,6 +22,16 @@ import triton
 import triton.language as tl
 
 from . import _common, _configs
+from .launch_cache import Launch, LaunchCache
+
+
+@triton.jit
+def relu_masked(g, out_ptrs, mask):
+    """torch's ReLU backward on a loaded gradient tile: 0 where the forward's output <= 0,
+    else ``g`` (threshold_backward: a NaN output passes its gradient, since NaN <= 0 is
+    false; an inf or NaN ``g`` where out <= 0 gives 0, not inf * 0)."""
+    out = tl.load(out_ptrs, mask=mask, other=0.0)
+    return tl.where(out <= 0, tl.zeros_like(g), g)
 
 
 @triton.jit
@@ -27,6 +40,7 @@ def _permuted_group_conv1x1_kernel(
     w_ptr,  # group g's (ROWS, RED) matrix: w_ptr + g*stride_wg + row*stride_wr + k*stride_wk
     b_ptr,  # (GROUPS*ROWS,) bias in conv-output order; any pointer when HAS_BIAS is False
     r_ptr,  # residual, laid out exactly like y (same strides); any pointer when HAS_RESIDUAL is False
+    m_ptr,  # ReLU mask source, laid out exactly like x: x reads as 0 where m <= 0; any pointer unless MASK_X
     y_ptr,  # (NB, GROUPS*ROWS, P) by strides; conv output row r goes to y channel (r % out_a) * out_b + r // out_a
     P,  # pixels per batch item (N*H*W when the batch is folded)
     ROWS,  # output channels per group
@@ -39,6 +53,7 @@ def _permuted_group_conv1x1_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,  # + residual (in output channel order) before the ReLU
     RELU: tl.constexpr,
+    MASK_X: tl.constexpr,  # grad input of a conv with ReLU: x = go, m = the forward's output
     ALL_GROUPS: tl.constexpr,  # one program computes every group of its pixel tile (channels_last)
     INDEX_64: tl.constexpr,  # offsets in int64 (a tensor spans >= 2^31 elements)
     DOT_PRECISION: tl.constexpr,  # "ieee" (exact fp32) or "tf32"
@@ -72,7 +87,7 @@ def _permuted_group_conv1x1_kernel(
     if INDEX_64:
         offs_p = offs_p.to(tl.int64)
         batch = batch.to(tl.int64)
-    x_pix = x_ptr + batch * stride_xb + offs_p * stride_xp  # [BLOCK_P] pointers, channel 0
+    x_pix = batch * stride_xb + offs_p * stride_xp  # [BLOCK_P] offsets of channel 0 in x (and m)
     y_pix = y_ptr + batch * stride_yb + offs_p * stride_yp
     r_pix = r_ptr + batch * stride_yb + offs_p * stride_yp
 
@@ -91,7 +106,10 @@ def _permuted_group_conv1x1_kernel(
                 xc = (cin % in_a) * in_b + cin // in_a  # the input shuffle, fused into the load
                 if INDEX_64:
                     xc = xc.to(tl.int64)
-                xt = tl.load(x_pix[None, :] + xc[:, None] * stride_xc, mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+                x_offs = x_pix[None, :] + xc[:, None] * stride_xc
+                xt = tl.load(x_ptr + x_offs, mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+                if MASK_X:
+                    xt = relu_masked(xt, m_ptr + x_offs, mask_k[:, None] & mask_p[None, :])
                 wt = tl.load(w_rows[:, None] + ks[None, :] * stride_wk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
                 if UPCAST_DOT:
                     xt = xt.to(tl.float32)
@@ -104,7 +122,9 @@ def _permuted_group_conv1x1_kernel(
                 xc = (cin % in_a) * in_b + cin // in_a
                 if INDEX_64:
                     xc = xc.to(tl.int64)
-                xr = tl.load(x_pix + xc * stride_xc, mask=mask_p, other=0.0)
+                xr = tl.load(x_ptr + x_pix + xc * stride_xc, mask=mask_p, other=0.0)
+                if MASK_X:
+                    xr = relu_masked(xr, m_ptr + x_pix + xc * stride_xc, mask_p)
                 wc = tl.load(w_rows + k * stride_wk, mask=mask_m, other=0.0)
                 acc += wc.to(acc.dtype)[:, None] * xr.to(acc.dtype)[None, :]
 
@@ -153,50 +173,49 @@ def _tile_of(config) -> _configs.Tile:
 
 _permuted_group_conv1x1_tuned = triton.autotune(
     configs=[_triton_config(t) for t in _configs.CONV_TILES],
-    key=["ROWS", "RED", "GROUPS", "P", "stride_xp", "stride_yp", "in_a", "out_a", "HAS_BIAS", "HAS_RESIDUAL", "RELU"],
+    key=["ROWS", "RED", "GROUPS", "P", "stride_xp", "stride_yp", "in_a", "out_a", "HAS_BIAS", "HAS_RESIDUAL", "RELU",
+         "MASK_X"],
     prune_configs_by={"early_config_prune": _prune},
 )(_permuted_group_conv1x1_kernel)
 
 
-def permuted_group_conv1x1(
+def gemm_launch(
     x: torch.Tensor,
     y: torch.Tensor,
-    w: torch.Tensor,
     w_strides: tuple[int, int, int],
-    bias: torch.Tensor | None,
     groups: int,
     rows: int,
     red: int,
     in_perm: tuple[int, int],
     out_perm: tuple[int, int],
     relu: bool,
-    residual: torch.Tensor | None = None,
-) -> None:
-    """Launcher: writes ``y`` (dense, allocated by the caller) from dense ``x``.
-
-    ``residual``, if given, has exactly ``y``'s strides (the caller makes it so).
+    has_bias: bool,
+    has_residual: bool,
+    mask_x: bool,
+) -> Launch:
+    """The kernel's launch writing ``y`` (dense) from ``x`` (dense), called with the tensors
+    ``(x, w, bias, residual, mask, y)`` (unused ones: any tensor). The bias is contiguous;
+    the residual has exactly ``y``'s strides, the mask exactly ``x``'s.
 
     ``w_strides`` = (group, row, k) strides of the per-group (rows x red) weight matrix, so a
     transposed weight (grad input) is a matter of strides. ``in_perm``/``out_perm`` are the
     (a, b) pairs of the input gather and output scatter.
     """
-    if y.numel() == 0:
-        return
     geo = _common.Geometry.of(x, y)
     sxb, sxc, sxp = _common.strides(x)
     syb, syc, syp = _common.strides(y)
     # channels_last output: all groups of a pixel tile in one program (see kernel).
     all_groups = groups > 1 and syc == 1 and syp != 1
     args = (
-        x, w, bias if bias is not None else x, residual if residual is not None else y, y,
         geo.p, rows, red, groups,
         in_perm[0], in_perm[1], out_perm[0], out_perm[1],
         sxb, sxc, sxp, syb, syc, syp, *w_strides,
     )
     flags = dict(
-        HAS_BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None,
+        HAS_BIAS=has_bias,
+        HAS_RESIDUAL=has_residual,
         RELU=relu,
+        MASK_X=mask_x,
         ALL_GROUPS=all_groups,
         INDEX_64=_common.needs_int64(x, y),
         DOT_PRECISION=_common.dot_precision(x.dtype),
@@ -209,15 +228,59 @@ def permuted_group_conv1x1(
         def grid(meta):
             return (geo.nb * _common.cdiv(geo.p, meta["BLOCK_P"]), _common.cdiv(rows, meta["BLOCK_M"]) * group_programs)
 
-        _permuted_group_conv1x1_tuned[grid](*args, **flags)
-        return
+        return Launch(_permuted_group_conv1x1_tuned, grid, args, flags)
     if tile is None:
         tile = _configs.conv_tile(rows, red, geo.p, x.dtype == torch.float64)
     grid = (geo.nb * _common.cdiv(geo.p, tile.block_p), _common.cdiv(rows, tile.block_m) * group_programs)
-    _permuted_group_conv1x1_kernel[grid](
-        *args, **flags, **tile.meta(), num_warps=tile.num_warps, num_stages=tile.num_stages
+    return Launch(
+        _permuted_group_conv1x1_kernel, grid, args,
+        {**flags, **tile.meta(), "num_warps": tile.num_warps, "num_stages": tile.num_stages},
     )
 
+
+class GemmPlan:
+    """One launcher call of the GEMM kernel for one ``launch_cache`` key: ``x`` made dense,
+    ``y`` allocated in its format, the launch derived on the first call (``gemm_launch``)."""
+
+    def __init__(self, x: torch.Tensor, out_channels: int, *launch_params) -> None:
+        self.fmt = _common.dense_format(x)
+        n, _, h, w = x.shape
+        self.shape = (n, out_channels, h, w)
+        self.empty = n * out_channels * h * w == 0
+        self.launch_params = launch_params  # gemm_launch's after (x, y)
+        self.launch: Launch | None = None
+
+    def __call__(self, x, weight, bias, residual, mask) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.fmt)
+        y = torch.empty(self.shape, dtype=x.dtype, device=x.device, memory_format=self.fmt)
+        if self.empty:
+            return y
+        if bias is not None:
+            bias = bias.contiguous()
+        if residual is not None:
+            residual = _common.like(residual, y, self.fmt)
+        if mask is not None:
+            mask = _common.like(mask, x, self.fmt)
+        if self.launch is None:
+            self.launch = gemm_launch(x, y, *self.launch_params)
+        self.launch(x, weight, x if bias is None else bias, y if residual is None else residual,
+                    x if mask is None else mask, y)
+        return y
+
+
+def _forward_plan(x, weight, bias, residual, groups, in_shuffle, out_shuffle, relu) -> GemmPlan:
+    cin, cout = x.shape[1], weight.shape[0]
+    rows, red = cout // groups, cin // groups
+    # W_g[r, k] = weight[g*rows + r, k]
+    w_strides = (rows * weight.stride(0), weight.stride(0), weight.stride(1))
+    return GemmPlan(
+        x, cout, w_strides, groups, rows, red,
+        _common.shuffled_source(in_shuffle, cin), _common.shuffled_target(out_shuffle, cout),
+        relu, bias is not None, residual is not None, False,
+    )
+
+
+_FORWARD = LaunchCache("conv forward")
 
 
 def conv1x1_shuffle_forward(
@@ -231,22 +294,8 @@ def conv1x1_shuffle_forward(
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``act(Pout(conv1x1(Pin(x), weight, groups) + bias) + residual)``, output in x's memory format."""
-    x, fmt = _common.dense(x)
-    n, cin, h, w = x.shape
-    cout = weight.shape[0]
-    y = torch.empty((n, cout, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
-    if residual is not None:
-        residual = residual.contiguous(memory_format=fmt)
-        if residual.stride() != y.stride():  # size-1 dims can leave other strides: copy into y's
-            residual = torch.empty_like(y).copy_(residual)
-    rows, red = cout // groups, cin // groups
-    # W_g[r, k] = weight[g*rows + r, k]
-    w_strides = (rows * weight.stride(0), weight.stride(0), weight.stride(1))
-    permuted_group_conv1x1(
-        x, y, weight, w_strides, bias.contiguous() if bias is not None else None, groups, rows, red,
-        _common.shuffled_source(in_shuffle, cin), _common.shuffled_target(out_shuffle, cout), relu, residual,
-    )
-    return y
+    plan = _FORWARD.plan((x, weight, bias, residual), (groups, in_shuffle, out_shuffle, relu), _forward_plan)
+    return plan(x, weight, bias, residual, None)
 
 
 # The schema's two placements (csrc/ops.cpp): entries of the Triton kernel table.

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from . import _common
+from .launch_cache import Launch, LaunchCache
 
 
 @triton.jit
@@ -45,21 +46,36 @@ def _channel_shuffle_kernel(
     tl.store(y_ptr + batch * stride_yb + offs_c[:, None] * stride_yc + offs_p[None, :] * stride_yp, vals, mask=mask)
 
 
+class _ShufflePlan:
+    def __init__(self, x, groups) -> None:
+        self.fmt = _common.dense_format(x)
+        self.groups = groups
+        self.launch: Launch | None = None
+
+    def __call__(self, x) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.fmt)
+        y = torch.empty_like(x)
+        if x.numel() == 0:
+            return y
+        if self.launch is None:
+            c = x.shape[1]
+            geo = _common.Geometry.of(x, y)
+            if x.stride(1) == 1 and c > 1:  # channels_last: channels are the contiguous axis
+                block_c, block_p = min(128, _common.next_power_of_2(c)), 32
+            else:
+                block_c, block_p = min(8, _common.next_power_of_2(c)), min(256, _common.next_power_of_2(geo.p))
+            self.launch = Launch(
+                _channel_shuffle_kernel, (geo.nb * _common.cdiv(geo.p, block_p), _common.cdiv(c, block_c)),
+                (geo.p, c, *_common.shuffled_source(self.groups, c), *_common.strides(x), *_common.strides(y)),
+                dict(INDEX_64=_common.needs_int64(x), BLOCK_C=block_c, BLOCK_P=block_p),
+            )
+        self.launch(x, y)
+        return y
+
+
+_SHUFFLE = LaunchCache("channel shuffle")
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """``torch.channel_shuffle(x, groups)``, output in x's memory format."""
-    x, _ = _common.dense(x)
-    y = torch.empty_like(x)
-    if x.numel() == 0:
-        return y
-    n, c, h, w = x.shape
-    geo = _common.Geometry.of(x, y)
-    if x.stride(1) == 1 and c > 1:  # channels_last: channels are the contiguous axis
-        block_c, block_p = min(128, _common.next_power_of_2(c)), 32
-    else:
-        block_c, block_p = min(8, _common.next_power_of_2(c)), min(256, _common.next_power_of_2(geo.p))
-    grid = (geo.nb * _common.cdiv(geo.p, block_p), _common.cdiv(c, block_c))
-    _channel_shuffle_kernel[grid](
-        x, y, geo.p, c, *_common.shuffled_source(groups, c), *_common.strides(x), *_common.strides(y),
-        INDEX_64=_common.needs_int64(x), BLOCK_C=block_c, BLOCK_P=block_p,
-    )
-    return y
+    return _SHUFFLE.plan((x,), (groups,), _ShufflePlan)(x)

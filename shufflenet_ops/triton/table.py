@@ -18,7 +18,7 @@ from typing import Any, cast
 import torch
 
 from ..ops import SPECS, KernelTable, OpSpec
-from . import _common
+from . import _common, conv_backward
 
 
 def on_input_device(name: str, launcher: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -44,3 +44,8 @@ def _entry(spec: OpSpec) -> Callable[..., torch.Tensor]:
 
 
 TRITON = cast(KernelTable, SimpleNamespace(**{spec.name: _entry(spec) for spec in SPECS}))
+
+
+# Not a schema op: the Triton conv backward in one call (ops/conv1x1_shuffle.py takes it in
+# eager mode when the Triton table runs the op), under the same device rule.
+conv1x1_shuffle_backward = on_input_device("conv1x1_shuffle_backward", conv_backward.conv1x1_shuffle_backward)
