@@ -81,6 +81,7 @@ from .modules import (
     is_plain_batchnorm,
     is_pointwise_conv,
 )
+from .modules._common import has_hooks
 from .modules.unit import shuffle_unit_arguments
 
 __all__ = [
@@ -231,17 +232,10 @@ def _trace(module: nn.Module) -> tuple[fx.Graph, dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------ node helpers
-def _has_hooks(module: nn.Module) -> bool:
-    """Forward or backward hooks (spectral_norm and weight_norm's old API are pre-hooks):
-    the module must be called, so that they run."""
-    return any(getattr(module, name, None) for name in (
-        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
-
-
 def _opaque(module: nn.Module) -> bool:
     """A module fuse() must call as it is and never fold into a neighbour: it has hooks, a
     forward set on the instance (a wrapper), or parameters not initialised yet (lazy)."""
-    return _has_hooks(module) or "forward" in vars(module) or isinstance(module, nn.modules.lazy.LazyModuleMixin)
+    return has_hooks(module) or "forward" in vars(module) or isinstance(module, nn.modules.lazy.LazyModuleMixin)
 
 
 def _submodule(root: nn.Module, node: fx.Node) -> nn.Module | None:
@@ -1158,7 +1152,7 @@ def _fuse_tree(module: nn.Module, path: str, report: _Report, covered: bool) -> 
     already inlined this module, so its findings were reported there."""
     if isinstance(module, FUSED_MODULE_TYPES):
         return
-    if path and _has_hooks(module):
+    if path and has_hooks(module):
         report.add(path, _HOOKS_NOTE)
     traced = False
     if "forward" in vars(module):  # the user's own per-instance forward (a wrapper): an fx leaf, kept
@@ -1190,7 +1184,7 @@ def _fuse_tree(module: nn.Module, path: str, report: _Report, covered: bool) -> 
                 _install(module, graphs, constants)
     for name, child in module.named_children():
         if _is_library_layer(child):
-            if _has_hooks(child):
+            if has_hooks(child):
                 report.add(_qualified(path, name), _HOOKS_NOTE)
             continue
         _fuse_tree(child, _qualified(path, name), report, covered or traced)

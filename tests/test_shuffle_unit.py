@@ -334,3 +334,25 @@ def test_fuse_turns_user_units_into_the_whole_unit_op(placement, convention):
         model.train()
     assert_same_training(naive, fused, x)
 
+
+
+def test_fused_model_calls_hooked_units_as_modules():
+    """The model calls the units' op directly (one check per forward); a unit or stage with a
+    hook, or a global hook, is called as a module, so that the hook runs."""
+    model = randomize_batchnorm(so.models.shufflenet_v1(3, 0.5, num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    seen = []
+    handles = [model.stage3[2].register_forward_hook(lambda m, a, y: seen.append("unit")),
+               model.stage4.register_forward_pre_hook(lambda m, a: seen.append("stage"))]
+    with torch.no_grad(), OpCalls() as calls:
+        y = model(x)
+    assert seen == ["unit", "stage"] and calls.ops.count(UNIT_OP) == 16
+    for handle in handles:
+        handle.remove()
+    global_handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, y: seen.append(type(m)))
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), y)
+    finally:
+        global_handle.remove()
+    assert seen.count(ShuffleUnit) == 16

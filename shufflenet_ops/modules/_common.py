@@ -1,8 +1,10 @@
-"""Argument checks and the shuffle's channel permutation, shared by the module files."""
+"""Argument checks, the shuffle's channel permutation and the hook test, shared by the
+module files (and fuse.py)."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def check_positive_int(value: object, name: str) -> int:
@@ -26,3 +28,10 @@ def shuffle_permutation(channels: int, groups: int, device: torch.device | None 
     The inverse permutation is ``shuffle_permutation(channels, channels // groups)``.
     """
     return torch.arange(channels, device=device).view(groups, channels // groups).t().reshape(-1)
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Forward or backward hooks on ``module`` (spectral_norm and weight_norm's old API are
+    pre-hooks): it must be called, so that they run."""
+    return any(getattr(module, name, None) for name in (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))

@@ -55,10 +55,38 @@ def shuffle_unit_arguments(
     tensor changes. Kept cheap (~7 us): a batch-1 unit call is ~60 us, and this runs before
     every one.
     """
-    if x.device.type != "cpu" or x.dtype not in _UNIT_DTYPES or x.dim() != 4 or not _extension.available():
+    if not unit_op_applies(x):
         return None
-    if not folding_enabled() or torch.compiler.is_compiling() or _backend.resolve(x.device) != "cpp":
-        return None
+    return unit_arguments_after_checks(
+        x, compress, depthwise, expand, shuffle_groups=shuffle_groups,
+        shuffle_before_depthwise=shuffle_before_depthwise, stride=stride, cache=cache,
+        compress_bn_after_shuffle=compress_bn_after_shuffle,
+    )
+
+
+def unit_op_applies(x: torch.Tensor) -> bool:
+    """The conditions of ``shuffle_unit_arguments`` that depend on the call, not on the unit:
+    a 4-D CPU float32/float64 x, the extension built, BN folding on, not under torch.compile,
+    backend ``cpp``. A caller running many units checks them once (``ShuffleNetV1``)."""
+    return (
+        x.device.type == "cpu" and x.dtype in _UNIT_DTYPES and x.dim() == 4 and _extension.available()
+        and folding_enabled() and not torch.compiler.is_compiling() and _backend.resolve(x.device) == "cpp"
+    )
+
+
+def unit_arguments_after_checks(
+    x: torch.Tensor,
+    compress: ConvBN,
+    depthwise: ConvBN,
+    expand: ConvBN,
+    *,
+    shuffle_groups: int,
+    shuffle_before_depthwise: bool,
+    stride: int,
+    cache: TensorCache,
+    compress_bn_after_shuffle: bool = False,
+) -> tuple | None:
+    """``shuffle_unit_arguments`` where ``unit_op_applies(x)`` is known to hold."""
     parts = (foldable_sources(*compress), foldable_sources(*depthwise), foldable_sources(*expand))
     if None in parts:
         return None  # a BN in train mode (or without running statistics)
@@ -215,7 +243,10 @@ class ShuffleUnit(nn.Module):
         self._unit_cache.clear()
         return super().train(mode)
 
-    def _unit_arguments(self, x: torch.Tensor) -> tuple | None:
+    def _unit_arguments(self, x: torch.Tensor, checked: bool = False) -> tuple | None:
+        """``shuffle_unit_arguments`` for this unit; ``checked``: ``unit_op_applies(x)`` holds."""
+        if not (checked or unit_op_applies(x)):
+            return None
         # Children through _modules: nn.Module.__getattr__ costs ~0.5 us a lookup.
         modules = self._modules
         compress, depthwise, expand = (
@@ -223,7 +254,7 @@ class ShuffleUnit(nn.Module):
         )
         if "bn" not in compress or "bn" not in depthwise or "bn" not in expand:
             return None  # BNs folded for good (fold_batchnorm): plain fused convs, run op by op
-        return shuffle_unit_arguments(
+        return unit_arguments_after_checks(
             x, (compress["conv"], compress["bn"]), (depthwise["conv"], depthwise["bn"]), (expand["conv"], expand["bn"]),
             shuffle_groups=self.groups, shuffle_before_depthwise=True, stride=self.stride, cache=self._unit_cache,
         )
