@@ -9,7 +9,13 @@ What is rewritten, for every plain 1x1 ``nn.Conv2d`` (stride 1, no padding) of t
 - input shuffle: the conv's input is a channel shuffle (its output may be used elsewhere
   too), the conv optionally followed by BN and/or ReLU;
 - otherwise a grouped (groups > 1) 1x1 conv with its BN/ReLU also runs on the fused
-  kernels (no shuffle). Ungrouped 1x1 convs without a shuffle are left alone;
+  kernels (no shuffle); so does an ungrouped one followed by a ReLU (after its BN, if any)
+  when the graph holds one of the other patterns (ShuffleNet V2's 1x1 convs: the ReLU in
+  the epilogue). Other ungrouped 1x1 convs without a shuffle are left alone;
+- ShuffleNet V2's unit ending ``shuffle(cat((a, b), 1), 2)`` becomes one interleaving copy
+  (``fused_cat_shuffle``, ``functional.interleave``), the shuffle written in any form
+  recognised below; its output may feed anything (a stride-2 unit's two branches, the
+  next unit's ``chunk`` / slices / ``split``, which stay views);
 - epilogues: a residual add after such a conv (``x + branch``, ``branch + x``,
   ``torch.add``, ``.add``), with or without a ReLU after it, moves into the conv's
   epilogue (when the conv has no ReLU of its own); so does the ReLU after a concat of the
@@ -34,7 +40,9 @@ bn, ...)`` reading the conv's and BN's live parameters. Every traceable module g
 rewrite of its own subtree, so ``model.features(x)`` is fused as well as ``model(x)``.
 Eval-mode BN folds into the conv (the ReLU and residual into the epilogue); train mode
 computes exactly the original conv -> BN -> ReLU -> shuffle (see ``modules.conv1x1_bn``).
-``fused_convs(model)`` lists what ``model(x)`` runs fused.
+``fused_convs(model)`` lists what ``model(x)`` runs fused. A torchvision-style ShuffleNet
+V2 ends up running the ops of ``models.shufflenet_v2(fused=True)``, given channels_last
+input on CPU (that model converts its input itself; a ``fuse()``d one keeps the caller's).
 
 Modules that torch.fx cannot trace (data-dependent control flow, ...) keep their own code
 and are searched submodule by submodule instead. Everything that could not be traced or
@@ -78,8 +86,8 @@ from .modules import (
 )
 
 __all__ = [
-    "FuseWarning", "FusedConv", "FusedForward", "fuse", "fused_conv1x1", "fused_conv_bn", "fused_convs",
-    "original_forwards",
+    "FuseWarning", "FusedConv", "FusedForward", "fuse", "fused_cat_shuffle", "fused_conv1x1", "fused_conv_bn",
+    "fused_convs", "original_forwards",
 ]
 
 
@@ -1117,7 +1125,8 @@ def _fuse_tree(module: nn.Module, path: str, report: _Report, covered: bool) -> 
 
 
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """``model`` with the 1x1 convs next to channel shuffles running on the fused kernels.
+    """``model`` with the 1x1 convs next to channel shuffles running on the fused kernels
+    (and a ShuffleNet V2 unit's concat + shuffle as one copy).
 
     Works on any ``nn.Module`` (see the module docstring for the patterns). Returns the
     same kind of object as ``model``, with the same module tree, parameters, buffers and

@@ -27,7 +27,9 @@ concatenation yet, see issue 16):
 - with the BN in train mode nothing else fuses (a BN between a conv and its ReLU keeps
   them apart): each conv, BN and ReLU runs as its own module, as in the naive model.
 
-``fused=False`` is torchvision's code (chunk, cat, then the reshape-transpose shuffle).
+``fused=False`` is torchvision's code (chunk, cat, then the reshape-transpose shuffle);
+``shufflenet_ops.fuse`` of it (or of torchvision's own model) runs the ops listed above in
+eval, given channels_last input on CPU.
 """
 
 from __future__ import annotations
