@@ -10,8 +10,10 @@ What is rewritten, for every plain 1x1 ``nn.Conv2d`` (stride 1, no padding) of t
   too), the conv optionally followed by BN and/or ReLU;
 - otherwise a grouped (groups > 1) 1x1 conv with its BN/ReLU also runs on the fused
   kernels (no shuffle); so does an ungrouped one followed by a ReLU (after its BN, if any)
-  when the graph holds one of the other patterns (ShuffleNet V2's 1x1 convs: the ReLU in
-  the epilogue). Other ungrouped 1x1 convs without a shuffle are left alone;
+  when the graph holds one of the other patterns (ShuffleNet V2's 1x1 convs: the BN folded
+  and the ReLU in the epilogue; while its BN cannot fold, in train mode, it runs as
+  torch's conv, BN and ReLU, as in ``models.shufflenet_v2``). Other ungrouped 1x1 convs
+  without a shuffle are left alone;
 - ShuffleNet V2's unit ending ``shuffle(cat((a, b), 1), 2)`` becomes one interleaving copy
   (``fused_cat_shuffle``, ``functional.interleave``), the shuffle written in any form
   recognised below; its output may feed anything (a stride-2 unit's two branches, the
@@ -78,6 +80,7 @@ from . import functional, reference
 from .modules import (
     FUSED_MODULE_TYPES,
     FoldCache,
+    can_fold,
     conv1x1_bn,
     conv2d_bn,
     is_foldable_conv,
@@ -542,7 +545,8 @@ def fused_conv1x1(
         x: ``(N, Cin, H, W)`` input (any memory format, any float dtype the ops take).
         conv: the model's own 1x1 ``nn.Conv2d`` (read live: weight, bias, groups).
         bn: the model's own ``nn.BatchNorm2d`` after it, or None. Eval mode: folded into
-            the conv; train mode: batch statistics and running-stat updates as usual.
+            the conv; train mode: batch statistics and running-stat updates as usual (an
+            ungrouped conv without a shuffle then runs as torch's ``bn(conv(x))``).
         residual: added before the ReLU. When it cannot go into the kernel's epilogue (a
             broadcasting shape, another dtype or device) it is added after the fused conv
             exactly as the original ``y + residual`` was.
@@ -554,25 +558,32 @@ def fused_conv1x1(
     Raises:
         What the fused ops raise for inconsistent shapes, dtypes or devices.
     """
-    if residual is not None and not _fits_epilogue(residual, x, conv.out_channels):
+    if bn is not None and not can_fold(bn) and conv.groups == 1 and input_shuffle == output_shuffle == 1:
+        # No shuffle, and the BN (train mode) keeps the ReLU out of the epilogue: nothing to
+        # fuse. Torch's conv, as shufflenet_v2 runs it in train mode: its backward is much
+        # faster on large ungrouped shapes (V2's conv5).
+        y = bn(conv(x))
+    elif residual is not None and not _fits_epilogue(residual, x, conv.out_channels):
         y = fused_conv1x1(
             x, conv, bn, input_shuffle=input_shuffle, output_shuffle=output_shuffle, bn_after_shuffle=bn_after_shuffle
         )
-        y = y + residual
-        return F.relu(y) if relu else y
-    if bn is not None:
+    elif bn is not None:
         return conv1x1_bn(
             x, conv, bn, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu,
             bn_after_shuffle=bn_after_shuffle, residual=residual,
             fold_cache=_fold_cache(conv, bn, output_shuffle if bn_after_shuffle else 1),
         )
-    if input_shuffle > 1:
+    elif input_shuffle > 1:
         return functional.shuffle_group_conv1x1(
             x, conv.weight, conv.groups, input_shuffle, bias=conv.bias, relu=relu, residual=residual
         )
-    return functional.group_conv1x1_shuffle(
-        x, conv.weight, conv.groups, bias=conv.bias, shuffle_groups=output_shuffle, relu=relu, residual=residual
-    )
+    else:
+        return functional.group_conv1x1_shuffle(
+            x, conv.weight, conv.groups, bias=conv.bias, shuffle_groups=output_shuffle, relu=relu, residual=residual
+        )
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
 
 
 def fused_conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:

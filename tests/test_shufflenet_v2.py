@@ -375,7 +375,8 @@ def _fused_v2(unit, dtype=DOUBLE):
 
 
 class _ComputeOps(TorchDispatchMode):
-    """Records each non-view op that runs: (op, output shape, output channels_last)."""
+    """Records each non-view op that runs: (op, output shape, output channels_last), of its
+    first output if it returns several."""
 
     def __init__(self):
         super().__init__()
@@ -384,8 +385,9 @@ class _ComputeOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if not func.is_view:
-            self.calls.append((str(func.overloadpacket), tuple(out.shape),
-                               out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last)))
+            first = out[0] if isinstance(out, (tuple, list)) else out  # batch norm: (y, mean, invstd, ...)
+            self.calls.append((str(func.overloadpacket), tuple(first.shape),
+                               first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last)))
         return out
 
 
@@ -442,6 +444,19 @@ def test_fuse_of_v2_code_runs_what_the_package_model_runs(unit):
     names = [op for op, _, _ in ops]
     assert names.count("shufflenet_ops.group_conv1x1_shuffle") == 36 and names.count("aten.stack") == 16
     assert "aten.cat" not in names and "aten.clone" not in names and "aten.relu" not in names
+
+
+def test_fuse_of_v2_code_in_train_mode_runs_torchs_convs():
+    """Train mode, as shufflenet_v2(fused=True): the BN between each conv and its ReLU leaves
+    nothing to fuse, so every conv runs as torch's (its backward is the faster one for
+    V2's large ungrouped 1x1 convs); the cat + shuffle is still one interleaving copy."""
+    _, fused = _fused_v2(TVInvertedResidual, torch.float32)
+    fused.train()
+    with _ComputeOps() as recorded:
+        fused(torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+    names = [op for op, _, _ in recorded.calls]
+    assert names.count("aten.convolution") == 56 and names.count("aten.stack") == 16
+    assert "shufflenet_ops.group_conv1x1_shuffle" not in names and "aten.cat" not in names
 
 
 class ConcatShuffles(nn.Module):
