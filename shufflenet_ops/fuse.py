@@ -9,7 +9,15 @@ What is rewritten, for every plain 1x1 ``nn.Conv2d`` (stride 1, no padding) of t
 - input shuffle: the conv's input is a channel shuffle (its output may be used elsewhere
   too), the conv optionally followed by BN and/or ReLU;
 - otherwise a grouped (groups > 1) 1x1 conv with its BN/ReLU also runs on the fused
-  kernels (no shuffle). Ungrouped 1x1 convs without a shuffle are left alone;
+  kernels (no shuffle); so does an ungrouped one followed by a ReLU (after its BN, if any)
+  when the graph holds one of the other patterns (ShuffleNet V2's 1x1 convs: the BN folded
+  and the ReLU in the epilogue; while its BN cannot fold, in train mode, it runs as
+  torch's conv, BN and ReLU, as in ``models.shufflenet_v2``). Other ungrouped 1x1 convs
+  without a shuffle are left alone;
+- ShuffleNet V2's unit ending ``shuffle(cat((a, b), 1), 2)`` becomes one interleaving copy
+  (``fused_cat_shuffle``, ``functional.interleave``), the shuffle written in any form
+  recognised below; its output may feed anything (a stride-2 unit's two branches, the
+  next unit's ``chunk`` / slices / ``split``, which stay views);
 - epilogues: a residual add after such a conv (``x + branch``, ``branch + x``,
   ``torch.add``, ``.add``), with or without a ReLU after it, moves into the conv's
   epilogue (when the conv has no ReLU of its own); so does the ReLU after a concat of the
@@ -38,7 +46,9 @@ bn, ...)`` reading the conv's and BN's live parameters. Every traceable module g
 rewrite of its own subtree, so ``model.features(x)`` is fused as well as ``model(x)``.
 Eval-mode BN folds into the conv (the ReLU and residual into the epilogue); train mode
 computes exactly the original conv -> BN -> ReLU -> shuffle (see ``modules.conv1x1_bn``).
-``fused_convs(model)`` lists what ``model(x)`` runs fused.
+``fused_convs(model)`` lists what ``model(x)`` runs fused. A torchvision-style ShuffleNet
+V2 ends up running the ops of ``models.shufflenet_v2(fused=True)``, given channels_last
+input on CPU (that model converts its input itself; a ``fuse()``d one keeps the caller's).
 
 Modules that torch.fx cannot trace (data-dependent control flow, ...) keep their own code
 and are searched submodule by submodule instead. Everything that could not be traced or
@@ -75,6 +85,7 @@ from .modules import (
     FUSED_MODULE_TYPES,
     FoldCache,
     TensorCache,
+    can_fold,
     conv1x1_bn,
     conv2d_bn,
     is_foldable_conv,
@@ -85,8 +96,8 @@ from .modules._common import has_hooks
 from .modules.unit import shuffle_unit_arguments
 
 __all__ = [
-    "FuseWarning", "FusedConv", "FusedForward", "fuse", "fused_conv1x1", "fused_conv_bn", "fused_convs",
-    "fused_unit", "original_forwards",
+    "FuseWarning", "FusedConv", "FusedForward", "fuse", "fused_cat_shuffle", "fused_conv1x1", "fused_conv_bn",
+    "fused_convs", "fused_unit", "original_forwards",
 ]
 
 
@@ -124,6 +135,9 @@ _SIZE_ARITHMETIC = frozenset(
 _MAX_LAYOUT_CHAIN = 8
 # Probe shapes (N, H, W): two, so a rearrangement that only happens to match one fails.
 _PROBE_SHAPES = ((2, 3, 5), (3, 1, 4))
+# Probe channel counts for a shuffle after a concat, whose width the graph does not say:
+# even, and C/2 != 2, so that the 2-group shuffle differs from its inverse (C/2 groups).
+_CONCAT_PROBE_CHANNELS = (6, 10)
 
 
 @functools.cache
@@ -437,6 +451,17 @@ class _Pattern:
     def bn_target(self) -> str | None:
         return None if self.bn_node is None else self.bn_node.target
 
+    @property
+    def has_shuffle(self) -> bool:
+        return self.output_shuffle_groups > 1 or self.input_source is not None
+
+    @property
+    def needs_shufflenet_graph(self) -> bool:
+        """An ungrouped conv with a ReLU and no shuffle (ShuffleNet V2's 1x1 convs): worth
+        the fused kernel (its ReLU in the epilogue) only in a graph that holds a ShuffleNet
+        pattern; elsewhere (a ResNet, ...) it stays torch's conv."""
+        return not self.has_shuffle and self.conv.groups == 1
+
 
 def _match_conv(root: nn.Module, conv_node: fx.Node, conv: nn.Conv2d) -> _Pattern | None:
     pattern = _Pattern(conv_node, conv)
@@ -466,8 +491,8 @@ def _match_conv(root: nn.Module, conv_node: fx.Node, conv: nn.Conv2d) -> _Patter
         before = _match_shuffle_before(root, conv_node, conv.in_channels)
         if before is not None:
             pattern.input_source, pattern.input_shuffle_groups = before
-        elif conv.groups == 1:
-            return None  # a plain 1x1 conv with no shuffle: nothing to gain
+        elif conv.groups == 1 and not pattern.relu:
+            return None  # a plain 1x1 conv with no shuffle and no ReLU: nothing to gain
     return pattern
 
 
@@ -520,7 +545,8 @@ def fused_conv1x1(
         x: ``(N, Cin, H, W)`` input (any memory format, any float dtype the ops take).
         conv: the model's own 1x1 ``nn.Conv2d`` (read live: weight, bias, groups).
         bn: the model's own ``nn.BatchNorm2d`` after it, or None. Eval mode: folded into
-            the conv; train mode: batch statistics and running-stat updates as usual.
+            the conv; train mode: batch statistics and running-stat updates as usual (an
+            ungrouped conv without a shuffle then runs as torch's ``bn(conv(x))``).
         residual: added before the ReLU. When it cannot go into the kernel's epilogue (a
             broadcasting shape, another dtype or device) it is added after the fused conv
             exactly as the original ``y + residual`` was.
@@ -532,25 +558,32 @@ def fused_conv1x1(
     Raises:
         What the fused ops raise for inconsistent shapes, dtypes or devices.
     """
-    if residual is not None and not _fits_epilogue(residual, x, conv.out_channels):
+    if bn is not None and not can_fold(bn) and conv.groups == 1 and input_shuffle == output_shuffle == 1:
+        # No shuffle, and the BN (train mode) keeps the ReLU out of the epilogue: nothing to
+        # fuse. Torch's conv, as shufflenet_v2 runs it in train mode: its backward is much
+        # faster on large ungrouped shapes (V2's conv5).
+        y = bn(conv(x))
+    elif residual is not None and not _fits_epilogue(residual, x, conv.out_channels):
         y = fused_conv1x1(
             x, conv, bn, input_shuffle=input_shuffle, output_shuffle=output_shuffle, bn_after_shuffle=bn_after_shuffle
         )
-        y = y + residual
-        return F.relu(y) if relu else y
-    if bn is not None:
+    elif bn is not None:
         return conv1x1_bn(
             x, conv, bn, input_shuffle=input_shuffle, output_shuffle=output_shuffle, relu=relu,
             bn_after_shuffle=bn_after_shuffle, residual=residual,
             fold_cache=_fold_cache(conv, bn, output_shuffle if bn_after_shuffle else 1),
         )
-    if input_shuffle > 1:
+    elif input_shuffle > 1:
         return functional.shuffle_group_conv1x1(
             x, conv.weight, conv.groups, input_shuffle, bias=conv.bias, relu=relu, residual=residual
         )
-    return functional.group_conv1x1_shuffle(
-        x, conv.weight, conv.groups, bias=conv.bias, shuffle_groups=output_shuffle, relu=relu, residual=residual
-    )
+    else:
+        return functional.group_conv1x1_shuffle(
+            x, conv.weight, conv.groups, bias=conv.bias, shuffle_groups=output_shuffle, relu=relu, residual=residual
+        )
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
 
 
 def fused_conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -756,16 +789,22 @@ def _apply(root: nn.Module, graph: fx.Graph, pattern: _Pattern) -> set[fx.Node]:
                 "bn_after_shuffle": pattern.bn_after_shuffle,
             },
         )
-    replaced = [conv_node, *pattern.consumed]
-    for node in replaced:  # shape queries of replaced values read the same shape from the fused output
+    return _replace(root, [conv_node, *pattern.consumed], fused_node, also_erase=[conv_node.args[0]])
+
+
+def _replace(root: nn.Module, chain: list[fx.Node], new: fx.Node, also_erase: list[fx.Node]) -> set[fx.Node]:
+    """Let ``new`` stand for ``chain`` (a node and the shape-keeping ops after it, each the
+    only reader of the one before, so that only the first and last may have shape queries)
+    and erase what nothing reads any more; returns the erased nodes."""
+    for node in chain:  # shape queries of replaced values read the same shape from the new node
         for user in list(node.users):
             if _is_shape_query(user):
-                user.replace_input_with(node, fused_node)
-    replaced[-1].replace_all_uses_with(fused_node)
-    size_inputs = [n for node in pattern.consumed for n in node.all_input_nodes if _is_size_node(n)]
-    # The replaced nodes (nothing reads them any more; erased last one first), then the size
-    # arithmetic of a fused output shuffle and an input shuffle that nothing else reads.
-    return _erase_dead(root, [*size_inputs, conv_node.args[0], *replaced])
+                user.replace_input_with(node, new)
+    chain[-1].replace_all_uses_with(new)
+    size_inputs = [n for node in chain[1:] for n in node.all_input_nodes if _is_size_node(n)]
+    # The replaced nodes (erased last one first), then ``also_erase`` (an input shuffle)
+    # and the size arithmetic of a replaced shuffle, when nothing else reads them.
+    return _erase_dead(root, [*size_inputs, *also_erase, *chain])
 
 
 def _erase_dead(root: nn.Module, candidates: list[fx.Node]) -> set[fx.Node]:
@@ -879,6 +918,53 @@ def _is_pool3x3s2(root: nn.Module, node: fx.Node, kind: tuple) -> bool:
     return all(given.get(name, _POOL_DEFAULTS.get(name)) in values for name, values in wanted.items())
 
 
+def _channel_concat_pair(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """``(a, b)`` if ``node`` is ``torch.cat((a, b), 1)`` (or ``concat``/``concatenate``, a
+    list or tuple, ``dim`` positional or keyword) of two traced values."""
+    if node.op != "call_function" or node.target not in _CONCAT_FUNCTIONS or set(node.kwargs) - {"dim"}:
+        return None
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    parts = node.args[0] if node.args else None
+    if dim != 1 or not isinstance(parts, (list, tuple)) or len(parts) != 2:
+        return None
+    return tuple(parts) if all(isinstance(p, fx.Node) for p in parts) else None
+
+
+def fused_cat_shuffle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``shuffle(torch.cat((a, b), 1), 2)`` of a ``fuse()``d forward (the ShuffleNet V2 unit's
+    ending, however its shuffle was written): one ``functional.interleave`` copy when ``a``
+    and ``b`` are 4-D tensors of the same shape, dtype and device. Otherwise the halves do
+    not interleave (or torch's cat would promote), and the cat and the shuffle run as the
+    original code ran them (its errors too, e.g. for an odd channel count).
+
+    Returns ``(N, Ca + Cb, H, W)``, in ``b``'s memory format when interleaved (see
+    ``interleave``); the original view/transpose shuffle returns contiguous NCHW."""
+    if a.dim() == 4 and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device:
+        return functional.interleave(a, b)
+    return reference.channel_shuffle(torch.cat((a, b), 1), 2)
+
+
+def _fuse_concat_shuffles(root: nn.Module, graph: fx.Graph) -> bool:
+    """``shuffle(cat((a, b), 1), 2)``, the shuffle written in any form that
+    ``_match_shuffle_after`` recognises, -> ``fused_cat_shuffle(a, b)``: one copy instead
+    of two. The shuffle's output may have any readers (a stride-2 unit's two branches, a
+    chunk). The concat's width is not in the graph: the shuffle is probed at two widths
+    (``_CONCAT_PROBE_CHANNELS``), so an idiom whose sizes are constants is not matched."""
+    changed = False
+    for concat in list(graph.nodes):
+        pair = _channel_concat_pair(concat)
+        if pair is None:
+            continue
+        found = [_match_shuffle_after(root, concat, channels) for channels in _CONCAT_PROBE_CHANNELS]
+        if any(match is None or match[0] != 2 for match in found) or found[0][1] != found[-1][1]:
+            continue
+        with graph.inserting_before(concat):
+            fused = graph.call_function(fused_cat_shuffle, pair)
+        _replace(root, [concat, *found[0][1]], fused, also_erase=[])
+        changed = True
+    return changed
+
+
 def _fuse_pooled_concats(root: nn.Module, graph: fx.Graph) -> bool:
     """``relu(cat([avg_pool3x3s2(x), fused(h)], 1))`` -> ``cat([avg_pool3x3s2_relu(x),
     fused(h, relu=True)], 1)`` (either order): the stride-2 unit's ending, each half's ReLU
@@ -888,13 +974,10 @@ def _fuse_pooled_concats(root: nn.Module, graph: fx.Graph) -> bool:
         concat = relu.args[0] if relu.args and isinstance(relu.args[0], fx.Node) else None
         if concat is None or not _is_relu_of(root, relu, concat) or len(concat.users) != 1:
             continue
-        if concat.op != "call_function" or concat.target not in _CONCAT_FUNCTIONS:
+        parts = _channel_concat_pair(concat)
+        if parts is None:
             continue
-        dim = concat.kwargs.get("dim", concat.args[1] if len(concat.args) > 1 else 0)
-        parts = concat.args[0] if concat.args else None
-        if dim != 1 or not isinstance(parts, (list, tuple)) or len(parts) != 2 or set(concat.kwargs) - {"dim"}:
-            continue
-        fused = next((p for p in parts if isinstance(p, fx.Node) and _epilogue_free(p)), None)
+        fused = next((p for p in parts if _epilogue_free(p)), None)
         pool = next((p for p in parts if p is not fused), None)
         if fused is None or not isinstance(pool, fx.Node) or len(pool.users) != 1:
             continue
@@ -1035,8 +1118,9 @@ def _fuse_whole_units(root: nn.Module, graph: fx.Graph) -> bool:
 
 def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> bool:
     """Fuse every pattern of ``graph`` (traced from ``root``) in place; True if anything changed."""
-    changed = False
+    changed = _fuse_concat_shuffles(root, graph)  # first: a conv reading the shuffle then reads one copy
     erased: set[fx.Node] = set()
+    waiting: list[_Pattern] = []
     for node in list(graph.nodes):
         if node in erased:
             continue
@@ -1044,7 +1128,7 @@ def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> 
         if conv is None:
             continue
         pattern = _match_conv(root, node, conv)
-        if pattern is None or (pattern.output_shuffle_groups == 1 and pattern.input_source is None):
+        if pattern is None or not pattern.has_shuffle:
             if _next_to_unrecognised_transpose(root, node, pattern):
                 report.add(
                     _qualified(prefix, node.target),
@@ -1054,9 +1138,15 @@ def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> 
                 )
         if pattern is None:
             continue
+        if pattern.needs_shufflenet_graph:
+            waiting.append(pattern)
+            continue
         erased |= _apply(root, graph, pattern)
         changed = True
-    if changed:  # a model with a fusable 1x1 conv: the rest of what the package's own model does
+    if changed:  # a ShuffleNet's graph: the rest of what the package's own models do
+        for pattern in waiting:  # ungrouped 1x1 conv (+ BN) + ReLU: ReLU in the epilogue
+            if pattern.conv_node not in erased:
+                erased |= _apply(root, graph, pattern)
         _fuse_residual_adds(root, graph)
         _fuse_pooled_concats(root, graph)
         _fold_conv_batchnorms(root, graph)
@@ -1191,7 +1281,8 @@ def _fuse_tree(module: nn.Module, path: str, report: _Report, covered: bool) -> 
 
 
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """``model`` with the 1x1 convs next to channel shuffles running on the fused kernels.
+    """``model`` with the 1x1 convs next to channel shuffles running on the fused kernels
+    (and a ShuffleNet V2 unit's concat + shuffle as one copy).
 
     Works on any ``nn.Module`` (see the module docstring for the patterns). Returns the
     same kind of object as ``model``, with the same module tree, parameters, buffers and

@@ -260,7 +260,11 @@ def test_official_style_model():
         assert second.input_shuffle == mid // 3  # the official (C/g) convention
         assert second.relu  # stride 2: F.relu(x) before the concat; stride 1: relu(x + x_proj)
         assert second.residual == (index == 1)
-    assert "features.0.branch_main_1.0" not in sites  # ungrouped, no shuffle
+    # ungrouped, no shuffle, but a ReLU after its BN: the ReLU goes into the epilogue, as in
+    # a ShuffleNet V2 branch (fused because this graph holds shuffle patterns)
+    assert sites["features.0.branch_main_1.0"] == site(
+        "features.0.branch_main_1.0", "features.0.branch_main_1.1", relu=True
+    )
     assert sites["features.1.branch_main_1.0"].relu
     assert "permute" not in fused_code(fused) and "_assert" in fused_code(fused)
 
@@ -324,7 +328,8 @@ def test_original_is_untouched_unless_inplace():
 def test_model_with_nothing_to_fuse_comes_back_unchanged():
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 1),  # an ungrouped 1x1 conv with no shuffle: nothing to gain
+        # an ungrouped 1x1 conv + BN + ReLU in a graph without a shuffle (a ResNet's): left to torch
+        nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2),
     )
     with warnings.catch_warnings():

@@ -1,20 +1,36 @@
 """ShuffleNet V2: torchvision's state_dict, fused vs naive (outputs, gradients, running
-statistics), the interleaving copy, count_flops against the paper's Table 5, and what
-fuse() does today with a torchvision-style V2."""
+statistics), the interleaving copy, count_flops against the paper's Table 5, and fuse()
+of V2 code written several ways (torchvision's, torch.channel_shuffle with slices,
+nn.ChannelShuffle with torch.split, einops)."""
 
+import copy
 import warnings
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import shufflenet_ops as so
 from shufflenet_ops import count_flops, models
-from shufflenet_ops.fuse import fused_convs
+from shufflenet_ops.functional import interleave
+from shufflenet_ops.fuse import fused_cat_shuffle, fused_convs
 from shufflenet_ops.models import ShuffleNetV2, shufflenet_v2
-from shufflenet_ops.models.shufflenet_v2 import STAGE_OUT_CHANNELS, InvertedResidual, interleave
+from shufflenet_ops.models.shufflenet_v2 import STAGE_OUT_CHANNELS, InvertedResidual
 
-from _helpers import FORMATS, assert_same_training, randomize_batchnorm, requires_extension, run_and_backward
+from _helpers import (
+    FORMATS,
+    assert_close,
+    assert_same_training,
+    randomize_batchnorm,
+    requires_extension,
+    run_and_backward,
+)
+
+try:
+    import einops
+except ImportError:  # a test extra
+    einops = None
 
 pytestmark = requires_extension
 DOUBLE = torch.float64
@@ -72,7 +88,7 @@ class TVInvertedResidual(nn.Module):
 
 
 class TVShuffleNetV2(nn.Module):
-    def __init__(self, stages_repeats, stages_out_channels, num_classes=1000):
+    def __init__(self, stages_repeats, stages_out_channels, num_classes=1000, inverted_residual=TVInvertedResidual):
         super().__init__()
         self._stage_out_channels = stages_out_channels
         input_channels = 3
@@ -87,9 +103,9 @@ class TVShuffleNetV2(nn.Module):
         for name, repeats, output_channels in zip(
             ["stage2", "stage3", "stage4"], stages_repeats, self._stage_out_channels[1:]
         ):
-            seq = [TVInvertedResidual(input_channels, output_channels, 2)]
+            seq = [inverted_residual(input_channels, output_channels, 2)]
             for _ in range(repeats - 1):
-                seq.append(TVInvertedResidual(output_channels, output_channels, 1))
+                seq.append(inverted_residual(output_channels, output_channels, 1))
             setattr(self, name, nn.Sequential(*seq))
             input_channels = output_channels
         output_channels = self._stage_out_channels[-1]
@@ -111,8 +127,8 @@ class TVShuffleNetV2(nn.Module):
         return self.fc(x)
 
 
-def tv_shufflenet_v2(width_mult: float, num_classes: int = 1000) -> TVShuffleNetV2:
-    return TVShuffleNetV2([4, 8, 4], list(STAGE_OUT_CHANNELS[width_mult]), num_classes)
+def tv_shufflenet_v2(width_mult: float, num_classes: int = 1000, inverted_residual=TVInvertedResidual) -> TVShuffleNetV2:
+    return TVShuffleNetV2([4, 8, 4], list(STAGE_OUT_CHANNELS[width_mult]), num_classes, inverted_residual)
 
 
 def _torchvision_and_package(width_mult, fused=True, dtype=DOUBLE, num_classes=10):
@@ -281,6 +297,9 @@ def test_interleave_is_cat_then_shuffle_in_one_copy(fmt):
     x = torch.randn(1, 12, 4, 4).contiguous(memory_format=FORMATS[fmt])
     x1, x2 = x.chunk(2, dim=1)  # a channel slice as the first operand (a stride-1 unit)
     assert torch.equal(interleave(x1, x2 * 2), tv_channel_shuffle(torch.cat((x1, x2 * 2), 1), 2))
+    for bad in (x2[:, :5], x2.double(), x2[0]):
+        with pytest.raises(ValueError, match="interleave expects two 4-D tensors of the same shape"):
+            interleave(bad, bad if bad.dim() == 3 else x2)
 
 
 # ---------------------------------------------------------------------------- flops
@@ -299,32 +318,174 @@ def test_count_flops_matches_table5(width_mult):
 
 
 # ---------------------------------------------------------------------------- fuse()
-def test_fuse_of_torchvision_style_v2_today():
-    """What fuse() covers of torchvision's V2 code today (issue 16 item 3 is not done).
-    Three 1x1 convs run on the fused op, each reading a unit's output shuffle through its
-    input shuffle: conv5, and branch2's first conv of the stride-2 units of Stages 3 and 4
-    (their input is the previous stage's last shuffle; branch1 reads it too, so that
-    shuffle is still materialised). The other 1x1 convs have no shuffle next to them (the
-    cat sits between) and are ungrouped, so they are not matched; since the whole model is
-    one traced graph with a match, every other conv+BN pair (stem, depthwise, branch 1x1s:
-    53 at any width) folds its BN into one F.conv2d, the ReLUs staying separate ops.
-    No FuseWarning. The result stays exact, train and eval."""
+# V2 units written other ways than torchvision's (same branches, same state_dict).
+class SlicingUnit(TVInvertedResidual):
+    """torch.channel_shuffle; the halves as slices x[:, :c], x[:, c:]."""
+
+    def forward(self, x):
+        if self.stride == 1:
+            c = x.shape[1] // 2
+            out = torch.cat([x[:, :c], self.branch2(x[:, c:])], dim=1)
+        else:
+            out = torch.cat([self.branch1(x), self.branch2(x)], dim=1)
+        return torch.channel_shuffle(out, 2)
+
+
+class SplitUnit(TVInvertedResidual):
+    """An nn.ChannelShuffle(2) layer (no state: the state_dict is torchvision's); torch.split."""
+
+    def __init__(self, inp, oup, stride):
+        super().__init__(inp, oup, stride)
+        self.shuffle = nn.ChannelShuffle(2)
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = torch.split(x, x.size(1) // 2, dim=1)
+            return self.shuffle(torch.cat((x1, self.branch2(x2)), 1))
+        return self.shuffle(torch.cat((self.branch1(x), self.branch2(x)), 1))
+
+
+class EinopsUnit(TVInvertedResidual):
+    """einops.rearrange as the shuffle; Tensor.split."""
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.split(x.shape[1] // 2, 1)
+            out = torch.concat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.concat((self.branch1(x), self.branch2(x)), dim=1)
+        return einops.rearrange(out, "b (g c) h w -> b (c g) h w", g=2)
+
+
+V2_WRITINGS = [
+    pytest.param(TVInvertedResidual, id="torchvision"),
+    pytest.param(SlicingUnit, id="channel_shuffle-slices"),
+    pytest.param(SplitUnit, id="ChannelShuffle-split"),
+    pytest.param(EinopsUnit, id="einops-split", marks=pytest.mark.skipif(einops is None, reason="einops not installed")),
+]
+
+
+def _fused_v2(unit, dtype=DOUBLE):
+    """(naive, fuse(naive)) for V2 0.5x written with ``unit``; fuse() must see all of it."""
     torch.manual_seed(0)
-    tv = randomize_batchnorm(tv_shufflenet_v2(0.5, 10)).to(DOUBLE)
+    naive = randomize_batchnorm(tv_shufflenet_v2(0.5, 10, unit)).to(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error", so.FuseWarning)
-        fused = so.fuse(tv)
+        return naive, so.fuse(naive)
+
+
+class _ComputeOps(TorchDispatchMode):
+    """Records each non-view op that runs: (op, output shape, output channels_last), of its
+    first output if it returns several."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            first = out[0] if isinstance(out, (tuple, list)) else out  # batch norm: (y, mean, invstd, ...)
+            self.calls.append((str(func.overloadpacket), tuple(first.shape),
+                               first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last)))
+        return out
+
+
+def _compute_ops(model, x):
+    with torch.no_grad():
+        model(x)  # folds the BNs into the caches
+        with _ComputeOps() as recorded:
+            model(x)
+    return recorded.calls
+
+
+@pytest.mark.parametrize("unit", V2_WRITINGS)
+def test_fuse_of_v2_code_same_outputs_and_gradients(unit):
+    """fuse() of V2 code against the code itself: train (outputs, input and parameter
+    gradients, running statistics) and eval, batch 1 at an odd size, NCHW and channels_last."""
+    naive, fused = _fused_v2(unit)
+    reference = copy.deepcopy(naive)  # fuse() worked on a copy: naive is untouched
+    x = torch.randn(1, 3, 67, 45, generator=torch.Generator().manual_seed(2), dtype=DOUBLE)
+    _same_in_train_and_eval(reference, fused, x)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)), reference(x))
+
+
+@pytest.mark.parametrize("unit", V2_WRITINGS)
+def test_fuse_of_v2_code_runs_what_the_package_model_runs(unit):
+    """In eval the fuse()d model runs the ops of shufflenet_v2(fused=True), in the same order
+    on the same shapes and memory formats (given channels_last input, as the package's model
+    makes it on CPU): each 1x1 conv + BN + ReLU one fused conv (36 at any width: two per
+    unit, branch1 of the 3 stride-2 units, conv5), each 3x3 conv + BN one F.conv2d (20: the
+    stem and the depthwise convs), the stem's ReLU + max pool one op, each unit's cat +
+    shuffle one interleaving copy (torch.stack), the chunk a view. Not a cat, a shuffle, a
+    BN or a ReLU of their own."""
+    naive, fused = _fused_v2(unit, torch.float32)
     sites = fused_convs(fused)
-    on_op = {name: site for name, site in sites.items() if site.kernel != "conv2d_bn"}
-    assert sorted(on_op) == ["conv5.0", "stage3.0.branch2.0", "stage4.0.branch2.0"]
-    for name, site in on_op.items():
-        assert (site.input_shuffle, site.output_shuffle, site.relu, site.residual) == (2, 1, True, False)
-        assert site.bn == name[:-1] + "1"
-    folded = {name for name, site in sites.items() if site.kernel == "conv2d_bn"}
-    convs = {name for name, m in tv.named_modules() if isinstance(m, nn.Conv2d)}
-    assert folded == convs - set(on_op) and len(folded) == 53
-    x = torch.randn(1, 3, 67, 45, dtype=DOUBLE)
-    _same_in_train_and_eval(tv, fused, x)
+    pointwise = {name for name, m in naive.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)}
+    on_op = {name: s for name, s in sites.items() if s.kernel == "conv1x1_shuffle"}
+    assert set(on_op) == pointwise and len(pointwise) == 36
+    for name, s in on_op.items():
+        assert (s.bn, s.relu, s.input_shuffle, s.output_shuffle, s.residual) == (name[:-1] + str(int(name[-1]) + 1),
+                                                                                  True, 1, 1, False)
+    others = {name for name, m in naive.named_modules() if isinstance(m, nn.Conv2d)} - pointwise
+    assert {name for name, s in sites.items() if s.kernel == "conv2d_bn"} == others and len(others) == 20
+    code = fused.forward.code
+    assert code.count("fused_cat_shuffle(") == 16 and code.count("max_pool3x3s2_relu(") == 1
+    for written in ("cat(", "concat(", "channel_shuffle", "transpose", "rearrange", ".shuffle", "relu(self", "view("):
+        assert written not in code, written
+
+    package = shufflenet_v2(0.5, 10).eval()
+    package.load_state_dict(naive.state_dict())
+    fused.eval()
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    ops = _compute_ops(fused, x)
+    assert ops == _compute_ops(package, x)
+    names = [op for op, _, _ in ops]
+    assert names.count("shufflenet_ops.group_conv1x1_shuffle") == 36 and names.count("aten.stack") == 16
+    assert "aten.cat" not in names and "aten.clone" not in names and "aten.relu" not in names
+
+
+def test_fuse_of_v2_code_in_train_mode_runs_torchs_convs():
+    """Train mode, as shufflenet_v2(fused=True): the BN between each conv and its ReLU leaves
+    nothing to fuse, so every conv runs as torch's (its backward is the faster one for
+    V2's large ungrouped 1x1 convs); the cat + shuffle is still one interleaving copy."""
+    _, fused = _fused_v2(TVInvertedResidual, torch.float32)
+    fused.train()
+    with _ComputeOps() as recorded:
+        fused(torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+    names = [op for op, _, _ in recorded.calls]
+    assert names.count("aten.convolution") == 56 and names.count("aten.stack") == 16
+    assert "shufflenet_ops.group_conv1x1_shuffle" not in names and "aten.cat" not in names
+
+
+class ConcatShuffles(nn.Module):
+    """A grouped conv (a ShuffleNet graph), then cat + shuffle pairs that are no V2 ending."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1, groups=2)
+
+    def forward(self, a, b):
+        y = torch.channel_shuffle(self.conv(a), 2)  # a V1 site, fused
+        unequal = tv_channel_shuffle(torch.cat((y, b), 1), 2)  # 8 + 4 channels: rewritten, exact
+        three = torch.channel_shuffle(torch.cat((y, b), 1), 3)  # 3 groups: left alone (reported)
+        both = torch.cat((y, a), 1)  # the concat read twice: left alone
+        return unequal, three, tv_channel_shuffle(both, 2) + both
+
+
+def test_concat_shuffles_that_do_not_interleave():
+    model = ConcatShuffles().to(DOUBLE)
+    with pytest.warns(so.FuseWarning, match="channel shuffle not next to a fusable 1x1 conv"):
+        fused = so.fuse(model)
+    code = fused.forward.code
+    assert code.count("fused_cat_shuffle(") == 1 and code.count("cat(") == 2
+    assert code.count("channel_shuffle(") == 1 and code.count("transpose(") == 1
+    a, b = torch.randn(2, 8, 3, 5, dtype=DOUBLE), torch.randn(2, 4, 3, 5, dtype=DOUBLE)
+    for got, expected in zip(fused(a, b), model(a, b)):
+        assert_close(got, expected, DOUBLE)
+    assert torch.equal(fused_cat_shuffle(a, a * 2), interleave(a, a * 2))
+    assert torch.equal(fused_cat_shuffle(a, b), tv_channel_shuffle(torch.cat((a, b), 1), 2))
 
 
 # ------------------------------------------------------------------------ arguments

@@ -20,14 +20,16 @@ concatenation yet, see issue 16):
   conv with its BN folded (``conv2d_bn``: one ``F.conv2d``); the stem's ReLU and max pool
   as ``max_pool3x3s2_relu``;
 - in every mode: ``shuffle(cat(a, b), 2)`` of each unit as one interleaving copy
-  (``interleave``: channel ``2j`` of the output is ``a[:, j]``, ``2j + 1`` is ``b[:, j]``)
+  (``functional.interleave``: channel ``2j`` of the output is ``a[:, j]``, ``2j + 1`` is ``b[:, j]``)
   instead of torch's cat and then the shuffle's copy; the chunk is a channel slice that the
   fused op reads in place;
 - on CPU, activations in channels_last (as ``ShuffleNetV1``);
 - with the BN in train mode nothing else fuses (a BN between a conv and its ReLU keeps
   them apart): each conv, BN and ReLU runs as its own module, as in the naive model.
 
-``fused=False`` is torchvision's code (chunk, cat, then the reshape-transpose shuffle).
+``fused=False`` is torchvision's code (chunk, cat, then the reshape-transpose shuffle);
+``shufflenet_ops.fuse`` of it (or of torchvision's own model) runs the ops listed above in
+eval, given channels_last input on CPU.
 """
 
 from __future__ import annotations
@@ -47,20 +49,6 @@ STAGE_OUT_CHANNELS = {
     1.5: (24, 176, 352, 704, 1024),
     2.0: (24, 244, 488, 976, 2048),
 }
-
-
-def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``reference.channel_shuffle(torch.cat((a, b), 1), 2)`` in one copy: channel ``2j`` of the
-    result is ``a[:, j]`` and channel ``2j + 1`` is ``b[:, j]``. The result is channels_last
-    if ``b`` is, contiguous NCHW otherwise; differentiable (a stack and views)."""
-    n, c, h, w = b.shape
-    # reshape, not view: stack may lay out a (N, C, 1, 1) pair in either format, and then
-    # reshape copies (a few elements) where a view cannot express it.
-    if b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous():
-        # (N, H, W, C, 2) contiguous is (N, 2C, H, W) channels_last with the channels interleaved.
-        pair = torch.stack((a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)), dim=4)
-        return pair.reshape(n, h, w, 2 * c).permute(0, 3, 1, 2)
-    return torch.stack((a, b), dim=2).reshape(n, 2 * c, h, w)
 
 
 def _depthwise(channels: int, stride: int) -> nn.Conv2d:
@@ -165,8 +153,8 @@ class InvertedResidual(_Folding):
             return reference.channel_shuffle(out, 2)  # torchvision's reshape-transpose-flatten
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
-            return interleave(x1, self._branch2(x2))
-        return interleave(self._branch1(x), self._branch2(x))
+            return functional.interleave(x1, self._branch2(x2))
+        return functional.interleave(self._branch1(x), self._branch2(x))
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, fused={self.fused}"
