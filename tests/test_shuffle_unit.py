@@ -356,3 +356,71 @@ def test_fused_model_calls_hooked_units_as_modules():
     finally:
         global_handle.remove()
     assert seen.count(ShuffleUnit) == 16
+
+
+def test_cache_follows_eps_and_replaced_data():
+    """A BN's eps (not a tensor) and `.data =` (which bumps no version, and whose new storage
+    may land at the old address) both invalidate the cached weights."""
+    for trial in range(20):
+        unit = randomize_batchnorm(ShuffleUnit(24, 24, 3, 1).double(), seed=trial).eval()
+        x = torch.randn(1, 24, 7, 7, dtype=torch.float64)
+        weight = unit.expand.conv.weight
+        with torch.no_grad():
+            unit(x)
+            weight.data = weight.data * 2
+            weight.data = weight.data * 2
+            unit.depthwise.bn.eps = 0.5
+            y = run_unit(unit, x)
+            with so.backend("reference"):
+                expected = unit(x)
+        assert_close(y, expected, torch.float64, f"trial {trial}")
+
+
+def test_model_runs_subclassed_units_and_stages_as_modules():
+    """A ShuffleUnit subclass or an instance with its own forward, a Sequential subclass stage
+    and a stage that is not a Sequential run as written."""
+    class Scaled(ShuffleUnit):
+        def forward(self, x):
+            return 0.5 * super().forward(x)
+
+    class ScaledStage(nn.Sequential):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = randomize_batchnorm(so.models.shufflenet_v1(3, 0.5, num_classes=10)).eval()
+    old = model.stage3[2]
+    scaled = Scaled(old.in_channels, old.out_channels, old.groups, old.stride)
+    scaled.load_state_dict(old.state_dict())
+    model.stage3[2] = scaled.eval()
+    model.stage2 = ScaledStage(*model.stage2)
+    model.stage4[1].forward = lambda x, unit=model.stage4[1]: ShuffleUnit.forward(unit, x) + 1
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = model(x)
+        with so.backend("reference"):
+            expected = model(x)
+        assert_close(y, expected, torch.float32)
+        model.stage4 = nn.Identity()
+        model.fc = nn.Linear(model.stage3[-1].out_channels, 10)
+        assert model(x).shape == (1, 10)
+
+
+def test_public_function_and_packing_name_bad_arguments():
+    args = list(next(iter(SHUFFLE_UNIT.samples())))
+    for index, bad, error, message in [
+        (8, 2.0, TypeError, r"stride must be an int, got float"),
+        (8, "1", TypeError, r"stride must be an int, got str"),
+        (3, [1.0], TypeError, r"depthwise_weight must be a torch.Tensor, got list"),
+        (7, 3.0, TypeError, r"shuffle_groups must be an int"),
+    ]:
+        with pytest.raises(error, match=message):
+            so.shuffle_unit(*args[:index], bad, *args[index + 1:])
+    w = torch.randn(60, 80, 1, 1)
+    for groups, error, message in [(0, ValueError, r"groups must be >= 1"), (7, ValueError, r"divisible by groups"),
+                                   (3.0, TypeError, r"groups must be an int")]:
+        with pytest.raises(error, match=message):
+            so.pack_pointwise_weight(w, groups)
+    with pytest.raises(ValueError, match=r"1x1 kernel"):
+        so.pack_pointwise_weight(torch.randn(60, 80, 3, 3), 3)
+    with pytest.raises(TypeError, match=r"stride must be an int"):
+        ShuffleUnit(24, 24, 3, 1.0)

@@ -30,6 +30,15 @@ from ..modules._common import has_hooks
 from ..modules.unit import unit_op_applies
 
 
+def _runs_as_written(module: nn.Module, cls: type) -> bool:
+    """``module`` is a ``cls`` whose forward is ``cls.forward`` (no subclass or instance
+    override) and has no hooks: calling its children directly computes what calling it does."""
+    return (
+        isinstance(module, cls) and type(module).forward is cls.forward and "forward" not in vars(module)
+        and not has_hooks(module)
+    )
+
+
 def _global_hooks() -> bool:
     """Hooks registered for every module (``register_module_forward_hook`` and the like): then
     every unit must be called as a module."""
@@ -185,12 +194,11 @@ class ShuffleNetV1(nn.Module):
             return x
         unit_op = torch.ops.shufflenet_ops.shuffle_unit.default
         for stage in stages:
-            if has_hooks(stage):
+            if not _runs_as_written(stage, nn.Sequential):
                 x = stage(x)
                 continue
             for unit in stage:
-                direct = isinstance(unit, ShuffleUnit) and not has_hooks(unit)
-                arguments = unit._unit_arguments(x, checked=True) if direct else None
+                arguments = unit._unit_arguments(x, checked=True) if _runs_as_written(unit, ShuffleUnit) else None
                 x = unit(x) if arguments is None else unit_op(x, *arguments)
         return x
 

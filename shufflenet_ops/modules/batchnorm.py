@@ -138,19 +138,21 @@ def foldable_sources(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor,
 
 class TensorCache:
     """One value derived from some tensors (a folded weight, a packed one), reused in inference
-    until any source tensor is replaced or changed in place (which bumps its version counter).
+    until any source tensor is replaced or changed in place (which bumps its version counter),
+    or one of the non-tensor ``attributes`` it was computed with changes (a BN's ``eps``).
     Derived data: never pickled or deep-copied."""
 
     def __init__(self) -> None:
-        self._entry: tuple[tuple, tuple, object] | None = None
+        self._entry: tuple | None = None
 
     def clear(self) -> None:
         self._entry = None
 
-    def get(self, sources: tuple[torch.Tensor, ...], compute: Callable[[], T]) -> T:
-        """``compute()``, or its result from an earlier call with the same, unchanged sources.
-        Not cached (computed every call) where the result must carry a graph (grad mode and a
-        source requiring grad), under torch.compile, or for inference tensors (no version)."""
+    def get(self, sources: tuple[torch.Tensor, ...], compute: Callable[[], T], attributes: tuple = ()) -> T:
+        """``compute()``, or its result from an earlier call with the same, unchanged sources
+        and equal ``attributes``. Not cached (computed every call) where the result must carry
+        a graph (grad mode and a source requiring grad), under torch.compile, or for inference
+        tensors (no version)."""
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
             return compute()
         # In-place updates bump _version; `.data =` (as in module.to()) swaps the storage.
@@ -158,11 +160,15 @@ class TensorCache:
         if stamps is None:
             return compute()
         entry = self._entry
-        if entry is not None and entry[1] == stamps:  # the entry keeps its sources alive: ids stay unique
-            return entry[2]  # type: ignore[return-value]
+        if entry is not None and entry[2] == stamps and entry[3] == attributes:
+            return entry[4]  # type: ignore[return-value]
         with torch.no_grad():
             value = compute()
-        self._entry = (sources, stamps, value)
+        # The entry keeps the sources and their storages alive, so neither an id nor a data
+        # pointer in its stamps can be reused by another tensor while it is cached (`.data =`
+        # does not bump the version: only the new storage's address tells it apart).
+        storages = tuple(t.untyped_storage() for t in sources)
+        self._entry = (sources, storages, stamps, attributes, value)
         return value
 
     def __deepcopy__(self, memo: dict) -> TensorCache:
@@ -178,5 +184,5 @@ class FoldCache(TensorCache):
     def folded(
         self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.get(fold_sources(conv, bn), lambda: folded_conv_bn(conv, bn, bn_index))
+        return self.get(fold_sources(conv, bn), lambda: folded_conv_bn(conv, bn, bn_index), (bn.eps,))
 

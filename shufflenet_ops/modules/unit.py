@@ -99,6 +99,7 @@ def unit_arguments_after_checks(
         sources,
         lambda: _pack_unit(compress, depthwise, expand, shuffle_groups, shuffle_before_depthwise,
                            compress_bn_after_shuffle, stride),
+        (compress[1].eps, depthwise[1].eps, expand[1].eps),
     )
 
 
@@ -171,7 +172,7 @@ class ShuffleUnit(nn.Module):
     fused unit on the ``reference`` backend: contiguous NCHW).
 
     Raises:
-        TypeError: (construction) ``in_channels``, ``out_channels`` or ``groups`` not an
+        TypeError: (construction) ``in_channels``, ``out_channels``, ``groups`` or ``stride`` not an
             int; (forward, fused) x's dtype unlike the parameters' or unsupported.
         ValueError: (construction) a count < 1, a stride other than 1 or 2, ``Cin != Cout``
             for stride 1, ``Cout <= Cin`` for stride 2, ``Cout < 4``, or ``groups`` not
@@ -195,7 +196,9 @@ class ShuffleUnit(nn.Module):
         check_positive_int(in_channels, "in_channels")
         check_positive_int(out_channels, "out_channels")
         check_positive_int(groups, "groups")
-        if stride not in (1, 2) or isinstance(stride, bool):
+        if isinstance(stride, bool) or not isinstance(stride, int):
+            raise TypeError(f"stride must be an int, got {type(stride).__name__}")
+        if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride!r}")
         if stride == 1 and in_channels != out_channels:
             raise ValueError(

@@ -36,7 +36,14 @@ def pack_pointwise_weight(weight: Tensor, groups: int) -> Tensor:
     Returns:
         ``(groups, Cin/groups, Cout/groups)``, contiguous: group ``i``'s weight transposed,
         ``packed[i, k, m] == weight[i * Cout/groups + m, k]``.
+
+    Raises:
+        TypeError: ``weight`` is not a tensor or ``groups`` not an int.
+        ValueError: ``weight`` is not a 1x1 conv weight, or ``groups`` < 1 or does not divide
+            ``Cout``.
     """
+    _checks.check_weight_shape(weight)
+    _checks.check_groups(groups, "groups", weight.shape[0], "output channels (weight.shape[0])")
     cout, k = weight.shape[:2]
     return weight.reshape(groups, cout // groups, k).transpose(1, 2).contiguous()
 
@@ -58,14 +65,17 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
         )
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"shuffle_unit: x must have a non-empty spatial size, got {list(x.shape)}")
-    if isinstance(stride, bool) or stride not in (1, 2):
+    if isinstance(stride, bool) or not isinstance(stride, int):
+        raise TypeError(f"shuffle_unit: stride must be an int, got {type(stride).__name__}")
+    if stride not in (1, 2):
         raise ValueError(f"shuffle_unit: stride must be 1 or 2, got {stride}")
     operands = {
         "compress_weight": compress_weight, "compress_bias": compress_bias, "depthwise_weight": depthwise_weight,
         "depthwise_bias": depthwise_bias, "expand_weight": expand_weight, "expand_bias": expand_bias,
     }
-    if any(not isinstance(t, torch.Tensor) for t in operands.values()):
-        raise TypeError("shuffle_unit: every weight and bias must be a torch.Tensor, got None")
+    for name, t in operands.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"shuffle_unit: {name} must be a torch.Tensor, got {type(t).__name__}")
     cin = x.shape[1]
     cw, ew = compress_weight, expand_weight
     if cw.dim() != 3 or cw.shape[0] < 1 or cw.shape[0] * cw.shape[1] != cin or cw.shape[2] < 1:
