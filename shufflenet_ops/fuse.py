@@ -1066,12 +1066,14 @@ def _fuse_whole_units(root: nn.Module, graph: fx.Graph) -> bool:
         if expand.kwargs["output_shuffle"] != 1 or expand.kwargs["bn_after_shuffle"]:
             continue
         depthwise = expand.args[0]
-        if not _is_call(depthwise, fused_conv_bn) or len(depthwise.users) != 1:
+        if not _is_call(depthwise, fused_conv_bn) or len(_value_users(depthwise)) != 1:
             continue
         compress = depthwise.args[0]
         if not (_is_call(compress, fused_conv1x1) and compress.kwargs["relu"] and compress.args[2] is not None):
             continue
-        if len(compress.users) != 1 or compress.args[3:] not in ((), (None,)) or compress.kwargs["input_shuffle"] != 1:
+        if len(_value_users(compress)) != 1 or compress.args[3:] not in ((), (None,)):
+            continue
+        if compress.kwargs["input_shuffle"] != 1:
             continue
         before, after = compress.kwargs["output_shuffle"], expand.kwargs["input_shuffle"]
         stride = _depthwise3x3_stride(root, depthwise)
@@ -1109,11 +1111,29 @@ def _fuse_whole_units(root: nn.Module, graph: fx.Graph) -> bool:
                     "compress_bn_after_shuffle": compress.kwargs["bn_after_shuffle"], "stride": stride,
                 },
             )
+        # Shape queries of the values that no longer exist (the official code's shuffle asserts
+        # on x.data.size()) read the same shape from a data-less stand-in.
+        bottleneck = root.get_submodule(compress.args[1].target).out_channels
+        for value, value_stride in ((compress, 1), (depthwise, stride)):
+            queries = [user for user in value.users if _is_shape_query(user)]
+            if queries:
+                with graph.inserting_before(compress):  # after x, before every query
+                    stand_in = graph.call_function(_shape_stand_in, (x, bottleneck, value_stride))
+                for query in queries:
+                    query.replace_input_with(value, stand_in)
         end.replace_all_uses_with(unit)
         for node in (*erased, depthwise, compress):
             graph.erase_node(node)
         changed = True
     return changed
+
+
+def _shape_stand_in(x: torch.Tensor, channels: int, stride: int) -> torch.Tensor:
+    """A data-less (meta) tensor with the shape of a unit's bottleneck activation after a 3x3
+    conv of ``stride`` (1: the compress output), for shape queries of values a ``fused_unit``
+    no longer computes."""
+    n, _, h, w = x.shape
+    return torch.empty((n, channels, (h - 1) // stride + 1, (w - 1) // stride + 1), dtype=x.dtype, device="meta")
 
 
 def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> bool:

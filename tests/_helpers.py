@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 from torch._prims_common import suggest_memory_format
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import shufflenet_ops as so
 from shufflenet_ops import reference
@@ -27,10 +28,29 @@ from shufflenet_ops.models.shufflenet_v1 import GROUPS
 from shufflenet_ops.triton import _configs
 
 __all__ = [
-    "COMBOS", "EPILOGUES", "FORMATS", "GROUPS", "GROUP_SHAPES", "PATH_TILES", "TOLERANCES", "assert_close",
-    "assert_same_buffers", "assert_same_grads", "assert_same_training", "check_conv", "check_residual_epilogue", "check_shuffle",
-    "conv_inputs", "pointwise_layers", "pointwise_shapes", "randomize_batchnorm", "requires_extension",
-    "run_and_backward", "shuffle_for", "triton_launcher_calls",
+    "COMBOS",
+    "EPILOGUES",
+    "FORMATS",
+    "GROUPS",
+    "GROUP_SHAPES",
+    "PATH_TILES",
+    "TOLERANCES",
+    "OpCalls",
+    "assert_close",
+    "assert_same_buffers",
+    "assert_same_grads",
+    "assert_same_training",
+    "check_conv",
+    "check_residual_epilogue",
+    "check_shuffle",
+    "conv_inputs",
+    "pointwise_layers",
+    "pointwise_shapes",
+    "randomize_batchnorm",
+    "requires_extension",
+    "run_and_backward",
+    "shuffle_for",
+    "triton_launcher_calls",
 ]
 
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -315,3 +335,16 @@ def assert_same_training(reference: nn.Module, model: nn.Module, x: torch.Tensor
     assert_same_grads(reference, model)
     assert_same_buffers(reference, model)
     return y
+
+
+class OpCalls(TorchDispatchMode):
+    """Records the ops a block of code dispatches (``with OpCalls() as calls: ...; calls.ops``):
+    which path a module took."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))

@@ -9,23 +9,20 @@ op in test_registration.py and test_errors.py.
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import shufflenet_ops as so
 from shufflenet_ops.models.shufflenet_v1 import GROUPS, stage_channels
 from shufflenet_ops.modules import ShuffleUnit
 from shufflenet_ops.ops.shuffle_unit import SHUFFLE_UNIT, pack_pointwise_weight, unpack_pointwise_weight
 
-from _helpers import FORMATS, assert_close, assert_same_training, randomize_batchnorm, requires_extension
+from _helpers import FORMATS, OpCalls, assert_close, randomize_batchnorm, requires_extension
 
 pytestmark = requires_extension
 UNIT_OP = torch.ops.shufflenet_ops.shuffle_unit.default
@@ -45,18 +42,6 @@ def v1_units(groups: int, width_mult: float) -> list[tuple[int, int, int, bool]]
 UNIT_CASES = [
     (g, width, *unit) for g in GROUPS for width in (0.5, 1.0, 1.5, 2.0) for unit in v1_units(g, width)
 ]
-
-
-class OpCalls(TorchDispatchMode):
-    """Records which ops a forward dispatches."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func)
-        return func(*args, **(kwargs or {}))
 
 
 def unit_pair(cin, cout, groups, stride, grouped_first, seed=0, dtype=torch.float64):
@@ -195,7 +180,7 @@ def test_portable_loops_without_avx512():
         "print('OK')\n"
     )
     env = dict(os.environ, SHUFFLENET_OPS_CPU_GEMM="blas")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr
 
 
@@ -263,77 +248,6 @@ def test_fused_model_runs_every_unit_as_one_op():
         model(torch.randn(1, 3, 64, 64))
     assert calls.ops.count(UNIT_OP) == 16
     assert not any("conv1x1" in str(op) for op in calls.ops), "a unit ran op by op"
-
-
-# ------------------------------------------------------------ fuse(): whole user units
-class UserUnit(nn.Module):
-    """A ShuffleNet V1 unit as users write it: ``placement`` of the shuffle ("compress": after
-    the compress conv's BN+ReLU, the paper's; "expand": right before the expand conv),
-    ``convention`` "paper" (torch.channel_shuffle by g) or "official" (reshape/permute to
-    (B/g, g), the official code's)."""
-
-    def __init__(self, cin, cout, groups, stride, placement, convention):
-        super().__init__()
-        bottleneck, branch = cout // 4, cout - cin if stride == 2 else cout
-        self.groups, self.stride, self.placement, self.convention = groups, stride, placement, convention
-        self.conv1 = nn.Conv2d(cin, bottleneck, 1, groups=groups, bias=False)
-        self.bn1 = nn.BatchNorm2d(bottleneck)
-        self.dw = nn.Conv2d(bottleneck, bottleneck, 3, stride, 1, groups=bottleneck, bias=False)
-        self.bn2 = nn.BatchNorm2d(bottleneck)
-        self.conv3 = nn.Conv2d(bottleneck, branch, 1, groups=groups, bias=False)
-        self.bn3 = nn.BatchNorm2d(branch)
-
-    def shuffle(self, x):
-        if self.convention == "paper":
-            return torch.channel_shuffle(x, self.groups)
-        n, c, h, w = x.size()
-        return x.reshape(n, c // self.groups, self.groups, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        if self.placement == "compress":
-            out = self.shuffle(out)
-        out = self.bn2(self.dw(out))
-        if self.placement == "expand":
-            out = self.shuffle(out)
-        out = self.bn3(self.conv3(out))
-        if self.stride == 1:
-            return F.relu(x + out)
-        return F.relu(torch.cat((F.avg_pool2d(x, 3, 2, 1), out), 1))
-
-
-class UserNet(nn.Module):
-    def __init__(self, placement, convention):
-        super().__init__()
-        self.units = nn.Sequential(
-            UserUnit(24, 48, 3, 2, placement, convention), UserUnit(48, 48, 3, 1, placement, convention),
-            UserUnit(48, 96, 3, 2, placement, convention),
-        )
-
-    def forward(self, x):
-        return self.units(x)
-
-
-@pytest.mark.parametrize("placement", ["compress", "expand"])
-@pytest.mark.parametrize("convention", ["paper", "official"])
-def test_fuse_turns_user_units_into_the_whole_unit_op(placement, convention):
-    naive = randomize_batchnorm(UserNet(placement, convention).double())
-    fused = so.fuse(copy.deepcopy(naive))
-    x = torch.randn(2, 24, 13, 11, dtype=torch.float64)
-    for model in (naive, fused):
-        model.eval()
-    with torch.no_grad(), OpCalls() as calls:
-        y = fused(x)
-    assert calls.ops.count(UNIT_OP) == 3, "a unit ran op by op"
-    with torch.no_grad():
-        assert_close(y, naive(x), torch.float64)
-        assert_close(fused.float()(x.float()), naive(x), torch.float32)
-    fused.double()
-    # training (and a gradient in eval) runs the per-op path: equal outputs and gradients
-    for model in (naive, fused):
-        model.train()
-    assert_same_training(naive, fused, x)
-
 
 
 def test_fused_model_calls_hooked_units_as_modules():
