@@ -1189,7 +1189,7 @@ def _sites(graph: fx.Graph) -> tuple[FusedConv, ...]:
     sites = []
     for node in graph.nodes:
         if _is_call(node, fused_unit):  # its three convs, as they run when not in inference
-            x, compress, compress_bn, depthwise, depthwise_bn, expand, expand_bn = node.args
+            _, compress, compress_bn, depthwise, depthwise_bn, expand, expand_bn = node.args
             before = node.kwargs["shuffle_groups"] if node.kwargs["shuffle_before_depthwise"] else 1
             after = node.kwargs["shuffle_groups"] if not node.kwargs["shuffle_before_depthwise"] else 1
             sites += [
