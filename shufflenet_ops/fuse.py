@@ -558,7 +558,7 @@ def fused_conv1x1(
     Raises:
         What the fused ops raise for inconsistent shapes, dtypes or devices.
     """
-    if bn is not None and not can_fold(bn) and conv.groups == 1 and input_shuffle == output_shuffle == 1:
+    if conv.groups == 1 and input_shuffle == output_shuffle == 1 and bn is not None and not can_fold(bn):
         # No shuffle, and the BN (train mode) keeps the ReLU out of the epilogue: nothing to
         # fuse. Torch's conv, as shufflenet_v2 runs it in train mode: its backward is much
         # faster on large ungrouped shapes (V2's conv5).
