@@ -75,7 +75,7 @@ class UserNet(nn.Module):
 def test_fuse_turns_user_units_into_the_whole_unit_op(placement, convention):
     naive = randomize_batchnorm(UserNet(placement, convention).double())
     fused = so.fuse(copy.deepcopy(naive))
-    x = torch.randn(2, 24, 13, 11, dtype=torch.float64)
+    x = torch.randn(2, 24, 13, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     for model in (naive, fused):
         model.eval()
     with torch.no_grad(), OpCalls() as calls:
@@ -122,7 +122,7 @@ def test_fuse_official_unit_with_shape_queries():
     the same shape from a stand-in, and the unit still runs as one op."""
     naive = randomize_batchnorm(nn.Sequential(OfficialStyleUnit(48, 3), OfficialStyleUnit(48, 3)).double()).eval()
     fused = so.fuse(copy.deepcopy(naive)).eval()
-    x = torch.randn(1, 48, 9, 7, dtype=torch.float64)
+    x = torch.randn(1, 48, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), OpCalls() as calls:
         y = fused(x)
     assert calls.ops.count(UNIT_OP) == 2
