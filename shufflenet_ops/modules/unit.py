@@ -31,39 +31,6 @@ def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int,
 ConvBN = tuple[nn.Conv2d, nn.BatchNorm2d]
 
 
-def shuffle_unit_arguments(
-    x: torch.Tensor,
-    compress: ConvBN,
-    depthwise: ConvBN,
-    expand: ConvBN,
-    *,
-    shuffle_groups: int,
-    shuffle_before_depthwise: bool,
-    stride: int,
-    cache: TensorCache,
-    compress_bn_after_shuffle: bool = False,
-) -> tuple | None:
-    """The ``shuffle_unit`` op's arguments after ``x`` for a ShuffleNet V1 unit given as its
-    three (conv, BN) pairs, or None where the unit must run op by op: not CPU, not float32 /
-    float64, a BN that cannot fold (train mode), a gradient needed, another backend than
-    ``cpp``, torch.compile, or an input the per-op path should reject with its own errors.
-
-    ``shuffle_before_depthwise``: the shuffle (``shuffle_groups``, 1: none) follows the
-    compress conv (the paper's placement), else it precedes the expand conv;
-    ``compress_bn_after_shuffle``: the compress BN is indexed in shuffled order. The folded,
-    permuted and packed arguments are computed once and kept in ``cache`` until a source
-    tensor changes. Kept cheap (~7 us): a batch-1 unit call is ~60 us, and this runs before
-    every one.
-    """
-    if not unit_op_applies(x):
-        return None
-    return unit_arguments_after_checks(
-        x, compress, depthwise, expand, shuffle_groups=shuffle_groups,
-        shuffle_before_depthwise=shuffle_before_depthwise, stride=stride, cache=cache,
-        compress_bn_after_shuffle=compress_bn_after_shuffle,
-    )
-
-
 def unit_op_applies(x: torch.Tensor) -> bool:
     """The conditions of ``shuffle_unit_arguments`` that depend on the call, not on the unit:
     a 4-D CPU float32/float64 x in a pixel-major layout (channels_last, or a view of it), the
@@ -83,13 +50,13 @@ def unit_op_applies(x: torch.Tensor) -> bool:
 def _pixel_major(x: torch.Tensor) -> bool:
     """Whether the op reads x in place: a pixel's channels contiguous, the pixels one stride
     apart (the C++ kernels' as_planar test, csrc/cpu/planar.h)."""
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     channels_contiguous = c == 1 or x.stride(1) == 1
     pixels_collapse = h == 1 or w == 1 or x.stride(2) == w * x.stride(3)
     return channels_contiguous and pixels_collapse
 
 
-def unit_arguments_after_checks(
+def shuffle_unit_arguments(
     x: torch.Tensor,
     compress: ConvBN,
     depthwise: ConvBN,
@@ -100,8 +67,23 @@ def unit_arguments_after_checks(
     stride: int,
     cache: TensorCache,
     compress_bn_after_shuffle: bool = False,
+    checked: bool = False,
 ) -> tuple | None:
-    """``shuffle_unit_arguments`` where ``unit_op_applies(x)`` is known to hold."""
+    """The ``shuffle_unit`` op's arguments after ``x`` for a ShuffleNet V1 unit given as its
+    three (conv, BN) pairs, or None where the unit must run op by op: not CPU, not float32 /
+    float64, a BN that cannot fold (train mode), a gradient needed, another backend than
+    ``cpp``, torch.compile, or an input the per-op path should reject with its own errors.
+
+    ``shuffle_before_depthwise``: the shuffle (``shuffle_groups``, 1: none) follows the
+    compress conv (the paper's placement), else it precedes the expand conv;
+    ``compress_bn_after_shuffle``: the compress BN is indexed in shuffled order. The folded,
+    permuted and packed arguments are computed once and kept in ``cache`` until a source
+    tensor changes. ``checked``: the caller knows ``unit_op_applies(x)`` holds (it checks once
+    for many units). Kept cheap (~7 us): a batch-1 unit call is ~60 us, and this runs before
+    every one.
+    """
+    if not (checked or unit_op_applies(x)):
+        return None
     parts = (foldable_sources(*compress), foldable_sources(*depthwise), foldable_sources(*expand))
     if None in parts:
         return None  # a BN in train mode (or without running statistics)
@@ -271,9 +253,10 @@ class ShuffleUnit(nn.Module):
         )
         if "bn" not in compress or "bn" not in depthwise or "bn" not in expand:
             return None  # BNs folded for good (fold_batchnorm): plain fused convs, run op by op
-        return unit_arguments_after_checks(
+        return shuffle_unit_arguments(
             x, (compress["conv"], compress["bn"]), (depthwise["conv"], depthwise["bn"]), (expand["conv"], expand["bn"]),
             shuffle_groups=self.groups, shuffle_before_depthwise=True, stride=self.stride, cache=self._unit_cache,
+            checked=True,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -77,27 +77,13 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"shuffle_unit: {name} must be a torch.Tensor, got {type(t).__name__}")
     cin = x.shape[1]
-    cw, ew = compress_weight, expand_weight
-    if cw.dim() != 3 or cw.shape[0] < 1 or cw.shape[0] * cw.shape[1] != cin or cw.shape[2] < 1:
-        raise ValueError(
-            f"compress_weight must have shape (groups, Cin/groups, bottleneck/groups) with Cin = {cin}, "
-            f"got {list(cw.shape)}"
-        )
-    bottleneck = cw.shape[0] * cw.shape[2]
-    if compress_bias.dim() != 1 or compress_bias.shape[0] != bottleneck:
-        raise ValueError(f"compress_bias must have shape ({bottleneck},), got {list(compress_bias.shape)}")
+    bottleneck = _check_packed(compress_weight, "compress_weight", "Cin", cin, "bottleneck")
+    _check_vector(compress_bias, "compress_bias", bottleneck)
     if tuple(depthwise_weight.shape) != (bottleneck, 1, 3, 3):
         raise ValueError(f"depthwise_weight must have shape ({bottleneck}, 1, 3, 3), got {list(depthwise_weight.shape)}")
-    if depthwise_bias.dim() != 1 or depthwise_bias.shape[0] != bottleneck:
-        raise ValueError(f"depthwise_bias must have shape ({bottleneck},), got {list(depthwise_bias.shape)}")
-    if ew.dim() != 3 or ew.shape[0] < 1 or ew.shape[0] * ew.shape[1] != bottleneck or ew.shape[2] < 1:
-        raise ValueError(
-            f"expand_weight must have shape (groups, bottleneck/groups, Cout/groups) with bottleneck = {bottleneck}, "
-            f"got {list(ew.shape)}"
-        )
-    branch = ew.shape[0] * ew.shape[2]
-    if expand_bias.dim() != 1 or expand_bias.shape[0] != branch:
-        raise ValueError(f"expand_bias must have shape ({branch},), got {list(expand_bias.shape)}")
+    _check_vector(depthwise_bias, "depthwise_bias", bottleneck)
+    branch = _check_packed(expand_weight, "expand_weight", "bottleneck", bottleneck, "Cout")
+    _check_vector(expand_bias, "expand_bias", branch)
     _checks.check_groups(shuffle_groups, "shuffle_groups", bottleneck, "bottleneck channels")
     if stride == 1 and branch != cin:
         raise ValueError(
@@ -105,6 +91,21 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
         )
     for name, t in operands.items():
         _checks.check_same(t, x, name, "x")
+
+
+def _check_packed(weight: Tensor, name: str, inputs_name: str, inputs: int, outputs_name: str) -> int:
+    """A ``pack_pointwise_weight`` result for ``inputs`` input channels; returns its outputs."""
+    if weight.dim() != 3 or weight.shape[0] < 1 or weight.shape[0] * weight.shape[1] != inputs or weight.shape[2] < 1:
+        raise ValueError(
+            f"{name} must have shape (groups, {inputs_name}/groups, {outputs_name}/groups) with {inputs_name} = "
+            f"{inputs}, got {list(weight.shape)}"
+        )
+    return weight.shape[0] * weight.shape[2]
+
+
+def _check_vector(bias: Tensor, name: str, length: int) -> None:
+    if bias.dim() != 1 or bias.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {list(bias.shape)}")
 
 
 def _fake(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
@@ -166,8 +167,8 @@ _BAD_CALLS = (
     ("depthwise_bias", _replace(4, lambda b: b[:5]), ValueError, r"depthwise_bias must have shape \(6,\)"),
     ("expand_weight", _replace(5, lambda w: w[:, :1]), ValueError, r"expand_weight must have shape"),
     ("expand_bias", _replace(6, lambda b: b[:11]), ValueError, r"expand_bias must have shape \(12,\)"),
-    ("shuffle_groups", _replace(7, lambda s: 4), ValueError, r"bottleneck channels \(6\) must be divisible by "
-     r"shuffle_groups \(4\)"),
+    ("shuffle_groups", _replace(7, lambda s: 4), ValueError,
+     r"bottleneck channels \(6\) must be divisible by shuffle_groups \(4\)"),
     ("stride", _replace(8, lambda s: 3), ValueError, r"stride must be 1 or 2, got 3"),
     ("stride-1 channels", lambda a: (*a[:5], a[5][:, :, :3], a[6][:9], *a[7:]), ValueError,
      r"its 9 channels must equal x's 12"),
