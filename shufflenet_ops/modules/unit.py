@@ -33,17 +33,11 @@ ConvBN = tuple[nn.Conv2d, nn.BatchNorm2d]
 
 def unit_op_applies(x: torch.Tensor) -> bool:
     """The conditions of ``shuffle_unit_arguments`` that depend on the call, not on the unit:
-    a 4-D CPU float32/float64 x in a pixel-major layout (channels_last, or a view of it), the
-    extension built, BN folding on, not under torch.compile, backend ``cpp``. A caller
-    running many units checks them once (``ShuffleNetV1``).
-
-    Pixel-major only: the op computes in that layout and would convert an NCHW x and its
-    output (measured: a stride-1 g=3 unit, 240 channels at 28x28, batch 16, NCHW, ran at
-    4712 img/s through the op and 9988 img/s op by op, which runs NCHW natively)."""
+    a 4-D CPU float32/float64 x, the extension built, BN folding on, not under torch.compile,
+    backend ``cpp``. A caller running many units checks them once (``ShuffleNetV1``)."""
     return (
-        x.device.type == "cpu" and x.dtype in _UNIT_DTYPES and x.dim() == 4 and _pixel_major(x)
-        and _extension.available() and folding_enabled() and not torch.compiler.is_compiling()
-        and _backend.resolve(x.device) == "cpp"
+        x.device.type == "cpu" and x.dtype in _UNIT_DTYPES and x.dim() == 4 and _extension.available()
+        and folding_enabled() and not torch.compiler.is_compiling() and _backend.resolve(x.device) == "cpp"
     )
 
 
@@ -83,6 +77,12 @@ def shuffle_unit_arguments(
     every one.
     """
     if not (checked or unit_op_applies(x)):
+        return None
+    if stride == 1 and not _pixel_major(x):
+        # The op computes pixel-major and converts an NCHW x and its output; the per-op path
+        # runs NCHW natively. Measured (g=3, 240 channels at 28x28, batch 16, NCHW): stride 1
+        # 4712 img/s through the op, 12916 op by op; stride 2 6044 vs 3362 (its NCHW
+        # depthwise conv and pool are slow), so stride 2 keeps the op.
         return None
     parts = (foldable_sources(*compress), foldable_sources(*depthwise), foldable_sources(*expand))
     if None in parts:
@@ -136,10 +136,10 @@ class ShuffleUnit(nn.Module):
     ungrouped (the first unit of Stage 2); the shuffle still uses ``groups``.
 
     ``fused=True`` in inference (every BN in eval mode, no gradient needed: ``torch.no_grad``
-    or ``torch.inference_mode``; CPU, float32 or float64, channels_last x, the ``cpp``
-    backend) runs the whole unit as one op, ``shuffle_unit``, with the BNs folded and the
+    or ``torch.inference_mode``; CPU, float32 or float64, channels_last x or stride 2, the
+    ``cpp`` backend) runs the whole unit as one op, ``shuffle_unit``, with the BNs folded and the
     weights packed once and cached until a parameter or statistic changes. Otherwise
-    (training, a gradient through an eval-mode unit, NCHW x, other devices or dtypes,
+    (training, a gradient through an eval-mode unit, NCHW x at stride 1, other devices or dtypes,
     torch.compile, BNs removed by ``fold_batchnorm``) it runs each 1x1 conv with its BN, ReLU
     and shuffle as one fused module (``GroupConv1x1BNShuffle``; BN folded in eval mode, and
     for stride 2 the final ReLU of the branch in the second conv's epilogue). ``fused=False`` is the naive unit: separate
