@@ -113,10 +113,6 @@ class OpSpec:
         """An op a model's forward calls (not a backward piece): what an inference graph holds."""
         return self.differentiable or self.inference_only
 
-    def missing_backward(self) -> Callable[..., tuple]:
-        """The backward of an op without a formula: it raises."""
-        return _no_backward(self.qualname) if self.inference_only else _no_double_backward(self.qualname)
-
     def __call__(self, *args: Any) -> torch.Tensor:
         """Check ``args`` (the schema's, positionally) and run the op on the configured backend."""
         self.check(*args)
@@ -146,7 +142,7 @@ class OpSpec:
         # traces them and cannot wrap an arbitrary object captured by a closure.
         name = self.name
         setup_op = self.setup_context or (lambda ctx, inputs, output: None)
-        backward_op = self.backward or self.missing_backward()
+        backward_op = self.backward or _no_double_backward(self.qualname)
 
         def forward(*args):
             *args, backend = args
@@ -181,13 +177,6 @@ def _inference_only_message(qualname: str) -> str:
     )
 
 
-def _no_backward(qualname: str) -> Callable[..., tuple]:
-    def backward(ctx, *grads):
-        raise RuntimeError(_inference_only_message(qualname))
-
-    return backward
-
-
 def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
@@ -212,7 +201,7 @@ def register(spec: OpSpec) -> None:
         if spec.setup_context is not None:
             spec.setup_context(ctx, inputs, output)
 
-    backward = spec.backward or spec.missing_backward()
+    backward = spec.backward or _no_double_backward(spec.qualname)
     torch.library.register_autograd(spec.qualname, backward, setup_context=setup_context)
 
 
