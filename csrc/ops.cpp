@@ -51,6 +51,19 @@ TORCH_LIBRARY(shufflenet_ops, m) {
   m.def(
       "shuffle_unit(Tensor x, Tensor compress_weight, Tensor compress_bias, Tensor depthwise_weight, "
       "Tensor depthwise_bias, Tensor expand_weight, Tensor expand_bias, int shuffle_groups, int stride) -> Tensor");
+  // An inference op (as shuffle_unit), a whole ShuffleNet V2 unit:
+  //   branch2(v) = relu(conv1x1(depthwise3x3(relu(conv1x1(v, compress) + compress_bias), stride)
+  //                + depthwise_bias, expand) + expand_bias)
+  //   branch1(v) = relu(conv1x1(depthwise3x3(v, 2) + branch1_depthwise_bias, branch1_pointwise)
+  //                + branch1_pointwise_bias)
+  //   y = shuffle(cat(x1, branch2(x2)), 2) with x1, x2 = x.chunk(2, 1)      stride 1
+  //   y = shuffle(cat(branch1(x), branch2(x)), 2)                          stride 2
+  // 1x1 weights packed as shuffle_unit's; the branch1 tensors are None for stride 1.
+  m.def(
+      "shuffle_unit_v2(Tensor x, Tensor compress_weight, Tensor compress_bias, Tensor depthwise_weight, "
+      "Tensor depthwise_bias, Tensor expand_weight, Tensor expand_bias, Tensor? branch1_depthwise_weight, "
+      "Tensor? branch1_depthwise_bias, Tensor? branch1_pointwise_weight, Tensor? branch1_pointwise_bias, "
+      "int stride) -> Tensor");
 }
 
 namespace {
@@ -77,4 +90,5 @@ void inference_only_autograd(const c10::OperatorHandle& op, torch::jit::Stack* s
 
 TORCH_LIBRARY_IMPL(shufflenet_ops, Autograd, m) {
   m.impl("shuffle_unit", torch::CppFunction::makeFromBoxedFunction<&inference_only_autograd>());
+  m.impl("shuffle_unit_v2", torch::CppFunction::makeFromBoxedFunction<&inference_only_autograd>());
 }

@@ -15,6 +15,7 @@ from .functional import (
     pack_pointwise_weight,
     shuffle_group_conv1x1,
     shuffle_unit,
+    shuffle_unit_v2,
 )
 from .modules import (
     GroupConv1x1BNShuffle,
@@ -60,4 +61,5 @@ __all__ = [
     "reference",
     "shuffle_group_conv1x1",
     "shuffle_unit",
+    "shuffle_unit_v2",
 ]

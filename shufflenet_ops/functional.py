@@ -12,6 +12,7 @@ from .ops.channel_shuffle import channel_shuffle
 from .ops.conv1x1_shuffle import group_conv1x1_shuffle, shuffle_group_conv1x1
 from .ops.pool3x3s2_relu import avg_pool3x3s2_relu, max_pool3x3s2_relu
 from .ops.shuffle_unit import pack_pointwise_weight, shuffle_unit
+from .ops.shuffle_unit_v2 import shuffle_unit_v2
 
 __all__ = [
     "avg_pool3x3s2_relu",
@@ -22,6 +23,7 @@ __all__ = [
     "pack_pointwise_weight",
     "shuffle_group_conv1x1",
     "shuffle_unit",
+    "shuffle_unit_v2",
 ]
 
 

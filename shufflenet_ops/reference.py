@@ -97,3 +97,46 @@ def shuffle_unit(
     if stride == 1:
         return F.relu(x + e)
     return torch.cat((avg_pool3x3s2_relu(x), F.relu(e)), dim=1)
+
+
+def _bottleneck_branch(v, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
+                       stride, compress_groups, expand_groups):
+    """relu(conv1x1(depthwise3x3(relu(conv1x1(v) + b), stride) + b) + b): ShuffleNet V2's branch2."""
+    h = F.relu(F.conv2d(v, _as_conv_weight(compress_weight), compress_bias, groups=compress_groups))
+    d = F.conv2d(h, depthwise_weight, depthwise_bias, stride=stride, padding=1, groups=h.shape[1])
+    return F.relu(F.conv2d(d, _as_conv_weight(expand_weight), expand_bias, groups=expand_groups))
+
+
+def shuffle_unit_v2(
+    x: torch.Tensor,
+    compress_weight: torch.Tensor,
+    compress_bias: torch.Tensor,
+    depthwise_weight: torch.Tensor,
+    depthwise_bias: torch.Tensor,
+    expand_weight: torch.Tensor,
+    expand_bias: torch.Tensor,
+    branch1_depthwise_weight: torch.Tensor | None,
+    branch1_depthwise_bias: torch.Tensor | None,
+    branch1_pointwise_weight: torch.Tensor | None,
+    branch1_pointwise_bias: torch.Tensor | None,
+    stride: int,
+    compress_groups: int = 1,
+    expand_groups: int = 1,
+    branch1_groups: int = 1,
+) -> torch.Tensor:
+    """A ShuffleNet V2 unit with its BNs folded (paper Fig. 3c / 3d; torchvision's
+    ``InvertedResidual``), layer by layer with torch's cat and shuffle: stride 1
+    ``shuffle(cat(x1, branch2(x2)), 2)`` with ``x1, x2 = x.chunk(2, 1)``; stride 2
+    ``shuffle(cat(branch1(x), branch2(x)), 2)``. branch2 = 1x1 + ReLU, 3x3 depthwise
+    (``stride``), 1x1 + ReLU; branch1 = 3x3/2 depthwise, 1x1 + ReLU. Weights in
+    ``nn.Conv2d``'s layout; the branch1 tensors are None for stride 1."""
+    branch2_input = x.chunk(2, dim=1)[1] if stride == 1 else x
+    right = _bottleneck_branch(branch2_input, compress_weight, compress_bias, depthwise_weight, depthwise_bias,
+                               expand_weight, expand_bias, stride, compress_groups, expand_groups)
+    if stride == 1:
+        left = x.chunk(2, dim=1)[0]
+    else:
+        d = F.conv2d(x, branch1_depthwise_weight, branch1_depthwise_bias, stride=2, padding=1, groups=x.shape[1])
+        left = F.relu(F.conv2d(d, _as_conv_weight(branch1_pointwise_weight), branch1_pointwise_bias,
+                               groups=branch1_groups))
+    return channel_shuffle(torch.cat((left, right), dim=1), 2)

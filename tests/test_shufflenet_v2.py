@@ -20,6 +20,7 @@ from shufflenet_ops.models.shufflenet_v2 import STAGE_OUT_CHANNELS, InvertedResi
 
 from _helpers import (
     FORMATS,
+    OpCalls,
     assert_close,
     assert_same_training,
     randomize_batchnorm,
@@ -34,6 +35,7 @@ except ImportError:  # a test extra
 
 pytestmark = requires_extension
 DOUBLE = torch.float64
+UNIT_V2_OP = torch.ops.shufflenet_ops.shuffle_unit_v2.default
 
 
 # ---------------------------------------------------------- torchvision's structure
@@ -238,9 +240,11 @@ def test_package_state_dict_loads_into_torchvisions_structure():
         torch.testing.assert_close(model(x), tv(x))
 
 
-def test_eval_folds_and_runs_the_fused_op(monkeypatch):
-    """In eval every 1x1 conv runs through the fused op with its BN folded and its ReLU in
-    the epilogue; no nn.Conv2d or nn.BatchNorm2d module is called."""
+def test_eval_runs_each_unit_as_one_op_and_folds_the_rest(monkeypatch):
+    """In inference each unit is one shuffle_unit_v2 call; with a gradient needed (eval BNs,
+    parameters requiring grad) every 1x1 conv runs through the fused conv op with its BN
+    folded and its ReLU in the epilogue. Either way no nn.Conv2d or nn.BatchNorm2d module is
+    called."""
     _, model = _torchvision_and_package(0.5, dtype=torch.float32)
     model.eval()
     calls = []
@@ -254,8 +258,15 @@ def test_eval_folds_and_runs_the_fused_op(monkeypatch):
     module_calls = []
     hooks = [m.register_forward_hook(lambda m, i, o: module_calls.append(type(m).__name__))
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
-    with torch.no_grad():
-        model(torch.randn(1, 3, 64, 64))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), OpCalls() as ops:
+        model(x)
+    assert sum(op == UNIT_V2_OP for op in ops.ops) == 16
+    assert calls == [(1, 1, True, True)]  # conv5
+    calls.clear()
+    with OpCalls() as ops:
+        model(x).sum().backward()
+    assert UNIT_V2_OP not in ops.ops
     for hook in hooks:
         hook.remove()
     pointwise = sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))

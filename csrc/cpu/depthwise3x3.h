@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "small_gemm.h"
 
@@ -60,6 +61,17 @@ __attribute__((target("avx512f"))) inline void depthwise3x3_rows_avx512(const De
   }
 }
 #endif
+
+// A (channels, 1, 3, 3) depthwise weight (contiguous) as the (9, channels) taps the kernels
+// load, 16 channels of a tap at once. A plain loop: an aten transpose + copy costs more host
+// time than the copy itself (at most a few thousand elements).
+template <typename T>
+std::vector<T> tap_major(const T* per_channel, int64_t channels) {
+  std::vector<T> taps(9 * channels);
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t t = 0; t < 9; ++t) taps[t * channels + c] = per_channel[c * 9 + t];
+  return taps;
+}
 
 // Output rows [r0, r1) into `out` (see Depthwise3x3). `vector`: use the AVX-512 kernel
 // (float32 on a CPU that has it); otherwise portable loops.

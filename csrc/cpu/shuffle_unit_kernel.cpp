@@ -25,12 +25,9 @@
 
 #include "../channel_map.h"
 #include "../checks.h"
-#include "depthwise3x3.h"
+#include "bottleneck.h"
 #include "planar.h"
-#include "pixel_gemm.h"
 #include "pool3x3.h"
-#include "row_bands.h"
-#include "small_gemm.h"
 
 namespace shufflenet_ops::cpu {
 namespace {
@@ -122,7 +119,6 @@ void run_unit(const UnitShape& s, const at::Tensor& x, const T* cw, const T* cb,
   const int64_t threads = at::get_num_threads();
   const int64_t bands = bands_per_image(s.batch, s.oh, threads);
   const int64_t chunk_rows = std::clamp<int64_t>((kChunkPixels + s.ow - 1) / s.ow, 1, s.oh);
-  const int64_t max_in_rows = (chunk_rows - 1) * s.stride + 3;
 
   // Per expand group: its input channels (bottleneck channels read through the shuffle) as
   // one stride, or as an offset table where no stride describes them.
@@ -132,10 +128,12 @@ void run_unit(const UnitShape& s, const at::Tensor& x, const T* cw, const T* cb,
     step[j] = expand_rows.group_stride[j];
   }
 
+  const Bottleneck<T> branch{cw, cb, s.compress_groups, s.compress_k, s.compress_m, taps, db,
+                             s.h, s.w, s.stride, s.ow};
   at::parallel_for(0, s.batch * bands, 1, [&](int64_t begin, int64_t end) {
     // Kept across calls: a fresh allocation of this size would be page-faulted in each time.
     thread_local std::vector<T> compressed, filtered;
-    compressed.resize(max_in_rows * s.w * cb_channels);
+    compressed.resize(branch.max_rows(chunk_rows) * s.w * cb_channels);
     filtered.resize(chunk_rows * s.ow * cb_channels);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / bands;
@@ -145,24 +143,8 @@ void run_unit(const UnitShape& s, const at::Tensor& x, const T* cw, const T* cb,
       RowBuffer<T> compress_rows(compressed, s.w * cb_channels);
       for (int64_t r0 = band_begin; r0 < band_end; r0 += chunk_rows) {
         const int64_t r1 = std::min(band_end, r0 + chunk_rows);
-        // Input rows of the depthwise conv for output rows [r0, r1), clipped to the image.
-        const int64_t need_end = std::min(s.h, (r1 - 1) * s.stride + 2);
-        const int64_t compute_from = compress_rows.hold(std::max<int64_t>(0, r0 * s.stride - 1), need_end);
-
-        // 1. compress GConv + bias + ReLU on rows [compute_from, need_end).
-        const int64_t in_pixels = (need_end - compute_from) * s.w;
-        T* compress_out = compress_rows.row(compute_from);
-        for (int64_t i = 0; i < s.compress_groups; ++i) {
-          gemm_bias_relu<T>(in_pixels, s.compress_m, s.compress_k,
-                            image + compute_from * s.w * xv.sp + i * s.compress_k, xv.sp, 1, nullptr,
-                            cw + i * s.compress_k * s.compress_m, compress_out + i * s.compress_m, cb_channels,
-                            cb + i * s.compress_m, nullptr, 0, /*relu=*/true, vector, /*prefetch_rows=*/true);
-        }
-
-        // 2. depthwise 3x3 + bias.
-        const Depthwise3x3<T> depthwise{compressed.data(), compress_rows.begin(), s.h, s.w, cb_channels, taps, db,
-                                        s.stride, s.ow};
-        depthwise3x3_rows(depthwise, r0, r1, filtered.data(), vector);
+        // 1-2. compress GConv + bias + ReLU, depthwise 3x3 + bias.
+        bottleneck_rows(branch, image, xv.sp, compress_rows, r0, r1, filtered.data(), vector);
 
         // 3. expand GConv through the shuffle + bias, then the unit's epilogue.
         const int64_t out_pixels = (r1 - r0) * s.ow;
@@ -205,13 +187,7 @@ at::Tensor shuffle_unit(const at::Tensor& x_in, const at::Tensor& compress_weigh
   const at::Tensor dw = depthwise_weight.contiguous();
   const RowMap expand_rows = input_rows(s.bottleneck, s.expand_groups, shuffle_groups);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "shuffle_unit", [&] {
-    // The depthwise weight tap-major, (9, bottleneck): the kernel loads 16 channels of a tap
-    // at once. A plain loop: an aten transpose + copy would cost more host time than the
-    // copy itself (at most a few thousand elements).
-    std::vector<scalar_t> taps(9 * s.bottleneck);
-    const scalar_t* per_channel = dw.const_data_ptr<scalar_t>();
-    for (int64_t c = 0; c < s.bottleneck; ++c)
-      for (int64_t t = 0; t < 9; ++t) taps[t * s.bottleneck + c] = per_channel[c * 9 + t];
+    const std::vector<scalar_t> taps = tap_major(dw.const_data_ptr<scalar_t>(), s.bottleneck);
     run_unit<scalar_t>(s, x, cw.const_data_ptr<scalar_t>(), cb.const_data_ptr<scalar_t>(), taps.data(),
                        db.const_data_ptr<scalar_t>(), ew.const_data_ptr<scalar_t>(), eb.const_data_ptr<scalar_t>(),
                        expand_rows, y);

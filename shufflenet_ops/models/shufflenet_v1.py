@@ -26,27 +26,7 @@ from torch import nn
 
 from .. import functional
 from ..modules import ShuffleUnit, can_fold, conv2d_bn
-from ..modules._common import has_hooks
-from ..modules.unit import unit_op_applies
-
-
-def _runs_as_written(module: nn.Module, cls: type) -> bool:
-    """``module`` is a ``cls`` whose forward is ``cls.forward`` (no subclass or instance
-    override) and has no hooks: calling its children directly computes what calling it does."""
-    return (
-        isinstance(module, cls) and type(module).forward is cls.forward and "forward" not in vars(module)
-        and not has_hooks(module)
-    )
-
-
-def _global_hooks() -> bool:
-    """Hooks registered for every module (``register_module_forward_hook`` and the like): then
-    every unit must be called as a module."""
-    hooks = torch.nn.modules.module
-    return bool(
-        hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
-        or hooks._global_backward_pre_hooks
-    )
+from ._stages import run_stages
 
 GROUPS = (1, 2, 3, 4, 8)
 WIDTH_MULTS = (0.25, 0.5, 1.0, 1.5, 2.0)
@@ -183,24 +163,9 @@ class ShuffleNetV1(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
     def _stages(self, x: torch.Tensor) -> torch.Tensor:
-        """Stages 2-4. In inference with the whole-unit op (``unit_op_applies``), each unit's
-        op is called here directly: the call-level checks run once per forward, not per unit
-        (at batch 1 a unit is ~60 us, and each check and module call is a few us). A stage or
-        unit with hooks is called as a module, so that they run."""
-        stages = (self.stage2, self.stage3, self.stage4)
-        if not (self.fused and unit_op_applies(x)) or _global_hooks():
-            for stage in stages:
-                x = stage(x)
-            return x
-        unit_op = torch.ops.shufflenet_ops.shuffle_unit.default
-        for stage in stages:
-            if not _runs_as_written(stage, nn.Sequential):
-                x = stage(x)
-                continue
-            for unit in stage:
-                arguments = unit._unit_arguments(x, checked=True) if _runs_as_written(unit, ShuffleUnit) else None
-                x = unit(x) if arguments is None else unit_op(x, *arguments)
-        return x
+        """Stages 2-4, each unit as one ``shuffle_unit`` call in inference (``run_stages``)."""
+        return run_stages((self.stage2, self.stage3, self.stage4), x, ShuffleUnit,
+                          torch.ops.shufflenet_ops.shuffle_unit.default, self.fused)
 
 
 def shufflenet_v1(

@@ -39,6 +39,10 @@ from torch import nn
 
 from .. import functional, reference
 from ..modules import FoldCache, can_fold, conv1x1_bn, conv2d_bn
+from ..modules.batchnorm import TensorCache, foldable_sources, folded_conv_bn, is_plain_batchnorm
+from ..modules.unit import pixel_major, unit_op_applies
+from ..ops.shuffle_unit import pack_pointwise_weight
+from ._stages import run_stages
 
 WIDTH_MULTS = (0.5, 1.0, 1.5, 2.0)
 STAGE_REPEATS = (4, 8, 4)  # one stride-2 unit, then 3 / 7 / 3 stride-1 units
@@ -57,6 +61,81 @@ def _depthwise(channels: int, stride: int) -> nn.Conv2d:
 
 def _pointwise(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, 1, 0, bias=False)
+
+
+ConvBN = tuple[nn.Conv2d, nn.BatchNorm2d]
+
+
+def _unit_layers(branch1: nn.Module, branch2: nn.Module, stride: int) -> list[ConvBN] | None:
+    """A unit's (conv, BN) pairs in the order ``shuffle_unit_v2`` takes them (branch2's three,
+    then branch1's two for stride 2), or None unless both branches are the plain Sequentials
+    the op computes (``nn.Conv2d``, plain ``nn.BatchNorm2d``, ``nn.ReLU`` at torchvision's
+    indices). Through ``_modules``: nn.Module's ``__getattr__`` costs ~0.5 us a lookup."""
+    layers = branch2._modules
+    if len(layers) != 8 or type(layers["2"]) is not nn.ReLU or type(layers["7"]) is not nn.ReLU:
+        return None
+    pairs = [(layers["0"], layers["1"]), (layers["3"], layers["4"]), (layers["5"], layers["6"])]
+    if stride == 2:
+        layers = branch1._modules
+        if len(layers) != 5 or type(layers["4"]) is not nn.ReLU:
+            return None
+        pairs += [(layers["0"], layers["1"]), (layers["2"], layers["3"])]
+    if all(type(conv) is nn.Conv2d and is_plain_batchnorm(bn) for conv, bn in pairs):
+        return pairs
+    return None
+
+
+def _is_conv(conv: nn.Conv2d, kernel: int, stride: int, depthwise: bool) -> bool:
+    """``conv`` is a ``kernel``-square conv with stride ``stride``, "same" padding, no
+    dilation, zero padding mode, and depthwise (groups = channels) if ``depthwise``."""
+    return (
+        conv.kernel_size == (kernel, kernel) and conv.stride == (stride, stride) and conv.dilation == (1, 1)
+        and conv.padding == (kernel // 2, kernel // 2) and conv.padding_mode == "zeros"
+        and (not depthwise or conv.groups == conv.in_channels == conv.out_channels)
+    )
+
+
+def _pack_unit(pairs: list[ConvBN], stride: int) -> tuple | None:
+    """``shuffle_unit_v2``'s arguments after x from a unit's (conv, BN) pairs (``_unit_layers``),
+    BNs folded and 1x1 weights packed; None if a conv is not what the op computes (a 1x1
+    conv, or a 3x3 depthwise one of the unit's stride, padding 1)."""
+    shapes = [(1, 1, False), (3, stride, True), (1, 1, False), (3, 2, True), (1, 1, False)]
+    if not all(_is_conv(conv, *shape) for (conv, _), shape in zip(pairs, shapes)):
+        return None
+    folded = [folded_conv_bn(conv, bn) for conv, bn in pairs]
+
+    def pointwise(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = folded[index]
+        return pack_pointwise_weight(weight, pairs[index][0].groups), bias
+
+    branch1 = (*folded[3], *pointwise(4)) if stride == 2 else (None,) * 4
+    return (*pointwise(0), *folded[1], *pointwise(2), *branch1, stride)
+
+
+def shuffle_unit_v2_arguments(
+    x: torch.Tensor, pairs: list[ConvBN], stride: int, cache: TensorCache, checked: bool = False
+) -> tuple | None:
+    """The ``shuffle_unit_v2`` op's arguments after ``x`` for a V2 unit given as its (conv, BN)
+    pairs (branch2's 1x1, 3x3 depthwise, 1x1, then for stride 2 branch1's 3x3 depthwise and
+    1x1; each conv's ReLU, where the unit has one, is the caller's to check), or None where
+    the unit must run op by op: not ``unit_op_applies(x)`` (CPU float32/float64, backend
+    cpp, not compiling), a BN in train mode, a gradient needed, a stride-1 unit with NCHW x
+    (the per-op path runs NCHW natively, as ``ShuffleUnit``), a conv of another shape than
+    the op computes, or an x the per-op path should reject with its own errors. The folded,
+    packed arguments are kept in ``cache`` until a source tensor or a BN's eps changes.
+    ``checked``: the caller knows ``unit_op_applies(x)`` holds."""
+    if not (checked or unit_op_applies(x)) or (stride == 1 and not pixel_major(x)):
+        return None
+    parts = tuple(foldable_sources(conv, bn) for conv, bn in pairs)
+    if None in parts:
+        return None  # a BN in train mode (or without running statistics)
+    sources = tuple(t for part in parts for t in part)
+    inputs = pairs[0][0].in_channels * (2 if stride == 1 else 1)
+    if x.dtype != sources[0].dtype or x.shape[1] != inputs or x.shape[2] == 0 or x.shape[3] == 0:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in sources)):
+        return None
+    return cache.get(sources, lambda: _pack_unit(pairs, stride), tuple(bn.eps for _, bn in pairs))
 
 
 class _Folding(nn.Module):
@@ -100,6 +179,7 @@ class InvertedResidual(_Folding):
 
     def __init__(self, inp: int, oup: int, stride: int, fused: bool = True) -> None:
         super().__init__(pairs=5)  # branch2: two 1x1 convs and the depthwise one; branch1: two
+        self._unit_cache = TensorCache()  # shuffle_unit_v2's arguments (see _unit_arguments)
         if stride not in (1, 2) or isinstance(stride, bool):
             raise ValueError(f"stride must be 1 or 2, got {stride!r}")
         if oup < 2 or oup % 2:
@@ -129,6 +209,27 @@ class InvertedResidual(_Folding):
             nn.ReLU(inplace=True),
         )
 
+    def train(self, mode: bool = True) -> InvertedResidual:
+        self._unit_cache.clear()
+        return super().train(mode)
+
+    def _unit_arguments(self, x: torch.Tensor, checked: bool = False) -> tuple | None:
+        """The ``shuffle_unit_v2`` op's arguments after ``x`` (BNs folded, weights packed, kept
+        in ``_unit_cache`` until a source tensor or a BN's eps changes), or None where the unit
+        runs op by op: not ``unit_op_applies(x)`` (CPU float32/float64, backend cpp, not
+        compiling), a BN in train mode, a gradient needed, a stride-1 unit with NCHW x (the
+        per-op path runs NCHW natively, as ``ShuffleUnit``), layers other than the plain ones
+        the op computes, or an x the per-op path should reject with its own errors.
+        ``checked``: the caller knows ``unit_op_applies(x)`` holds (``ShuffleNetV2`` checks once
+        for all units)."""
+        if not (checked or unit_op_applies(x)):
+            return None
+        modules = self._modules
+        pairs = _unit_layers(modules["branch1"], modules["branch2"], self.stride)
+        if pairs is None:
+            return None
+        return shuffle_unit_v2_arguments(x, pairs, self.stride, self._unit_cache, checked=True)
+
     def _branch2(self, x: torch.Tensor) -> torch.Tensor:
         b, caches = self.branch2, self._fold_caches
         if not (can_fold(b[1]) and can_fold(b[4]) and can_fold(b[6])):
@@ -151,6 +252,9 @@ class InvertedResidual(_Folding):
             else:
                 out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
             return reference.channel_shuffle(out, 2)  # torchvision's reshape-transpose-flatten
+        arguments = self._unit_arguments(x)
+        if arguments is not None:
+            return torch.ops.shufflenet_ops.shuffle_unit_v2.default(x, *arguments)
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
             return functional.interleave(x1, self._branch2(x2))
@@ -238,7 +342,8 @@ class ShuffleNetV2(_Folding):
             x = functional.max_pool3x3s2_relu(conv2d_bn(x, conv, bn, self._fold_caches[0]))
         else:
             x = self.maxpool(self.conv1(x))
-        x = self.stage4(self.stage3(self.stage2(x)))
+        x = run_stages((self.stage2, self.stage3, self.stage4), x, InvertedResidual,
+                       torch.ops.shufflenet_ops.shuffle_unit_v2.default, self.fused)
         conv, bn = self.conv5[0], self.conv5[1]
         if can_fold(bn):
             x = conv1x1_bn(x, conv, bn, relu=True, fold_cache=self._fold_caches[1])

@@ -35,3 +35,22 @@ def has_hooks(module: nn.Module) -> bool:
     pre-hooks): it must be called, so that they run."""
     return any(getattr(module, name, None) for name in (
         "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+
+
+def runs_as_written(module: nn.Module, cls: type) -> bool:
+    """``module`` is a ``cls`` whose forward is ``cls.forward`` (no subclass or instance
+    override) and has no hooks: calling its children directly computes what calling it does."""
+    return (
+        isinstance(module, cls) and type(module).forward is cls.forward and "forward" not in vars(module)
+        and not has_hooks(module)
+    )
+
+
+def global_hooks() -> bool:
+    """Hooks registered for every module (``register_module_forward_hook`` and the like): then
+    every unit must be called as a module."""
+    hooks = torch.nn.modules.module
+    return bool(
+        hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+        or hooks._global_backward_pre_hooks
+    )

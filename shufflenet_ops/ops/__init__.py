@@ -25,6 +25,7 @@ from .conv1x1_shuffle import (
 )
 from .pool3x3s2_relu import AVG_POOL3X3S2_RELU, MAX_POOL3X3S2_RELU
 from .shuffle_unit import SHUFFLE_UNIT
+from .shuffle_unit_v2 import SHUFFLE_UNIT_V2
 from .spec import OpSpec, register, register_cuda_kernel
 from .table import KernelTable, kernel_table
 
@@ -40,6 +41,7 @@ SPECS: tuple[OpSpec, ...] = (
     MAX_POOL3X3S2_RELU,
     AVG_POOL3X3S2_RELU,
     SHUFFLE_UNIT,
+    SHUFFLE_UNIT_V2,
 )
 BY_NAME: dict[str, OpSpec] = {spec.name: spec for spec in SPECS}
 

@@ -23,6 +23,12 @@ def in_format_of(reference: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y.contiguous(memory_format=suggest_memory_format(reference))
 
 
+def replace_argument(index, make):
+    """For a spec's bad calls: a sample's arguments with argument ``index`` replaced by
+    ``make(that argument)``."""
+    return lambda a: (*a[:index], make(a[index]), *a[index + 1:])
+
+
 @dataclass(frozen=True)
 class SampleTensors:
     """float64 sample operands of a grouped 1x1 conv, 12 -> 24 channels on 3x5 pixels, in NCHW

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import _checks, reference
-from ._samples import empty_like_format, in_format_of
+from ._samples import empty_like_format, in_format_of, replace_argument
 from .spec import OpSpec
 
 Tensor = torch.Tensor
@@ -77,13 +77,13 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"shuffle_unit: {name} must be a torch.Tensor, got {type(t).__name__}")
     cin = x.shape[1]
-    bottleneck = _check_packed(compress_weight, "compress_weight", "Cin", cin, "bottleneck")
-    _check_vector(compress_bias, "compress_bias", bottleneck)
+    bottleneck = check_packed(compress_weight, "compress_weight", "Cin", cin, "bottleneck")
+    check_vector(compress_bias, "compress_bias", bottleneck)
     if tuple(depthwise_weight.shape) != (bottleneck, 1, 3, 3):
         raise ValueError(f"depthwise_weight must have shape ({bottleneck}, 1, 3, 3), got {list(depthwise_weight.shape)}")
-    _check_vector(depthwise_bias, "depthwise_bias", bottleneck)
-    branch = _check_packed(expand_weight, "expand_weight", "bottleneck", bottleneck, "Cout")
-    _check_vector(expand_bias, "expand_bias", branch)
+    check_vector(depthwise_bias, "depthwise_bias", bottleneck)
+    branch = check_packed(expand_weight, "expand_weight", "bottleneck", bottleneck, "Cout")
+    check_vector(expand_bias, "expand_bias", branch)
     _checks.check_groups(shuffle_groups, "shuffle_groups", bottleneck, "bottleneck channels")
     if stride == 1 and branch != cin:
         raise ValueError(
@@ -93,7 +93,7 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
         _checks.check_same(t, x, name, "x")
 
 
-def _check_packed(weight: Tensor, name: str, inputs_name: str, inputs: int, outputs_name: str) -> int:
+def check_packed(weight: Tensor, name: str, inputs_name: str, inputs: int, outputs_name: str) -> int:
     """A ``pack_pointwise_weight`` result for ``inputs`` input channels; returns its outputs."""
     if weight.dim() != 3 or weight.shape[0] < 1 or weight.shape[0] * weight.shape[1] != inputs or weight.shape[2] < 1:
         raise ValueError(
@@ -103,7 +103,7 @@ def _check_packed(weight: Tensor, name: str, inputs_name: str, inputs: int, outp
     return weight.shape[0] * weight.shape[2]
 
 
-def _check_vector(bias: Tensor, name: str, length: int) -> None:
+def check_vector(bias: Tensor, name: str, length: int) -> None:
     if bias.dim() != 1 or bias.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},), got {list(bias.shape)}")
 
@@ -151,29 +151,25 @@ def _samples():
         yield (xl, *unit(12, 8, 8, 4, 2), 4, 2)
 
 
-def _replace(index, make):
-    """A bad call: the sample's argument ``index`` replaced by ``make(that argument)``."""
-    return lambda a: (*a[:index], make(a[index]), *a[index + 1:])
-
 
 _BAD_CALLS = (
-    ("3-D x", _replace(0, lambda x: x[0]), ValueError, r"x must be 4-D"),
+    ("3-D x", replace_argument(0, lambda x: x[0]), ValueError, r"x must be 4-D"),
     ("bfloat16 x", lambda a: (a[0].bfloat16(), *(t.bfloat16() for t in a[1:7]), *a[7:]), TypeError,
      r"shuffle_unit supports float32 and float64"),
-    ("empty spatial size", _replace(0, lambda x: x[:, :, :0]), ValueError, r"x must have a non-empty spatial size"),
-    ("compress_weight", _replace(1, lambda w: w[:, :3]), ValueError, r"compress_weight must have shape"),
-    ("compress_bias", _replace(2, lambda b: b[:5]), ValueError, r"compress_bias must have shape \(6,\)"),
-    ("depthwise_weight", _replace(3, lambda w: w[:, :, :2]), ValueError, r"depthwise_weight must have shape \(6, 1, 3, 3\)"),
-    ("depthwise_bias", _replace(4, lambda b: b[:5]), ValueError, r"depthwise_bias must have shape \(6,\)"),
-    ("expand_weight", _replace(5, lambda w: w[:, :1]), ValueError, r"expand_weight must have shape"),
-    ("expand_bias", _replace(6, lambda b: b[:11]), ValueError, r"expand_bias must have shape \(12,\)"),
-    ("shuffle_groups", _replace(7, lambda s: 4), ValueError,
+    ("empty spatial size", replace_argument(0, lambda x: x[:, :, :0]), ValueError, r"x must have a non-empty spatial size"),
+    ("compress_weight", replace_argument(1, lambda w: w[:, :3]), ValueError, r"compress_weight must have shape"),
+    ("compress_bias", replace_argument(2, lambda b: b[:5]), ValueError, r"compress_bias must have shape \(6,\)"),
+    ("depthwise_weight", replace_argument(3, lambda w: w[:, :, :2]), ValueError, r"depthwise_weight must have shape \(6, 1, 3, 3\)"),
+    ("depthwise_bias", replace_argument(4, lambda b: b[:5]), ValueError, r"depthwise_bias must have shape \(6,\)"),
+    ("expand_weight", replace_argument(5, lambda w: w[:, :1]), ValueError, r"expand_weight must have shape"),
+    ("expand_bias", replace_argument(6, lambda b: b[:11]), ValueError, r"expand_bias must have shape \(12,\)"),
+    ("shuffle_groups", replace_argument(7, lambda s: 4), ValueError,
      r"bottleneck channels \(6\) must be divisible by shuffle_groups \(4\)"),
-    ("stride", _replace(8, lambda s: 3), ValueError, r"stride must be 1 or 2, got 3"),
+    ("stride", replace_argument(8, lambda s: 3), ValueError, r"stride must be 1 or 2, got 3"),
     ("stride-1 channels", lambda a: (*a[:5], a[5][:, :, :3], a[6][:9], *a[7:]), ValueError,
      r"its 9 channels must equal x's 12"),
-    ("weight dtype", _replace(5, lambda w: w.float()), TypeError, r"expand_weight dtype .* does not match x dtype"),
-    ("weight device", _replace(3, lambda w: w.to("meta")), RuntimeError, r"depthwise_weight is on meta but x is on cpu"),
+    ("weight dtype", replace_argument(5, lambda w: w.float()), TypeError, r"expand_weight dtype .* does not match x dtype"),
+    ("weight device", replace_argument(3, lambda w: w.to("meta")), RuntimeError, r"depthwise_weight is on meta but x is on cpu"),
 )
 
 SHUFFLE_UNIT = OpSpec(

@@ -54,6 +54,13 @@ class KernelTable(Protocol):
         depthwise_bias: Tensor, expand_weight: Tensor, expand_bias: Tensor, shuffle_groups: int, stride: int,
     ) -> Tensor: ...
 
+    def shuffle_unit_v2(
+        self, x: Tensor, compress_weight: Tensor, compress_bias: Tensor, depthwise_weight: Tensor,
+        depthwise_bias: Tensor, expand_weight: Tensor, expand_bias: Tensor, branch1_depthwise_weight: Tensor | None,
+        branch1_depthwise_bias: Tensor | None, branch1_pointwise_weight: Tensor | None,
+        branch1_pointwise_bias: Tensor | None, stride: int,
+    ) -> Tensor: ...
+
 
 def kernel_table(backend: str | None, device: torch.device) -> KernelTable:
     """The table that runs ``backend`` ('cpp', 'triton', or None: the dispatcher) on ``device``.
