@@ -12,7 +12,9 @@ exported file runs in any ONNX runtime without this package:
 - ``shuffle_group_conv1x1``: the shuffle, then ``Conv``, ``Add``, ``Relu``;
 - ``channel_shuffle``: ``Reshape -> Transpose -> Reshape``;
 - ``max_pool3x3s2_relu`` / ``avg_pool3x3s2_relu``: ``MaxPool`` / ``AveragePool`` (3x3,
-  stride 2, padding 1; the average counts the padding, as ``nn.AvgPool2d``), then ``Relu``.
+  stride 2, padding 1; the average counts the padding, as ``nn.AvgPool2d``), then ``Relu``;
+- ``shuffle_unit`` / ``shuffle_unit_v2`` (whole units, BNs folded): layer by layer, as the
+  naive units compute them.
 
 The simplest correct use is ``export``, a thin wrapper of ``torch.onnx.export`` that adds
 the table; passing ``custom_translation_table=translation_table()`` yourself is the same.
@@ -189,6 +191,12 @@ def _unpacked_pointwise(packed):
     return weight, groups
 
 
+def _depthwise3x3(x, weight, bias, channels: int, stride: int):
+    """A 3x3 depthwise Conv (padding 1) with its bias: the units' middle layer."""
+    return _opset().Conv(x, weight, bias, group=channels, kernel_shape=[3, 3], strides=[stride, stride],
+                         pads=[1, 1, 1, 1])
+
+
 def shuffle_unit(
     x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
     shuffle_groups: int = 1, stride: int = 1,
@@ -213,12 +221,51 @@ def shuffle_unit(
     expand, expand_groups = _unpacked_pointwise(expand_weight)
     bottleneck = _dims(compress_bias, 0)[0]
     h = op.Relu(_conv1x1(x, compress, compress_bias, compress_groups))
-    d = op.Conv(h, depthwise_weight, depthwise_bias, group=bottleneck, kernel_shape=[3, 3], strides=[stride, stride],
-                pads=[1, 1, 1, 1])
+    d = _depthwise3x3(h, depthwise_weight, depthwise_bias, bottleneck, stride)
     e = _conv1x1(_shuffle(d, shuffle_groups, bottleneck, [None, None]), expand, expand_bias, expand_groups)
     if stride == 1:
         return op.Relu(op.Add(x, e))
     return op.Concat(avg_pool3x3s2_relu(x), op.Relu(e), axis=1)
+
+
+def shuffle_unit_v2(
+    x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
+    branch1_depthwise_weight=None, branch1_depthwise_bias=None, branch1_pointwise_weight=None,
+    branch1_pointwise_bias=None, stride: int = 1,
+):
+    """A ShuffleNet V2 unit with folded BNs (``shufflenet_ops.shuffle_unit_v2``) in ONNX, as
+    torchvision's code runs it: ``Split`` of x (stride 1), each branch's Conv + Relu,
+    depthwise Conv, Conv + Relu, then ``Concat`` and the shuffle by 2 (Reshape, Transpose,
+    Reshape).
+
+    Args:
+        x: (N, C, H, W) value.
+        compress_weight, expand_weight, branch1_pointwise_weight: packed (groups, K, M)
+            values (``pack_pointwise_weight``); the last is None for stride 1.
+        compress_bias, depthwise_bias, expand_bias: (B,), (B,), (E,) values.
+        depthwise_weight: (B, 1, 3, 3) value.
+        branch1_depthwise_weight, branch1_depthwise_bias, branch1_pointwise_bias: (C, 1, 3, 3),
+            (C,), (E,) values; None for stride 1.
+        stride: 1 or 2.
+
+    Returns:
+        The (N, 2E, (H-1)//stride+1, (W-1)//stride+1) value.
+    """
+    op = _opset()
+    compress, compress_groups = _unpacked_pointwise(compress_weight)
+    expand, expand_groups = _unpacked_pointwise(expand_weight)
+    bottleneck, half = _dims(compress_bias, 0)[0], _dims(expand_bias, 0)[0]
+    if stride == 1:
+        left, branch2_input = op.Split(x, axis=1, num_outputs=2)
+    else:
+        channels = _dims(branch1_depthwise_bias, 0)[0]
+        pointwise, groups = _unpacked_pointwise(branch1_pointwise_weight)
+        d = _depthwise3x3(x, branch1_depthwise_weight, branch1_depthwise_bias, channels, 2)
+        left, branch2_input = op.Relu(_conv1x1(d, pointwise, branch1_pointwise_bias, groups)), x
+    h = op.Relu(_conv1x1(branch2_input, compress, compress_bias, compress_groups))
+    d = _depthwise3x3(h, depthwise_weight, depthwise_bias, bottleneck, stride)
+    right = op.Relu(_conv1x1(d, expand, expand_bias, expand_groups))
+    return _shuffle(op.Concat(left, right, axis=1), 2, 2 * half, [None, None])
 
 
 _TRANSLATIONS = {
@@ -228,6 +275,7 @@ _TRANSLATIONS = {
     "max_pool3x3s2_relu": max_pool3x3s2_relu,
     "avg_pool3x3s2_relu": avg_pool3x3s2_relu,
     "shuffle_unit": shuffle_unit,
+    "shuffle_unit_v2": shuffle_unit_v2,
 }
 
 

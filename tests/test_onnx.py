@@ -195,3 +195,29 @@ def test_shuffle_unit_op_exports_and_matches_reference(stride):
 
     model = Unit().eval()
     check_export(model, lambda x: SHUFFLE_UNIT.reference(x, *weights, *args[7:]), args[0][:1].contiguous())
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shuffle_unit_v2_op_exports_and_matches_reference(stride):
+    """The whole V2 unit op called directly (as shuffle_unit above): its translation, float32,
+    dynamic batch, a stride-1 unit's Split and a stride-2 unit's two branches."""
+    from shufflenet_ops.ops.shuffle_unit_v2 import SHUFFLE_UNIT_V2
+
+    args = [a.float() if isinstance(a, torch.Tensor) else a for a in list(SHUFFLE_UNIT_V2.samples())[2 * (stride - 1)]]
+    tensors = [a for a in args[1:11] if a is not None]
+    weights = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in tensors])  # inference only
+
+    def call(function, x, weights):
+        unit = list(weights) + [None] * (10 - len(weights))
+        return function(x, *unit, args[11])
+
+    class Unit(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights = weights
+
+        def forward(self, x):
+            return call(so.shuffle_unit_v2, x, self.weights)
+
+    model = Unit().eval()
+    check_export(model, lambda x: call(SHUFFLE_UNIT_V2.reference, x, weights), args[0][:1].contiguous())

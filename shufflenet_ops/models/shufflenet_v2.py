@@ -66,19 +66,26 @@ def _pointwise(in_channels: int, out_channels: int) -> nn.Conv2d:
 ConvBN = tuple[nn.Conv2d, nn.BatchNorm2d]
 
 
+def _relus_where_expected(branch: nn.Module, length: int, relus: tuple[int, ...]) -> bool:
+    """``branch`` has torchvision's ``length`` layers with an ``nn.ReLU`` at each index of
+    ``relus``: the ReLUs that the fused paths compute in their convs' epilogues."""
+    layers = branch._modules
+    return len(layers) == length and all(type(layers[str(i)]) is nn.ReLU for i in relus)
+
+
 def _unit_layers(branch1: nn.Module, branch2: nn.Module, stride: int) -> list[ConvBN] | None:
     """A unit's (conv, BN) pairs in the order ``shuffle_unit_v2`` takes them (branch2's three,
     then branch1's two for stride 2), or None unless both branches are the plain Sequentials
     the op computes (``nn.Conv2d``, plain ``nn.BatchNorm2d``, ``nn.ReLU`` at torchvision's
     indices). Through ``_modules``: nn.Module's ``__getattr__`` costs ~0.5 us a lookup."""
-    layers = branch2._modules
-    if len(layers) != 8 or type(layers["2"]) is not nn.ReLU or type(layers["7"]) is not nn.ReLU:
+    if not _relus_where_expected(branch2, 8, (2, 7)):
         return None
+    layers = branch2._modules
     pairs = [(layers["0"], layers["1"]), (layers["3"], layers["4"]), (layers["5"], layers["6"])]
     if stride == 2:
-        layers = branch1._modules
-        if len(layers) != 5 or type(layers["4"]) is not nn.ReLU:
+        if not _relus_where_expected(branch1, 5, (4,)):
             return None
+        layers = branch1._modules
         pairs += [(layers["0"], layers["1"]), (layers["2"], layers["3"])]
     if all(type(conv) is nn.Conv2d and is_plain_batchnorm(bn) for conv, bn in pairs):
         return pairs
@@ -232,7 +239,7 @@ class InvertedResidual(_Folding):
 
     def _branch2(self, x: torch.Tensor) -> torch.Tensor:
         b, caches = self.branch2, self._fold_caches
-        if not (can_fold(b[1]) and can_fold(b[4]) and can_fold(b[6])):
+        if not (_relus_where_expected(b, 8, (2, 7)) and can_fold(b[1]) and can_fold(b[4]) and can_fold(b[6])):
             return b(x)
         y = conv1x1_bn(x, b[0], b[1], relu=True, fold_cache=caches[0])
         y = conv2d_bn(y, b[3], b[4], caches[1])
@@ -240,7 +247,7 @@ class InvertedResidual(_Folding):
 
     def _branch1(self, x: torch.Tensor) -> torch.Tensor:
         b, caches = self.branch1, self._fold_caches
-        if not (can_fold(b[1]) and can_fold(b[3])):
+        if not (_relus_where_expected(b, 5, (4,)) and can_fold(b[1]) and can_fold(b[3])):
             return b(x)
         return conv1x1_bn(conv2d_bn(x, b[0], b[1], caches[3]), b[2], b[3], relu=True, fold_cache=caches[4])
 
