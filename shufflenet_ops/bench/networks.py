@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..flops import count_flops
+from ..fuse import fuse
 from ..models.shufflenet_v1 import ShuffleNetV1, stage_channels
 from ..models.shufflenet_v2 import shufflenet_v2
 from ..modules import ShuffleUnit
@@ -143,6 +144,8 @@ def included(case: NetworkCase, provider: NetworkProvider, mode: str, full: bool
         return False
     if provider.runtime is not None:
         return case.level == "model" and mode == "eval" and (full or provider.name != "openvino_default")
+    if provider.converted:
+        return case.level == "model" and not case.extra_width
     if case.extra_width and provider.channels_last:
         return False  # the efficiency table compares fused, compiled and deployed, not layouts
     if not provider.compiled or full:
@@ -199,6 +202,8 @@ def prepare(
     memory_format = torch.channels_last if provider.channels_last else setup.memory_format
     module = module.to(setup.device, setup.dtype)
     module = module.to(memory_format=memory_format)
+    if provider.converted:
+        module = fuse(module)
     generator = torch.Generator().manual_seed(2)
     x = _input(case).to(setup.device, setup.dtype)
     x = x.contiguous(memory_format=memory_format)

@@ -15,7 +15,8 @@ Layer level (one 1x1 conv as the real layer computes it, see ``LayerProblem``):
   one pass at g times the FLOPs (the "just use a GEMM" alternative).
 
 Unit and model level: ``fused`` (``fused=True`` modules), ``naive`` (``fused=False``, the
-same weights), ``compile_naive`` and ``compile_fused`` (``torch.compile`` of each), and at the
+same weights), ``fuse_naive`` (``shufflenet_ops.fuse`` of the naive model, whole models only),
+``compile_naive`` and ``compile_fused`` (``torch.compile`` of each), and at the
 model level the deployment peers ``onnxruntime`` and ``openvino``: the naive model exported to
 ONNX (``bench/deploy.py``).
 
@@ -197,6 +198,7 @@ class NetworkProvider:
     compiled: bool
     channels_last: bool = False  # weights and input in channels_last, whatever --layout says
     runtime: str | None = None  # a deployment runtime that runs the exported naive model (eval only)
+    converted: bool = False  # shufflenet_ops.fuse() of the naive network (existing code, converted)
 
 
 NETWORK_PROVIDERS: tuple[NetworkProvider, ...] = (
@@ -204,6 +206,8 @@ NETWORK_PROVIDERS: tuple[NetworkProvider, ...] = (
     NetworkProvider("naive", "conv, BN, ReLU, nn.ChannelShuffle as separate modules", fused=False, compiled=False),
     NetworkProvider("naive_channels_last", "the naive network with channels_last weights and input", fused=False,
                     compiled=False, channels_last=True),
+    NetworkProvider("fuse_naive", "shufflenet_ops.fuse() of the naive network (a model as people write it, "
+                    "converted without retraining)", fused=False, compiled=False, converted=True),
     NetworkProvider("compile_naive", "torch.compile of the naive network", fused=False, compiled=True),
     NetworkProvider("compile_fused", "torch.compile of the fused network", fused=True, compiled=True),
     NetworkProvider("onnxruntime", "ONNX Runtime (CPU) on the naive model exported with torch.onnx.export(dynamo=True)",
@@ -230,6 +234,7 @@ DISPLAY: dict[str, tuple[str, str]] = {
     "fused": ("fused (this package)", "fused"),
     "naive": ("eager naive", "eager"),
     "naive_channels_last": ("eager naive, channels_last", "eager CL"),
+    "fuse_naive": ("fuse(naive)", "fuse()"),
     "compile_naive": ("torch.compile(naive)", "compile"),
     "compile_fused": ("torch.compile(fused)", "compile(fused)"),
     "onnxruntime": ("ONNX Runtime", "ORT"),

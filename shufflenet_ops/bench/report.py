@@ -173,7 +173,8 @@ def network_table(rows: list[dict], level: str) -> str:
     fused_name = _fused_name(rows)
     if not rows or fused_name is None:
         return ""
-    peers = _peers(rows, ("naive", "naive_channels_last", "compile_naive", "compile_fused", *HEADLINE_PEERS))
+    peers = _peers(rows, ("naive", "naive_channels_last", "fuse_naive", "compile_naive", "compile_fused",
+                          *HEADLINE_PEERS))
     head = [level, "batch", "mode", "fused", *[f"vs {short_name(p)}" for p in peers]]
     body = []
     for _, by_provider in _grouped(rows, ("name", "batch", "mode")).items():
