@@ -11,21 +11,26 @@ unchanged (torchvision itself is not needed):
   ReLU at indices 0..7);
 - ``conv5``: Sequential(1x1 conv, BN, ReLU); global average pool; ``fc``.
 
-What ``fused=True`` runs today (the ops have no output channel map for V2's
-concatenation yet, see issue 16):
+What ``fused=True`` runs:
 
-- with the BN in eval mode (``can_fold``): every 1x1 conv with its BN and ReLU as one call of
-  the fused op (``conv1x1_bn``: ``group_conv1x1_shuffle`` with ``groups=1``,
-  ``shuffle_groups=1``, the folded BN as its bias, the ReLU in its epilogue); every 3x3
-  conv with its BN folded (``conv2d_bn``: one ``F.conv2d``); the stem's ReLU and max pool
-  as ``max_pool3x3s2_relu``;
-- in every mode: ``shuffle(cat(a, b), 2)`` of each unit as one interleaving copy
-  (``functional.interleave``: channel ``2j`` of the output is ``a[:, j]``, ``2j + 1`` is ``b[:, j]``)
-  instead of torch's cat and then the shuffle's copy; the chunk is a channel slice that the
-  fused op reads in place;
-- on CPU, activations in channels_last (as ``ShuffleNetV1``);
+- in inference (every BN in eval mode, no gradient needed, CPU float32/float64, backend
+  ``cpp``, channels_last activations, which the model switches to on CPU): each unit as one
+  ``shuffle_unit_v2`` call (chunk, both branches, cat and shuffle in one pass over row bands;
+  no concatenated, shuffled or sliced tensor is made), called by ``ShuffleNetV2`` directly
+  (``models/_stages.py:run_stages``);
+- otherwise, with the BN in eval mode (``can_fold``; e.g. a gradient needed, float16, CUDA):
+  every 1x1 conv with its BN and ReLU as one call of the fused op (``conv1x1_bn``:
+  ``group_conv1x1_shuffle`` with ``groups=1``, ``shuffle_groups=1``, the folded BN as its
+  bias, the ReLU in its epilogue); every 3x3 conv with its BN folded (``conv2d_bn``: one
+  ``F.conv2d``), and ``shuffle(cat(a, b), 2)`` of each unit as one interleaving copy
+  (``functional.interleave``) instead of torch's cat and then the shuffle's copy; the chunk
+  is a channel slice that the fused op reads in place. The conv ops have no output channel
+  map into the interleaved buffer (issue 16, item 1), so that copy remains on this path;
+- with the BNs in eval mode, also the stem (its conv with the BN folded, then its ReLU and
+  max pool as ``max_pool3x3s2_relu``) and conv5 (``conv1x1_bn``);
 - with the BN in train mode nothing else fuses (a BN between a conv and its ReLU keeps
-  them apart): each conv, BN and ReLU runs as its own module, as in the naive model.
+  them apart): each conv, BN and ReLU runs as its own module, as in the naive model, and
+  the unit's ending is the interleaving copy.
 
 ``fused=False`` is torchvision's code (chunk, cat, then the reshape-transpose shuffle);
 ``shufflenet_ops.fuse`` of it (or of torchvision's own model) runs the ops listed above in
@@ -221,14 +226,10 @@ class InvertedResidual(_Folding):
         return super().train(mode)
 
     def _unit_arguments(self, x: torch.Tensor, checked: bool = False) -> tuple | None:
-        """The ``shuffle_unit_v2`` op's arguments after ``x`` (BNs folded, weights packed, kept
-        in ``_unit_cache`` until a source tensor or a BN's eps changes), or None where the unit
-        runs op by op: not ``unit_op_applies(x)`` (CPU float32/float64, backend cpp, not
-        compiling), a BN in train mode, a gradient needed, a stride-1 unit with NCHW x (the
-        per-op path runs NCHW natively, as ``ShuffleUnit``), layers other than the plain ones
-        the op computes, or an x the per-op path should reject with its own errors.
-        ``checked``: the caller knows ``unit_op_applies(x)`` holds (``ShuffleNetV2`` checks once
-        for all units)."""
+        """``shuffle_unit_v2_arguments`` for this unit (cached in ``_unit_cache``), or None where
+        it runs op by op, also when its branches are not the plain layers the op computes
+        (``_unit_layers``). ``checked``: the caller knows ``unit_op_applies(x)`` holds
+        (``run_stages`` checks once for all units)."""
         if not (checked or unit_op_applies(x)):
             return None
         modules = self._modules
