@@ -746,7 +746,7 @@ def test_missing_runtimes_are_skipped_with_one_line_each(tmp_path, monkeypatch, 
         "(pip install -e '.[bench]' installs it)",
     ]
     rows = json.load(open(tmp_path / "results.json"))["results"]
-    assert {r["provider"] for r in rows} == {"fused", "naive", "naive_channels_last"}
+    assert {r["provider"] for r in rows} == {"fused", "naive", "naive_channels_last", "fuse_naive"}
 
 
 # ------------------------------------------------------------------ efficiency, flags
@@ -871,6 +871,7 @@ def test_v2_model_rows_only_with_the_models_flag():
             if mode == "eval":
                 outputs[provider.name] = result
     torch.testing.assert_close(outputs["fused"], outputs["naive"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs["fuse_naive"], outputs["naive"], rtol=1e-4, atol=1e-4)
     from shufflenet_ops.bench.report import _model_label
 
     assert _model_label({"name": case.name, "groups": 0, "width": 0.5}) == "V2 0.5x"
