@@ -76,4 +76,35 @@ inline void check_residual(const std::optional<at::Tensor>& residual, const at::
   check_same(r, x, "residual");
 }
 
+// ---- the whole-unit inference ops (shuffle_unit, shuffle_unit_v2)
+
+// x of a unit op named `op`: 4-D float32/float64 with pixels, and its stride 1 or 2.
+inline void check_unit_input(const at::Tensor& x, int64_t stride, const char* op) {
+  check_input(x, "x");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+                   " supports float32 and float64, got x of dtype ", x.scalar_type(),
+                   " (other dtypes: run the unit's per-op path)");
+  TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, op, ": x must have a non-empty spatial size, got ", x.sizes());
+  TORCH_CHECK_VALUE(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
+}
+
+// A packed 1x1 weight (groups, inputs/groups, outputs/groups) for `inputs` input channels
+// (pack_pointwise_weight); returns its output channels.
+inline int64_t check_packed(const at::Tensor& w, const char* name, const char* inputs_name, int64_t inputs,
+                            const char* outputs_name) {
+  TORCH_CHECK_VALUE(w.dim() == 3 && w.size(0) >= 1 && w.size(0) * w.size(1) == inputs && w.size(2) >= 1, name,
+                    " must have shape (groups, ", inputs_name, "/groups, ", outputs_name, "/groups) with ",
+                    inputs_name, " = ", inputs, ", got ", w.sizes());
+  return w.size(0) * w.size(2);
+}
+
+inline void check_vector(const at::Tensor& b, const char* name, int64_t length) {
+  TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == length, name, " must have shape (", length, ",), got ", b.sizes());
+}
+
+inline void check_depthwise(const at::Tensor& w, const char* name, int64_t channels) {
+  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(0) == channels && w.size(1) == 1 && w.size(2) == 3 && w.size(3) == 3,
+                    name, " must have shape (", channels, ", 1, 3, 3), got ", w.sizes());
+}
+
 }  // namespace shufflenet_ops

@@ -91,19 +91,25 @@ def shuffle_unit(
     ``h = relu(conv1x1(x) + b)``, ``d = depthwise3x3(h, stride) + b``,
     ``e = conv1x1(shuffle(d, shuffle_groups)) + b``, then ``relu(x + e)`` (stride 1) or
     ``cat(relu(avg_pool3x3s2(x)), relu(e))`` (stride 2). Weights in ``nn.Conv2d``'s layout."""
-    h = F.relu(F.conv2d(x, _as_conv_weight(compress_weight), compress_bias, groups=compress_groups))
-    d = F.conv2d(h, depthwise_weight, depthwise_bias, stride=stride, padding=1, groups=h.shape[1])
+    d = _compress_depthwise(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, stride,
+                            compress_groups)
     e = F.conv2d(channel_shuffle(d, shuffle_groups), _as_conv_weight(expand_weight), expand_bias, groups=expand_groups)
     if stride == 1:
         return F.relu(x + e)
     return torch.cat((avg_pool3x3s2_relu(x), F.relu(e)), dim=1)
 
 
+def _compress_depthwise(v, compress_weight, compress_bias, depthwise_weight, depthwise_bias, stride, compress_groups):
+    """depthwise3x3(relu(conv1x1(v) + b), stride) + b: the first two layers of a unit's branch."""
+    h = F.relu(F.conv2d(v, _as_conv_weight(compress_weight), compress_bias, groups=compress_groups))
+    return F.conv2d(h, depthwise_weight, depthwise_bias, stride=stride, padding=1, groups=h.shape[1])
+
+
 def _bottleneck_branch(v, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
                        stride, compress_groups, expand_groups):
     """relu(conv1x1(depthwise3x3(relu(conv1x1(v) + b), stride) + b) + b): ShuffleNet V2's branch2."""
-    h = F.relu(F.conv2d(v, _as_conv_weight(compress_weight), compress_bias, groups=compress_groups))
-    d = F.conv2d(h, depthwise_weight, depthwise_bias, stride=stride, padding=1, groups=h.shape[1])
+    d = _compress_depthwise(v, compress_weight, compress_bias, depthwise_weight, depthwise_bias, stride,
+                            compress_groups)
     return F.relu(F.conv2d(d, _as_conv_weight(expand_weight), expand_bias, groups=expand_groups))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -348,3 +349,16 @@ class OpCalls(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops.append(func)
         return func(*args, **(kwargs or {}))
+
+
+def results_per_thread_count(run: Callable[[], torch.Tensor], counts: tuple[int, ...] = (1, 2, 3)) -> list[torch.Tensor]:
+    """``run()`` under each of torch's intra-op thread ``counts`` (the previous count restored)."""
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in counts:
+            torch.set_num_threads(count)
+            results.append(run())
+        return results
+    finally:
+        torch.set_num_threads(threads)

@@ -22,7 +22,14 @@ from shufflenet_ops.models.shufflenet_v1 import GROUPS, stage_channels
 from shufflenet_ops.modules import ShuffleUnit
 from shufflenet_ops.ops.shuffle_unit import SHUFFLE_UNIT, pack_pointwise_weight, unpack_pointwise_weight
 
-from _helpers import FORMATS, OpCalls, assert_close, randomize_batchnorm, requires_extension
+from _helpers import (
+    FORMATS,
+    OpCalls,
+    assert_close,
+    randomize_batchnorm,
+    requires_extension,
+    results_per_thread_count,
+)
 
 pytestmark = requires_extension
 UNIT_OP = torch.ops.shufflenet_ops.shuffle_unit.default
@@ -160,27 +167,23 @@ def test_thread_counts_give_identical_results():
     never the arithmetic: bitwise equal results."""
     fused, _ = unit_pair(96, 96, 3, 1, True, seed=5, dtype=torch.float32)
     x = torch.randn(1, 96, 15, 13).contiguous(memory_format=torch.channels_last)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            results.append(run_unit(fused, x))
-    finally:
-        torch.set_num_threads(threads)
+    results = results_per_thread_count(lambda: run_unit(fused, x))
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
 @pytest.mark.slow
 def test_portable_loops_without_avx512():
     """SHUFFLENET_OPS_CPU_GEMM=blas turns the AVX-512 kernels off: float32 then runs the
-    portable loops (what a CPU without AVX-512 runs), with the same results."""
+    portable loops (what a CPU without AVX-512 runs), with the same results, for both
+    whole-unit ops (V1 and V2)."""
     code = (
         "import torch, shufflenet_ops as so\n"
-        "from shufflenet_ops.ops.shuffle_unit import SHUFFLE_UNIT\n"
-        "for args in SHUFFLE_UNIT.samples():\n"
-        "    a = tuple(t.float() if isinstance(t, torch.Tensor) else t for t in args)\n"
-        "    torch.testing.assert_close(so.shuffle_unit(*a), SHUFFLE_UNIT.reference(*a), rtol=1e-4, atol=1e-4)\n"
+        "from shufflenet_ops.ops import BY_NAME\n"
+        "for name in ('shuffle_unit', 'shuffle_unit_v2'):\n"
+        "    spec = BY_NAME[name]\n"
+        "    for args in spec.samples():\n"
+        "        a = tuple(t.float() if isinstance(t, torch.Tensor) else t for t in args)\n"
+        "        torch.testing.assert_close(spec(*a), spec.reference(*a), rtol=1e-4, atol=1e-4)\n"
         "print('OK')\n"
     )
     env = dict(os.environ, SHUFFLENET_OPS_CPU_GEMM="blas")

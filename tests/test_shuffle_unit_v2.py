@@ -2,17 +2,12 @@
 code: chunk, cat, reshape-transpose shuffle).
 
 Every distinct unit of ShuffleNet V2 (widths 0.5x-2x, stride 1 and 2) at odd sizes, batch 1
-and 16, NCHW and channels_last, strided views, special values, thread counts, the portable
-(non-AVX-512) loops, and the model's and unit's choice of path. opcheck, the reference on
+and 16, NCHW and channels_last, strided views, special values, thread counts, and the model's and unit's choice of path. opcheck, the reference on
 the spec's samples and one bad call per argument run for every op in test_registration.py
 and test_errors.py.
 """
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,7 +17,14 @@ import shufflenet_ops as so
 from shufflenet_ops.models.shufflenet_v2 import STAGE_OUT_CHANNELS, InvertedResidual
 from shufflenet_ops.ops.shuffle_unit_v2 import SHUFFLE_UNIT_V2
 
-from _helpers import FORMATS, OpCalls, assert_close, randomize_batchnorm, requires_extension
+from _helpers import (
+    FORMATS,
+    OpCalls,
+    assert_close,
+    randomize_batchnorm,
+    requires_extension,
+    results_per_thread_count,
+)
 
 pytestmark = requires_extension
 UNIT_OP = torch.ops.shufflenet_ops.shuffle_unit_v2.default
@@ -148,32 +150,12 @@ def test_thread_counts_give_identical_results(stride):
     never the arithmetic: bitwise equal results."""
     fused, _ = unit_pair(96, 96, stride, seed=5, dtype=torch.float32)
     x = torch.randn(1, 96, 15, 13).contiguous(memory_format=torch.channels_last)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            results.append(run_unit(fused, x))
-    finally:
-        torch.set_num_threads(threads)
+    results = results_per_thread_count(lambda: run_unit(fused, x))
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
-@pytest.mark.slow
-def test_portable_loops_without_avx512():
-    """SHUFFLENET_OPS_CPU_GEMM=blas turns the AVX-512 kernels off: float32 then runs the
-    portable loops (what a CPU without AVX-512 runs), with the same results."""
-    code = (
-        "import torch, shufflenet_ops as so\n"
-        "from shufflenet_ops.ops.shuffle_unit_v2 import SHUFFLE_UNIT_V2\n"
-        "for args in SHUFFLE_UNIT_V2.samples():\n"
-        "    a = tuple(t.float() if isinstance(t, torch.Tensor) else t for t in args)\n"
-        "    torch.testing.assert_close(so.shuffle_unit_v2(*a), SHUFFLE_UNIT_V2.reference(*a), rtol=1e-4, atol=1e-4)\n"
-        "print('OK')\n"
-    )
-    env = dict(os.environ, SHUFFLENET_OPS_CPU_GEMM="blas")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr
+# The portable (non-AVX-512) loops: test_shuffle_unit.py::test_portable_loops_without_avx512
+# runs both unit ops' samples there.
 
 
 # ----------------------------------------------------------------- the module's path

@@ -49,32 +49,16 @@ struct UnitShape {
 void check_shuffle_unit(const at::Tensor& x, const at::Tensor& cw, const at::Tensor& cb, const at::Tensor& dw,
                         const at::Tensor& db, const at::Tensor& ew, const at::Tensor& eb, int64_t shuffle_groups,
                         int64_t stride) {
-  check_input(x, "x");
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-                   "shuffle_unit supports float32 and float64, got x of dtype ", x.scalar_type(),
-                   " (other dtypes: run the unit's per-op path)");
-  TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, "shuffle_unit: x must have a non-empty spatial size, got ",
-                    x.sizes());
-  TORCH_CHECK_VALUE(stride == 1 || stride == 2, "shuffle_unit: stride must be 1 or 2, got ", stride);
+  check_unit_input(x, stride, "shuffle_unit");
   const int64_t cin = x.size(1);
   TORCH_CHECK_TYPE(cw.defined() && ew.defined() && cb.defined() && dw.defined() && db.defined() && eb.defined(),
                    "shuffle_unit: every weight and bias must be a torch.Tensor, got None");
-  TORCH_CHECK_VALUE(cw.dim() == 3 && cw.size(0) >= 1 && cw.size(0) * cw.size(1) == cin && cw.size(2) >= 1,
-                    "compress_weight must have shape (groups, Cin/groups, bottleneck/groups) with Cin = ", cin,
-                    ", got ", cw.sizes());
-  const int64_t bottleneck = cw.size(0) * cw.size(2);
-  TORCH_CHECK_VALUE(cb.dim() == 1 && cb.size(0) == bottleneck, "compress_bias must have shape (", bottleneck,
-                    ",), got ", cb.sizes());
-  TORCH_CHECK_VALUE(dw.dim() == 4 && dw.size(0) == bottleneck && dw.size(1) == 1 && dw.size(2) == 3 && dw.size(3) == 3,
-                    "depthwise_weight must have shape (", bottleneck, ", 1, 3, 3), got ", dw.sizes());
-  TORCH_CHECK_VALUE(db.dim() == 1 && db.size(0) == bottleneck, "depthwise_bias must have shape (", bottleneck,
-                    ",), got ", db.sizes());
-  TORCH_CHECK_VALUE(ew.dim() == 3 && ew.size(0) >= 1 && ew.size(0) * ew.size(1) == bottleneck && ew.size(2) >= 1,
-                    "expand_weight must have shape (groups, bottleneck/groups, Cout/groups) with bottleneck = ",
-                    bottleneck, ", got ", ew.sizes());
-  const int64_t branch = ew.size(0) * ew.size(2);
-  TORCH_CHECK_VALUE(eb.dim() == 1 && eb.size(0) == branch, "expand_bias must have shape (", branch, ",), got ",
-                    eb.sizes());
+  const int64_t bottleneck = check_packed(cw, "compress_weight", "Cin", cin, "bottleneck");
+  check_vector(cb, "compress_bias", bottleneck);
+  check_depthwise(dw, "depthwise_weight", bottleneck);
+  check_vector(db, "depthwise_bias", bottleneck);
+  const int64_t branch = check_packed(ew, "expand_weight", "bottleneck", bottleneck, "Cout");
+  check_vector(eb, "expand_bias", branch);
   check_groups(shuffle_groups, "shuffle_groups", bottleneck, "bottleneck channels");
   TORCH_CHECK_VALUE(stride == 2 || branch == cin, "shuffle_unit: a stride-1 unit adds x to the expand output: its ",
                     branch, " channels must equal x's ", cin);

@@ -84,38 +84,13 @@ void interleave(int64_t pixels, int64_t half, const T* a, int64_t a_pixel, const
   interleave_pixels(pixels, half, a, a_pixel, b, b_pixel, y);
 }
 
-// A packed 1x1 weight (groups, inputs/groups, outputs/groups) for `inputs` input channels;
-// returns its output channels.
-int64_t check_packed(const at::Tensor& w, const char* name, const char* inputs_name, int64_t inputs,
-                     const char* outputs_name) {
-  TORCH_CHECK_VALUE(w.dim() == 3 && w.size(0) >= 1 && w.size(0) * w.size(1) == inputs && w.size(2) >= 1, name,
-                    " must have shape (groups, ", inputs_name, "/groups, ", outputs_name, "/groups) with ",
-                    inputs_name, " = ", inputs, ", got ", w.sizes());
-  return w.size(0) * w.size(2);
-}
-
-void check_vector(const at::Tensor& b, const char* name, int64_t length) {
-  TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == length, name, " must have shape (", length, ",), got ", b.sizes());
-}
-
-void check_depthwise(const at::Tensor& w, const char* name, int64_t channels) {
-  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(0) == channels && w.size(1) == 1 && w.size(2) == 3 && w.size(3) == 3,
-                    name, " must have shape (", channels, ", 1, 3, 3), got ", w.sizes());
-}
-
 using OptionalTensor = std::optional<at::Tensor>;
 
 void check_shuffle_unit_v2(const at::Tensor& x, const at::Tensor& cw, const at::Tensor& cb, const at::Tensor& dw,
                            const at::Tensor& db, const at::Tensor& ew, const at::Tensor& eb, const OptionalTensor& b1dw,
                            const OptionalTensor& b1db, const OptionalTensor& b1pw, const OptionalTensor& b1pb,
                            int64_t stride) {
-  check_input(x, "x");
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-                   "shuffle_unit_v2 supports float32 and float64, got x of dtype ", x.scalar_type(),
-                   " (other dtypes: run the unit's per-op path)");
-  TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, "shuffle_unit_v2: x must have a non-empty spatial size, got ",
-                    x.sizes());
-  TORCH_CHECK_VALUE(stride == 1 || stride == 2, "shuffle_unit_v2: stride must be 1 or 2, got ", stride);
+  check_unit_input(x, stride, "shuffle_unit_v2");
   TORCH_CHECK_TYPE(cw.defined() && cb.defined() && dw.defined() && db.defined() && ew.defined() && eb.defined(),
                    "shuffle_unit_v2: every branch2 weight and bias must be a torch.Tensor, got None");
   const int64_t cin = x.size(1);

@@ -57,18 +57,7 @@ def unpack_pointwise_weight(packed: Tensor) -> Tensor:
 def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
            shuffle_groups, stride) -> None:
     """The C++ op's checks (csrc/cpu/shuffle_unit_kernel.cpp: check_shuffle_unit), same messages."""
-    _checks.check_input(x, "x")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"shuffle_unit supports float32 and float64, got x of dtype {x.dtype} (other dtypes: run the unit's "
-            "per-op path)"
-        )
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"shuffle_unit: x must have a non-empty spatial size, got {list(x.shape)}")
-    if isinstance(stride, bool) or not isinstance(stride, int):
-        raise TypeError(f"shuffle_unit: stride must be an int, got {type(stride).__name__}")
-    if stride not in (1, 2):
-        raise ValueError(f"shuffle_unit: stride must be 1 or 2, got {stride}")
+    check_unit_input(x, stride, "shuffle_unit")
     operands = {
         "compress_weight": compress_weight, "compress_bias": compress_bias, "depthwise_weight": depthwise_weight,
         "depthwise_bias": depthwise_bias, "expand_weight": expand_weight, "expand_bias": expand_bias,
@@ -79,8 +68,7 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
     cin = x.shape[1]
     bottleneck = check_packed(compress_weight, "compress_weight", "Cin", cin, "bottleneck")
     check_vector(compress_bias, "compress_bias", bottleneck)
-    if tuple(depthwise_weight.shape) != (bottleneck, 1, 3, 3):
-        raise ValueError(f"depthwise_weight must have shape ({bottleneck}, 1, 3, 3), got {list(depthwise_weight.shape)}")
+    check_depthwise(depthwise_weight, "depthwise_weight", bottleneck)
     check_vector(depthwise_bias, "depthwise_bias", bottleneck)
     branch = check_packed(expand_weight, "expand_weight", "bottleneck", bottleneck, "Cout")
     check_vector(expand_bias, "expand_bias", branch)
@@ -91,6 +79,28 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
         )
     for name, t in operands.items():
         _checks.check_same(t, x, name, "x")
+
+
+def check_unit_input(x: Tensor, stride: int, op: str) -> None:
+    """x of the whole-unit op ``op``: 4-D float32/float64 with pixels; ``stride`` 1 or 2
+    (csrc/checks.h: check_unit_input, same messages)."""
+    _checks.check_input(x, "x")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"{op} supports float32 and float64, got x of dtype {x.dtype} (other dtypes: run the unit's per-op path)"
+        )
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{op}: x must have a non-empty spatial size, got {list(x.shape)}")
+    if isinstance(stride, bool) or not isinstance(stride, int):
+        raise TypeError(f"{op}: stride must be an int, got {type(stride).__name__}")
+    if stride not in (1, 2):
+        raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
+
+
+def check_depthwise(weight: Tensor, name: str, channels: int) -> None:
+    """A ``(channels, 1, 3, 3)`` depthwise weight."""
+    if tuple(weight.shape) != (channels, 1, 3, 3):
+        raise ValueError(f"{name} must have shape ({channels}, 1, 3, 3), got {list(weight.shape)}")
 
 
 def check_packed(weight: Tensor, name: str, inputs_name: str, inputs: int, outputs_name: str) -> int:

@@ -21,7 +21,14 @@ import torch
 
 from .. import _checks, reference
 from ._samples import empty_like_format, in_format_of, replace_argument
-from .shuffle_unit import check_packed, check_vector, pack_pointwise_weight, unpack_pointwise_weight
+from .shuffle_unit import (
+    check_depthwise,
+    check_packed,
+    check_unit_input,
+    check_vector,
+    pack_pointwise_weight,
+    unpack_pointwise_weight,
+)
 from .spec import OpSpec
 
 Tensor = torch.Tensor
@@ -34,18 +41,7 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
            branch1_depthwise_weight, branch1_depthwise_bias, branch1_pointwise_weight, branch1_pointwise_bias,
            stride) -> None:
     """The C++ op's checks (csrc/cpu/shuffle_unit_v2_kernel.cpp: check_shuffle_unit_v2), same messages."""
-    _checks.check_input(x, "x")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"shuffle_unit_v2 supports float32 and float64, got x of dtype {x.dtype} (other dtypes: run the unit's "
-            "per-op path)"
-        )
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"shuffle_unit_v2: x must have a non-empty spatial size, got {list(x.shape)}")
-    if isinstance(stride, bool) or not isinstance(stride, int):
-        raise TypeError(f"shuffle_unit_v2: stride must be an int, got {type(stride).__name__}")
-    if stride not in (1, 2):
-        raise ValueError(f"shuffle_unit_v2: stride must be 1 or 2, got {stride}")
+    check_unit_input(x, stride, "shuffle_unit_v2")
     branch2 = dict(zip(_BRANCH2, (compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight,
                                   expand_bias)))
     branch1 = dict(zip(_BRANCH1, (branch1_depthwise_weight, branch1_depthwise_bias, branch1_pointwise_weight,
@@ -68,7 +64,7 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
         raise TypeError("shuffle_unit_v2: a stride-2 unit needs all four branch1 tensors, got None")
     bottleneck = check_packed(compress_weight, "compress_weight", "C2", cin // 2 if stride == 1 else cin, "bottleneck")
     check_vector(compress_bias, "compress_bias", bottleneck)
-    _check_depthwise(depthwise_weight, "depthwise_weight", bottleneck)
+    check_depthwise(depthwise_weight, "depthwise_weight", bottleneck)
     check_vector(depthwise_bias, "depthwise_bias", bottleneck)
     half = check_packed(expand_weight, "expand_weight", "bottleneck", bottleneck, "E")
     check_vector(expand_bias, "expand_bias", half)
@@ -79,7 +75,7 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
                 f"equal half of x's {cin}"
             )
     else:
-        _check_depthwise(branch1_depthwise_weight, "branch1_depthwise_weight", cin)
+        check_depthwise(branch1_depthwise_weight, "branch1_depthwise_weight", cin)
         check_vector(branch1_depthwise_bias, "branch1_depthwise_bias", cin)
         left = check_packed(branch1_pointwise_weight, "branch1_pointwise_weight", "Cin", cin, "E")
         check_vector(branch1_pointwise_bias, "branch1_pointwise_bias", left)
@@ -90,11 +86,6 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
             )
     for name, t in (*branch2.items(), *(branch1.items() if stride == 2 else ())):
         _checks.check_same(t, x, name, "x")
-
-
-def _check_depthwise(weight: Tensor, name: str, channels: int) -> None:
-    if tuple(weight.shape) != (channels, 1, 3, 3):
-        raise ValueError(f"{name} must have shape ({channels}, 1, 3, 3), got {list(weight.shape)}")
 
 
 def _fake(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
