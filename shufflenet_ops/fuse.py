@@ -26,7 +26,12 @@ What is rewritten, for every plain 1x1 ``nn.Conv2d`` (stride 1, no padding) of t
 - whole units: a ShuffleNet V1 unit (compress 1x1 conv + BN + ReLU, 3x3 depthwise conv +
   BN, expand 1x1 conv + BN, the shuffle after the compress conv or before the expand conv,
   ending ``relu(x + .)`` or ``relu(cat(avg_pool3x3s2(x), .))``) becomes one ``fused_unit``
-  call: in inference the whole-unit op ``shuffle_unit``, otherwise the three fused calls.
+  call: in inference the whole-unit op ``shuffle_unit``, otherwise the three fused calls;
+  a ShuffleNet V2 unit (``shuffle(cat(x1, branch2(x2)), 2)`` with ``x1``, ``x2`` the channel
+  halves of ``x``, or ``shuffle(cat(branch1(x), branch2(x)), 2)``; branch2 = 1x1 conv + BN +
+  ReLU, 3x3 depthwise conv + BN, 1x1 conv + BN + ReLU; branch1 = 3x3/2 depthwise conv + BN,
+  1x1 conv + BN + ReLU) becomes one ``fused_unit_v2`` call: in inference the whole-unit op
+  ``shuffle_unit_v2``, as ``models.shufflenet_v2`` runs it, otherwise the per-op calls.
 
 A channel shuffle is recognised by what it computes, not by how it is written: any chain
 of layout operations (``nn.ChannelShuffle``, ``torch.channel_shuffle``,
@@ -46,9 +51,10 @@ bn, ...)`` reading the conv's and BN's live parameters. Every traceable module g
 rewrite of its own subtree, so ``model.features(x)`` is fused as well as ``model(x)``.
 Eval-mode BN folds into the conv (the ReLU and residual into the epilogue); train mode
 computes exactly the original conv -> BN -> ReLU -> shuffle (see ``modules.conv1x1_bn``).
-``fused_convs(model)`` lists what ``model(x)`` runs fused. A torchvision-style ShuffleNet
-V2 ends up running the ops of ``models.shufflenet_v2(fused=True)``, given channels_last
-input on CPU (that model converts its input itself; a ``fuse()``d one keeps the caller's).
+``fused_convs(model)`` lists what ``model(x)`` runs fused (a whole unit's convs as they run
+op by op). A torchvision-style ShuffleNet V2 ends up running the ops of
+``models.shufflenet_v2(fused=True)``, given channels_last input on CPU (that model converts
+its input itself; a ``fuse()``d one keeps the caller's).
 
 Modules that torch.fx cannot trace (data-dependent control flow, ...) keep their own code
 and are searched submodule by submodule instead. Everything that could not be traced or
@@ -66,6 +72,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import itertools
 import linecache
 import math
 import operator
@@ -81,6 +88,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import functional, reference
+from .models.shufflenet_v2 import shuffle_unit_v2_arguments
 from .modules import (
     FUSED_MODULE_TYPES,
     FoldCache,
@@ -97,7 +105,7 @@ from .modules.unit import shuffle_unit_arguments
 
 __all__ = [
     "FuseWarning", "FusedConv", "FusedForward", "fuse", "fused_cat_shuffle", "fused_conv1x1", "fused_conv_bn",
-    "fused_convs", "fused_unit", "original_forwards",
+    "fused_convs", "fused_unit", "fused_unit_v2", "original_forwards",
 ]
 
 
@@ -132,11 +140,15 @@ _RELU_METHODS = frozenset({"relu", "relu_"})
 _SIZE_ARITHMETIC = frozenset(
     {operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, builtins.getattr}
 )
+# Views that take part of a tensor: how a V2 unit's halves are written (with getitem).
+_SLICING_METHODS = frozenset({"chunk", "split", "tensor_split", "narrow"})
+_SLICING_FUNCTIONS = frozenset({torch.chunk, torch.split, torch.tensor_split, torch.narrow})
 _MAX_LAYOUT_CHAIN = 8
 # Probe shapes (N, H, W): two, so a rearrangement that only happens to match one fails.
 _PROBE_SHAPES = ((2, 3, 5), (3, 1, 4))
-# Probe channel counts for a shuffle after a concat, whose width the graph does not say:
-# even, and C/2 != 2, so that the 2-group shuffle differs from its inverse (C/2 groups).
+# Probe channel counts where the graph does not say the width (a shuffle after a concat, a
+# V2 unit's input split in halves): even, and C/2 != 2, so that the 2-group shuffle differs
+# from its inverse (C/2 groups); two, so that constant sizes (x[:, :58]) match neither.
 _CONCAT_PROBE_CHANNELS = (6, 10)
 
 
@@ -329,9 +341,11 @@ class _NotPure(Exception):
     """The candidate depends on something other than its input tensor's shape."""
 
 
-def _evaluate(root: nn.Module, end: fx.Node, source: fx.Node, probe: torch.Tensor) -> object:
+def _evaluate(root: nn.Module, end: fx.Node, source: fx.Node, probe: torch.Tensor, slicing: bool = False) -> object:
     """The value of ``end`` when ``source`` is ``probe``: the layout chain runs, and the
-    size arithmetic it reads (``b, c, h, w = x.size()``, ``c // g``, ...) is recomputed."""
+    size arithmetic it reads (``b, c, h, w = x.size()``, ``c // g``, ...) is recomputed.
+    ``slicing``: chunk / split / tensor_split / narrow run too. Raises ``_NotPure`` at any
+    other node (one that is not ``source`` nor computed from it alone)."""
     values: dict[fx.Node, object] = {source: probe}
 
     def value(node: fx.Node) -> object:
@@ -345,8 +359,10 @@ def _evaluate(root: nn.Module, end: fx.Node, source: fx.Node, probe: torch.Tenso
             result = getattr(args[0], node.target)(*args[1:], **kwargs)
         elif node.op == "call_function" and (node.target in _SIZE_ARITHMETIC or node.target in _layout_functions()):
             result = node.target(*args, **kwargs)
-        elif node.op == "call_method" and node.target in _SHAPE_METHODS:
+        elif node.op == "call_method" and (node.target in _SHAPE_METHODS or slicing and node.target in _SLICING_METHODS):
             result = getattr(args[0], node.target)(*args[1:], **kwargs)
+        elif slicing and node.op == "call_function" and node.target in _SLICING_FUNCTIONS:
+            result = node.target(*args, **kwargs)
         else:
             raise _NotPure(node.format_node())
         values[node] = result
@@ -593,9 +609,22 @@ def fused_conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch
     return conv2d_bn(x, conv, bn, _fold_cache(conv, bn, 1))
 
 
-# The whole-unit op's packed arguments per unit, reused until a source tensor changes
-# (TensorCache). Weak on the expand BN: the cache never keeps a model alive.
+# The whole-unit ops' packed arguments per unit, reused until a source tensor changes
+# (TensorCache). Weak on the unit's last BN: the cache never keeps a model alive.
 _unit_caches: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, TensorCache]]" = weakref.WeakKeyDictionary()
+
+
+def _unit_cache(bn: nn.BatchNorm2d, key: tuple) -> TensorCache:
+    """The ``TensorCache`` of one unit: ``bn`` one of its BNs, ``key`` what else tells the
+    unit apart (its convs' ids, its form). A stale id is harmless: ``TensorCache`` checks the
+    tensors themselves."""
+    caches = _unit_caches.get(bn)
+    if caches is None:
+        caches = _unit_caches[bn] = {}
+    cache = caches.get(key)
+    if cache is None:  # not setdefault: that would build a TensorCache on every call
+        cache = caches[key] = TensorCache()
+    return cache
 
 
 def fused_unit(
@@ -624,13 +653,9 @@ def fused_unit(
     Shape: x ``(N, Cin, H, W)`` -> ``(N, Cin, H, W)`` (stride 1) or
     ``(N, Cin + E, (H-1)//2+1, (W-1)//2+1)`` (stride 2), x's dtype and memory format.
     """
-    caches = _unit_caches.get(expand_bn)
-    if caches is None:
-        caches = _unit_caches[expand_bn] = {}
-    key = (id(compress_conv), id(depthwise_conv), id(expand_conv), shuffle_groups, shuffle_before_depthwise)
-    cache = caches.get(key)
-    if cache is None:
-        cache = caches[key] = TensorCache()
+    cache = _unit_cache(
+        expand_bn, (id(compress_conv), id(depthwise_conv), id(expand_conv), shuffle_groups, shuffle_before_depthwise)
+    )
     arguments = shuffle_unit_arguments(
         x, (compress_conv, compress_bn), (depthwise_conv, depthwise_bn), (expand_conv, expand_bn),
         shuffle_groups=shuffle_groups, shuffle_before_depthwise=shuffle_before_depthwise, stride=stride, cache=cache,
@@ -646,6 +671,56 @@ def fused_unit(
         return fused_conv1x1(h, expand_conv, expand_bn, x, input_shuffle=after, relu=True)
     branch = fused_conv1x1(h, expand_conv, expand_bn, input_shuffle=after, relu=True)
     return torch.cat((functional.avg_pool3x3s2_relu(x), branch), dim=1)
+
+
+def fused_unit_v2(
+    x: torch.Tensor,
+    compress_conv: nn.Conv2d,
+    compress_bn: nn.BatchNorm2d,
+    depthwise_conv: nn.Conv2d,
+    depthwise_bn: nn.BatchNorm2d,
+    expand_conv: nn.Conv2d,
+    expand_bn: nn.BatchNorm2d,
+    branch1_depthwise_conv: nn.Conv2d | None = None,
+    branch1_depthwise_bn: nn.BatchNorm2d | None = None,
+    branch1_conv: nn.Conv2d | None = None,
+    branch1_bn: nn.BatchNorm2d | None = None,
+    *,
+    stride: int,
+) -> torch.Tensor:
+    """One ShuffleNet V2 unit of a ``fuse()``d forward, from the model's own layers:
+    ``shuffle(cat(x1, branch2(x2)), 2)`` with ``x1, x2 = x.chunk(2, 1)`` (stride 1) or
+    ``shuffle(cat(branch1(x), branch2(x)), 2)`` (stride 2), where ``branch2(v) =
+    relu(bn(expand(bn(depthwise(relu(bn(compress(v))))))))`` and ``branch1(v) =
+    relu(bn(branch1_conv(bn(branch1_depthwise(v)))))`` (stride 2 only: its four layers are
+    None for stride 1).
+
+    In inference (every BN in eval mode, no gradient needed, CPU float32/float64, backend
+    ``cpp``, channels_last x for stride 1: ``models.shufflenet_v2.shuffle_unit_v2_arguments``)
+    one ``shuffle_unit_v2`` call with the folded, packed weights (cached per unit), as
+    ``models.shufflenet_v2`` runs it; otherwise the calls it replaced (``fused_conv1x1``,
+    ``fused_conv_bn``, ``fused_cat_shuffle``), with their results and errors.
+
+    Shape: x ``(N, C, H, W)`` -> ``(N, 2E, H, W)`` (stride 1, ``E = C/2``) or
+    ``(N, 2E, (H-1)//2+1, (W-1)//2+1)`` (stride 2), ``E`` the expand conv's output channels;
+    x's dtype; channels_last from the whole-unit op, else ``fused_cat_shuffle``'s format.
+    """
+    pairs = [(compress_conv, compress_bn), (depthwise_conv, depthwise_bn), (expand_conv, expand_bn)]
+    if stride == 2:
+        pairs += [(branch1_depthwise_conv, branch1_depthwise_bn), (branch1_conv, branch1_bn)]
+    cache = _unit_cache(expand_bn, ("v2", stride, *(id(conv) for conv, _ in pairs)))
+    arguments = shuffle_unit_v2_arguments(x, pairs, stride, cache)
+    if arguments is not None:
+        return torch.ops.shufflenet_ops.shuffle_unit_v2.default(x, *arguments)
+    if stride == 1:
+        x1, x2 = x.chunk(2, 1)  # the halves the graph pass proved the code takes
+    else:
+        x1 = fused_conv1x1(fused_conv_bn(x, branch1_depthwise_conv, branch1_depthwise_bn), branch1_conv, branch1_bn,
+                           relu=True)
+        x2 = x
+    branch2 = fused_conv1x1(x2, compress_conv, compress_bn, relu=True)
+    branch2 = fused_conv1x1(fused_conv_bn(branch2, depthwise_conv, depthwise_bn), expand_conv, expand_bn, relu=True)
+    return fused_cat_shuffle(x1, branch2)
 
 
 @dataclass(frozen=True)
@@ -1114,13 +1189,7 @@ def _fuse_whole_units(root: nn.Module, graph: fx.Graph) -> bool:
         # Shape queries of the values that no longer exist (the official code's shuffle asserts
         # on x.data.size()) read the same shape from a data-less stand-in.
         bottleneck = root.get_submodule(compress.args[1].target).out_channels
-        for value, value_stride in ((compress, 1), (depthwise, stride)):
-            queries = [user for user in value.users if _is_shape_query(user)]
-            if queries:
-                with graph.inserting_before(compress):  # after x, before every query
-                    stand_in = graph.call_function(_shape_stand_in, (x, bottleneck, value_stride))
-                for query in queries:
-                    query.replace_input_with(value, stand_in)
+        _redirect_shape_queries(graph, x, [(compress, bottleneck, 1), (depthwise, bottleneck, stride)], compress)
         end.replace_all_uses_with(unit)
         for node in (*erased, depthwise, compress):
             graph.erase_node(node)
@@ -1134,6 +1203,155 @@ def _shape_stand_in(x: torch.Tensor, channels: int, stride: int) -> torch.Tensor
     no longer computes."""
     n, _, h, w = x.shape
     return torch.empty((n, channels, (h - 1) // stride + 1, (w - 1) // stride + 1), dtype=x.dtype, device="meta")
+
+
+def _redirect_shape_queries(
+    graph: fx.Graph, x: fx.Node, values: list[tuple[fx.Node, int, int]], before: fx.Node
+) -> None:
+    """Let the shape queries of ``values``, ``(node, channels, stride)`` computed from a unit's
+    input ``x`` that a whole-unit call replaces, read a ``_shape_stand_in`` inserted before
+    ``before`` (after ``x``, before every query)."""
+    for value, channels, stride in values:
+        queries = [user for user in value.users if _is_shape_query(user)]
+        if queries:
+            with graph.inserting_before(before):
+                stand_in = graph.call_function(_shape_stand_in, (x, channels, stride))
+            for query in queries:
+                query.replace_input_with(value, stand_in)
+
+
+def _relu_pointwise(node: object) -> bool:
+    """A ``fused_conv1x1`` call computing ``relu(bn(conv(x)))``: a BN, the ReLU in the
+    epilogue, no shuffle, no residual (a V2 branch's 1x1 conv)."""
+    return (
+        _is_call(node, fused_conv1x1) and node.args[2] is not None and node.args[3:] in ((), (None,))
+        and node.kwargs["relu"] and node.kwargs["input_shuffle"] == node.kwargs["output_shuffle"] == 1
+        and not node.kwargs["bn_after_shuffle"]
+    )
+
+
+def _only_feeds(node: fx.Node, user: fx.Node) -> bool:
+    """``user`` is the one reader of ``node``'s value (shape queries aside)."""
+    return _value_users(node) == [user]
+
+
+def _v2_branch(root: nn.Module, end: fx.Node, last: object, depthwise_first: bool) -> tuple[fx.Node, ...] | None:
+    """The nodes of a V2 branch ending in ``last``, one of ``end``'s operands, from its input
+    on, each read only by the next: ``(compress, depthwise, expand)`` for branch2
+    (``_relu_pointwise`` -> ``fused_conv_bn`` of a 3x3 depthwise conv -> ``_relu_pointwise``),
+    ``(depthwise, pointwise)`` for branch1 (``depthwise_first``). Channel counts must agree
+    along it (else the code fails as written, and stays so). None if not such a branch."""
+    if not (_relu_pointwise(last) and _only_feeds(last, end)):
+        return None
+    depthwise = last.args[0]
+    if not (_is_call(depthwise, fused_conv_bn) and _only_feeds(depthwise, last)):
+        return None
+    nodes = (depthwise, last)
+    if not depthwise_first:
+        compress = depthwise.args[0]
+        if not (_relu_pointwise(compress) and _only_feeds(compress, depthwise)):
+            return None
+        nodes = (compress, *nodes)
+    if _depthwise3x3_stride(root, depthwise) is None:
+        return None
+    convs = [root.get_submodule(node.args[1].target) for node in nodes]
+    if any(a.out_channels != b.in_channels for a, b in itertools.pairwise(convs)):
+        return None
+    return nodes
+
+
+def _split_source(root: nn.Module, first: fx.Node, second: fx.Node) -> fx.Node | None:
+    """``x`` if ``first`` is ``x``'s first channel half and ``second`` its second half (as
+    ``x.chunk(2, 1)`` splits an even width), however written (chunk, split, narrow, slices,
+    ...: evaluated on probe tensors of two widths), else None. ``x`` is searched among
+    ``first``'s inputs, nearest first."""
+    source = first
+    for _ in range(_MAX_LAYOUT_CHAIN):
+        source = source.args[0] if source.args and isinstance(source.args[0], fx.Node) else None
+        if source is None:
+            return None
+        probes = [(batch, channels, height, width)
+                  for channels, (batch, height, width) in zip(_CONCAT_PROBE_CHANNELS, _PROBE_SHAPES)]
+        if all(_are_halves(root, source, first, second, shape) for shape in probes):
+            return source
+    return None
+
+
+def _are_halves(root: nn.Module, source: fx.Node, first: fx.Node, second: fx.Node, shape: tuple[int, ...]) -> bool:
+    """Whether ``first`` / ``second`` evaluate to the first / second channel half of a probe
+    of ``shape`` (N, C, H, W; all elements distinct) given as ``source``."""
+    probe = torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape)
+    halves = probe.chunk(2, 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = [_evaluate(root, node, source, probe, slicing=True) for node in (first, second)]
+    except Exception:  # noqa: BLE001  (not computed from source alone by views: no match)
+        return False
+    return all(isinstance(v, torch.Tensor) and v.shape == h.shape and torch.equal(v, h) for v, h in zip(values, halves))
+
+
+def _fuse_whole_v2_units(root: nn.Module, graph: fx.Graph) -> bool:
+    """``fused_cat_shuffle(a, e)``, ``e`` a V2 unit's branch2 (``_v2_branch``), -> one
+    ``fused_unit_v2`` call when either the depthwise conv has stride 1 and ``a`` and
+    branch2's input are the first and second channel halves of one ``x`` (``_split_source``),
+    or it has stride 2 and ``a`` is branch1 (a stride-2 depthwise conv) of branch2's input
+    ``x``. Exactly the V2 unit's computation (branch2's width is x1's, branch1's is
+    branch2's), else nothing changes. Dead slicing nodes of ``x`` are erased."""
+    changed = False
+    for end in list(graph.nodes):
+        if not _is_call(end, fused_cat_shuffle):
+            continue
+        a, e = end.args
+        branch2 = _v2_branch(root, end, e, depthwise_first=False)
+        if branch2 is None or a is e:
+            continue
+        compress, depthwise, expand = branch2
+        compress_conv = root.get_submodule(compress.args[1].target)
+        half = root.get_submodule(expand.args[1].target).out_channels
+        stride = _depthwise3x3_stride(root, depthwise)
+        if stride == 1:
+            x = _split_source(root, a, compress.args[0])
+            if x is None or half != compress_conv.in_channels:
+                continue
+            branch1, slices = (), [a, compress.args[0]]
+        else:
+            x = compress.args[0]
+            branch1 = _v2_branch(root, end, a, depthwise_first=True)
+            if branch1 is None or branch1[0].args[0] is not x or _depthwise3x3_stride(root, branch1[0]) != 2:
+                continue
+            if root.get_submodule(branch1[0].args[1].target).in_channels != compress_conv.in_channels:
+                continue
+            if root.get_submodule(branch1[1].args[1].target).out_channels != half:
+                continue
+            slices = []
+        replaced = (*branch2, *branch1)  # in fused_unit_v2's order: its (conv, BN) arguments
+        with graph.inserting_before(end):
+            layers = tuple(arg for node in replaced for arg in node.args[1:3])
+            unit = graph.call_function(fused_unit_v2, (x, *layers), {"stride": stride})
+        queried = [(node, root.get_submodule(node.args[1].target).out_channels, 1 if node is compress else stride)
+                   for node in replaced]
+        _redirect_shape_queries(graph, x, queried, next(node for node in graph.nodes if node in replaced))
+        end.replace_all_uses_with(unit)
+        graph.erase_node(end)
+        for node in (*reversed(branch2), *reversed(branch1)):  # each read only by the next, the last by end
+            graph.erase_node(node)
+        _erase_dead(root, _nodes_between(graph, x, slices))
+        changed = True
+    return changed
+
+
+def _nodes_between(graph: fx.Graph, source: fx.Node, ends: list[fx.Node]) -> list[fx.Node]:
+    """The nodes ``ends`` are computed by from ``source`` (ends included, source not), in
+    graph order."""
+    found: set[fx.Node] = set()
+    pending = list(ends)
+    while pending:
+        node = pending.pop()
+        if node is not source and node not in found:
+            found.add(node)
+            pending.extend(node.all_input_nodes)
+    return [node for node in graph.nodes if node in found]
 
 
 def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> bool:
@@ -1172,6 +1390,7 @@ def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> 
         _fold_conv_batchnorms(root, graph)
         _fuse_max_pool_relus(root, graph)
         _fuse_whole_units(root, graph)
+        _fuse_whole_v2_units(root, graph)
     for node in graph.nodes:
         if _is_explicit_shuffle(root, node):
             where = _qualified(prefix, node.target if node.op == "call_module" else node.name)
@@ -1199,6 +1418,13 @@ def _sites(graph: fx.Graph) -> tuple[FusedConv, ...]:
                 FusedConv(conv=expand.target, bn=expand_bn.target, input_shuffle=after, relu=True,
                           residual=node.kwargs["stride"] == 1),
             ]
+        elif _is_call(node, fused_unit_v2):  # its convs, as they run when not in inference
+            layers = node.args[1:]
+            for index, (conv, bn) in enumerate(zip(layers[::2], layers[1::2])):
+                if index % 2:  # the depthwise convs, between the 1x1 ones
+                    sites.append(FusedConv(conv=conv.target, bn=bn.target, kernel="conv2d_bn"))
+                else:
+                    sites.append(FusedConv(conv=conv.target, bn=bn.target, relu=True))
         elif node.op == "call_function" and node.target is fused_conv_bn:
             sites.append(FusedConv(conv=node.args[1].target, bn=node.args[2].target, kernel="conv2d_bn"))
         elif _is_fused_call(node):
@@ -1302,7 +1528,8 @@ def _fuse_tree(module: nn.Module, path: str, report: _Report, covered: bool) -> 
 
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     """``model`` with the 1x1 convs next to channel shuffles running on the fused kernels
-    (and a ShuffleNet V2 unit's concat + shuffle as one copy).
+    (a ShuffleNet V2 unit's concat + shuffle as one copy; whole V1 and V2 units as one call,
+    the whole-unit op in inference).
 
     Works on any ``nn.Module`` (see the module docstring for the patterns). Returns the
     same kind of object as ``model``, with the same module tree, parameters, buffers and

@@ -4,7 +4,10 @@ of V2 code written several ways (torchvision's, torch.channel_shuffle with slice
 nn.ChannelShuffle with torch.split, einops)."""
 
 import copy
+import gc
+import importlib
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -35,6 +38,8 @@ except ImportError:  # a test extra
 
 pytestmark = requires_extension
 DOUBLE = torch.float64
+# The module (models.shufflenet_v2 is the function of that name).
+shufflenet_v2_module = importlib.import_module("shufflenet_ops.models.shufflenet_v2")
 UNIT_V2_OP = torch.ops.shufflenet_ops.shuffle_unit_v2.default
 
 
@@ -402,9 +407,11 @@ class _ComputeOps(TorchDispatchMode):
         return out
 
 
-def _compute_ops(model, x):
-    with torch.no_grad():
-        model(x)  # folds the BNs into the caches
+def _compute_ops(model, x, grad=False):
+    """The ops of ``model(x)`` after a first call (that filled the caches); ``grad``: with
+    gradients enabled (the parameters require them: the per-op path, folding per call)."""
+    with torch.set_grad_enabled(grad):
+        model(x)
         with _ComputeOps() as recorded:
             model(x)
     return recorded.calls
@@ -426,11 +433,14 @@ def test_fuse_of_v2_code_same_outputs_and_gradients(unit):
 def test_fuse_of_v2_code_runs_what_the_package_model_runs(unit):
     """In eval the fuse()d model runs the ops of shufflenet_v2(fused=True), in the same order
     on the same shapes and memory formats (given channels_last input, as the package's model
-    makes it on CPU): each 1x1 conv + BN + ReLU one fused conv (36 at any width: two per
-    unit, branch1 of the 3 stride-2 units, conv5), each 3x3 conv + BN one F.conv2d (20: the
-    stem and the depthwise convs), the stem's ReLU + max pool one op, each unit's cat +
-    shuffle one interleaving copy (torch.stack), the chunk a view. Not a cat, a shuffle, a
-    BN or a ReLU of their own."""
+    makes it on CPU): each unit one fused_unit_v2 call, in inference one shuffle_unit_v2 op
+    (16), the stem's 3x3 conv + BN one F.conv2d and its ReLU + max pool one op, conv5 + BN +
+    ReLU one fused conv. With a gradient needed each unit runs op by op, as the package's
+    model does: each 1x1 conv + BN + ReLU one fused conv (36 at any width: two per unit,
+    branch1 of the 3 stride-2 units, conv5), each 3x3 conv + BN one F.conv2d (20: the stem
+    and the depthwise convs), each unit's cat + shuffle one interleaving copy (torch.stack),
+    the chunk a view. Either way not a cat, a shuffle, a BN or a ReLU of their own.
+    ``fused_convs`` lists the convs as the per-op path runs them."""
     naive, fused = _fused_v2(unit, torch.float32)
     sites = fused_convs(fused)
     pointwise = {name for name, m in naive.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)}
@@ -442,8 +452,10 @@ def test_fuse_of_v2_code_runs_what_the_package_model_runs(unit):
     others = {name for name, m in naive.named_modules() if isinstance(m, nn.Conv2d)} - pointwise
     assert {name for name, s in sites.items() if s.kernel == "conv2d_bn"} == others and len(others) == 20
     code = fused.forward.code
-    assert code.count("fused_cat_shuffle(") == 16 and code.count("max_pool3x3s2_relu(") == 1
-    for written in ("cat(", "concat(", "channel_shuffle", "transpose", "rearrange", ".shuffle", "relu(self", "view("):
+    assert code.count("fused_unit_v2(") == 16 and code.count("max_pool3x3s2_relu(") == 1
+    assert code.count("fused_conv1x1(") == 1 and code.count("fused_conv_bn(") == 1  # conv5, the stem
+    for written in ("cat(", "concat(", "channel_shuffle", "transpose", "rearrange", ".shuffle", "relu(self", "view(",
+                    "chunk(", "split(", "getitem"):
         assert written not in code, written
 
     package = shufflenet_v2(0.5, 10).eval()
@@ -453,7 +465,15 @@ def test_fuse_of_v2_code_runs_what_the_package_model_runs(unit):
     ops = _compute_ops(fused, x)
     assert ops == _compute_ops(package, x)
     names = [op for op, _, _ in ops]
+    assert names.count("shufflenet_ops.shuffle_unit_v2") == 16
+    assert names.count("shufflenet_ops.group_conv1x1_shuffle") == 1 and "aten.stack" not in names
+    assert "aten.cat" not in names and "aten.clone" not in names and "aten.relu" not in names
+
+    ops = _compute_ops(fused, x, grad=True)
+    assert ops == _compute_ops(package, x, grad=True)
+    names = [op for op, _, _ in ops]
     assert names.count("shufflenet_ops.group_conv1x1_shuffle") == 36 and names.count("aten.stack") == 16
+    assert "shufflenet_ops.shuffle_unit_v2" not in names
     assert "aten.cat" not in names and "aten.clone" not in names and "aten.relu" not in names
 
 
@@ -468,6 +488,110 @@ def test_fuse_of_v2_code_in_train_mode_runs_torchs_convs():
     names = [op for op, _, _ in recorded.calls]
     assert names.count("aten.convolution") == 56 and names.count("aten.stack") == 16
     assert "shufflenet_ops.group_conv1x1_shuffle" not in names and "aten.cat" not in names
+
+
+@pytest.mark.parametrize("unit", V2_WRITINGS)
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_fuse_of_v2_code_same_outputs_in_inference(unit, fmt):
+    """Eval without gradients, float64 and float32, batch 1 and 3 at odd sizes: the code's own
+    outputs, each unit one shuffle_unit_v2 op where it applies (channels_last: all 16; NCHW:
+    the 3 stride-2 units, the stride-1 ones op by op, as the package's units do)."""
+    naive, fused = _fused_v2(unit)
+    naive.eval()
+    fused32 = copy.deepcopy(fused).float().eval()
+    fused.eval()
+    generator = torch.Generator().manual_seed(3)
+    for batch, size in ((1, (45, 67)), (3, (33, 19))):
+        x = torch.randn(batch, 3, *size, generator=generator, dtype=DOUBLE).contiguous(memory_format=FORMATS[fmt])
+        with torch.no_grad():
+            expected = naive(x)
+            for model, dtype in ((fused, DOUBLE), (fused32, torch.float32)):
+                with OpCalls() as calls:
+                    y = model(x.to(dtype))
+                assert calls.ops.count(UNIT_V2_OP) == (16 if fmt == "channels_last" else 3)
+                assert_close(y, expected, dtype)
+
+
+class VariantUnit(TVInvertedResidual):
+    """Stride-1 V2 code written other ways. Still the V2 unit: "shape-checks" (shape queries of
+    values the whole-unit call no longer computes). Not it, so op by op: "same-half" (x1 is
+    the second half too), "even-odd" (even and odd channels, not halves), "swapped" (the
+    branch first in the cat), "relu6" (not a ReLU after branch2)."""
+
+    def __init__(self, channels, variant):
+        super().__init__(channels, channels, 1)
+        self.variant = variant
+        if variant == "relu6":
+            self.branch2[7] = nn.ReLU6()
+
+    def forward(self, x):
+        c = x.shape[1] // 2
+        x1, x2 = x[:, :c], x[:, c:]
+        if self.variant == "same-half":
+            x1 = x[:, c:]
+        elif self.variant == "even-odd":
+            x1, x2 = x[:, 0::2], x[:, 1::2]
+        y = x2
+        for index, layer in enumerate(self.branch2):
+            y = layer(y)
+            if self.variant == "shape-checks" and index in (2, 4):  # the compress and depthwise outputs
+                torch._assert(y.size(1) == self.branch2[0].out_channels, "bottleneck width")
+        if self.variant == "shape-checks":
+            torch._assert(y.shape == x1.shape, "branch2 keeps x1's shape")
+        return tv_channel_shuffle(torch.cat((y, x1) if self.variant == "swapped" else (x1, y), 1), 2)
+
+
+@pytest.mark.parametrize("variant", ["shape-checks", "same-half", "even-odd", "swapped", "relu6"])
+def test_fuse_of_v2_unit_variants(variant):
+    """After a torchvision stride-2 unit (one fused_unit_v2 call), a variant: one more call
+    if it is the V2 unit, else its ops as today (the cat + shuffle still one copy); either
+    way the code's outputs, in inference and in training with gradients."""
+    torch.manual_seed(0)
+    naive = randomize_batchnorm(nn.Sequential(TVInvertedResidual(24, 48, 2), VariantUnit(48, variant))).to(DOUBLE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", so.FuseWarning)
+        fused = so.fuse(naive)
+    units = 2 if variant == "shape-checks" else 1
+    code = fused.forward.code
+    assert code.count("fused_unit_v2(") == units and code.count("fused_cat_shuffle(") == 2 - units
+    x = torch.randn(3, 24, 13, 11, dtype=DOUBLE).contiguous(memory_format=torch.channels_last)
+    naive.eval()
+    fused.eval()
+    with torch.no_grad(), OpCalls() as calls:
+        y = fused(x)
+    assert calls.ops.count(UNIT_V2_OP) == units
+    with torch.no_grad():
+        assert_close(y, naive(x), DOUBLE)
+    naive.train()
+    fused.train()
+    assert_same_training(naive, fused, x)
+
+
+def test_fuse_of_v2_code_caches_each_unit_until_a_weight_changes(monkeypatch):
+    """Each unit's folded, packed arguments are computed once and reused, again after an
+    in-place change of a weight or a BN statistic (that unit only), and never keep the
+    model alive."""
+    naive, fused = _fused_v2(TVInvertedResidual)
+    naive.eval()
+    fused.eval()
+    packs = []
+    pack = shufflenet_v2_module._pack_unit
+    monkeypatch.setattr(shufflenet_v2_module, "_pack_unit", lambda pairs, stride: packs.append(stride) or pack(pairs, stride))
+    x = torch.randn(1, 3, 45, 37, dtype=DOUBLE).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fused(x)
+        fused(x)
+        assert packs == [2, 1, 1, 1, 2, *[1] * 7, 2, 1, 1, 1]  # once per unit
+        for model in (naive, fused):
+            model.stage3[0].branch1[2].weight.mul_(-1)  # branch1's 1x1 conv
+            model.stage2[1].branch2[4].running_var.add_(0.5)  # a depthwise conv's BN
+        y = fused(x)
+        assert len(packs) == 18
+        assert_close(y, naive(x), DOUBLE)
+    alive = weakref.ref(fused)
+    del fused, model
+    gc.collect()
+    assert alive() is None
 
 
 class ConcatShuffles(nn.Module):
