@@ -170,6 +170,22 @@ def test_noncontiguous_weight_and_2d_weight():
     check_against_reference(case, x, w.reshape(24, 4), b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_ungrouped_column_major_weight_is_read_in_place(layout, dtype):
+    """An ungrouped weight whose memory is its transpose (as the fused modules keep folded 1x1
+    weights on CPU) is read without a copy: forward, grad input and grad weight, with both
+    shuffle placements, the output shuffle folded into the weight rows (a row-major copy),
+    and at batch 1 on a 7x7 map, where the output channels are split among threads."""
+    for case, (batch, height, width) in ((Case("output", 40, 144, 1, 1), (1, 7, 7)), (Case("output", 24, 60, 1, 3),
+                                          (2, 5, 6)), (Case("input", 24, 20, 1, 4), (2, 3, 5))):
+        x, w, b = case.tensors(batch, height, width, dtype=torch.float64)
+        w_t = w.reshape(case.cout, case.cin).t().contiguous().t().reshape(w.shape)
+        assert w_t.stride()[:2] == (1, case.cout)
+        x, w_t, b = x.to(dtype), w_t.to(dtype), b.to(dtype)
+        check_against_reference(case, x.contiguous(memory_format=layout), w_t, b, dtype=dtype)
+
+
 @pytest.mark.parametrize(
     "batch,height,width",
     [(1, 1, 1), (1, 7, 7), (3, 1, 9), (2, 17, 19), (1, 16, 32)],  # 17*19=323 spans two pixel tiles

@@ -36,16 +36,29 @@ struct WeightOperand {
 };
 
 // op(W_i)^T as a contiguous (kd x m) matrix per group: the row-contiguous B operand that
-// small_gemm needs in the pixel-major layout (tiny: the weights only).
+// small_gemm needs in the pixel-major layout. In 16 x 16 blocks, on every thread for a large
+// weight: a walk down the weight's columns touches a new cache line per element once the
+// weight outgrows L1 (V2's conv5, 1024 x 464: ~500 us per call that way at batch 1, as long
+// as the GEMM itself).
 template <typename acc_t>
 std::vector<acc_t> pack_weight_transposed(const WeightOperand<acc_t>& w, int64_t groups) {
+  constexpr int64_t kBlock = 16;
+  constexpr int64_t kSerialElements = 32 * 1024;  // below this, threads cost more than they save
   std::vector<acc_t> packed(groups * w.kd * w.m);
-  for (int64_t i = 0; i < groups; ++i) {
-    const acc_t* g = w.group(i);
-    acc_t* out = packed.data() + i * w.kd * w.m;
-    for (int64_t k = 0; k < w.kd; ++k)
-      for (int64_t r = 0; r < w.m; ++r) out[k * w.m + r] = g[r * w.row_stride() + k * w.col_stride()];
-  }
+  const int64_t k_blocks = (w.kd + kBlock - 1) / kBlock;
+  const int64_t grain = std::max<int64_t>(1, kSerialElements / (kBlock * std::max<int64_t>(w.m, 1)));
+  at::parallel_for(0, groups * k_blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t i = task / k_blocks, k0 = (task % k_blocks) * kBlock, k1 = std::min(w.kd, k0 + kBlock);
+      const acc_t* g = w.group(i);
+      acc_t* out = packed.data() + i * w.kd * w.m;
+      for (int64_t r0 = 0; r0 < w.m; r0 += kBlock) {
+        const int64_t r1 = std::min(w.m, r0 + kBlock);
+        for (int64_t k = k0; k < k1; ++k)
+          for (int64_t r = r0; r < r1; ++r) out[k * w.m + r] = g[r * w.row_stride() + k * w.col_stride()];
+      }
+    }
+  });
   return packed;
 }
 
@@ -114,15 +127,28 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
   std::vector<acc_t> packed_w;
   if constexpr (std::is_same_v<acc_t, float>) {
     small = use_small_gemm();
-    if (small && layout == Layout::kPixelMajor) packed_w = pack_weight_transposed(w, groups);
+    // A transposed operand is stored as op(W_i)^T already: the B operand as it is.
+    if (small && layout == Layout::kPixelMajor && !w.transposed) packed_w = pack_weight_transposed(w, groups);
   }
+  const acc_t* b_operand = w.transposed ? w.data : packed_w.data();
   const scalar_t* src_data = src.const_data_ptr<scalar_t>();
   scalar_t* dst_data = dst.mutable_data_ptr<scalar_t>();
+  // Fewer tiles than threads (batch 1 at 7x7 is one tile): each tile's output channels are
+  // also split, in whole 16-column vectors, among the threads (`column_chunks` tasks per
+  // tile). Only the pixel-major small_gemm path writing in place with its epilogue in
+  // registers splits (see `split` below); elsewhere chunk 0 does the whole group.
+  const int64_t threads = at::get_num_threads();
+  int64_t column_chunks = 1;
+  if (small && layout == Layout::kPixelMajor && plan.size() < threads && m >= 128) {
+    column_chunks = std::min((threads + plan.size() - 1) / plan.size(), m / 64);
+  }
+  const int64_t chunk_columns = ((m + column_chunks - 1) / column_chunks + 15) / 16 * 16;
 
-  at::parallel_for(0, plan.size(), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, plan.size() * column_chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> src_buffer, dst_buffer;
     for (int64_t task = begin; task < end; ++task) {
-      const Tile t = plan[task];
+      const Tile t = plan[task / column_chunks];
+      const int64_t chunk = task % column_chunks;
       const int64_t cols = t.cols();
       for (int64_t i = 0; i < groups; ++i) {
         // Pixel-major source rows spread evenly by a shuffle (the official code's input
@@ -153,6 +179,10 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
           residual_tile = direct_tile(residual.data, residual.view, layout, dst_rows, i, t);
         }
         const bool epilogue_in_registers = !residual.data || residual_tile.data;
+        // This task's output columns [j0, j1) of the group.
+        const bool split = column_chunks > 1 && !scatter && epilogue_in_registers;
+        const int64_t j0 = split ? chunk * chunk_columns : 0, j1 = split ? std::min(m, j0 + chunk_columns) : m;
+        if (split ? j0 >= j1 : chunk != 0) continue;
         SmallGemmEpilogue in_registers;
         if (epilogue_in_registers) {
           (layout == Layout::kChannelMajor ? in_registers.row_bias : in_registers.col_bias) =
@@ -171,11 +201,14 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
             gemm_row_major<acc_t>(w.transposed, false, m, cols, kd, 1, w.group(i), w.ld(), s.data, s.ld, 0, d.data,
                                   d.ld);
           }
-        } else {  // D^T (cols x m) = S^T (cols x kd) @ op(W_i)^T
-          done = small && small_gemm(cols, m, kd, reinterpret_cast<const float*>(s.data), s.ld, s_col,
-                                     reinterpret_cast<const float*>(packed_w.data() + i * kd * m), m,
-                                     reinterpret_cast<float*>(d.data), d.ld, in_registers, /*stream_rows=*/false,
-                                     /*prefetch_rows=*/s_in_place);
+        } else {  // D^T (cols x m) = S^T (cols x kd) @ op(W_i)^T, columns [j0, j1)
+          if (in_registers.col_bias) in_registers.col_bias += j0;
+          if (in_registers.residual) in_registers.residual += j0;
+          done = small && small_gemm(cols, j1 - j0, kd, reinterpret_cast<const float*>(s.data), s.ld, s_col,
+                                     reinterpret_cast<const float*>(b_operand + i * kd * m + j0), m,
+                                     reinterpret_cast<float*>(d.data) + j0, d.ld, in_registers,
+                                     /*stream_rows=*/false, /*prefetch_rows=*/s_in_place);
+          TORCH_INTERNAL_ASSERT(done || !split, "a column split needs small_gemm");
           if (!done) {
             TORCH_INTERNAL_ASSERT(s_col == 1, "strided source rows need small_gemm");
             gemm_row_major<acc_t>(false, !w.transposed, cols, m, kd, 1, s.data, s.ld, w.group(i), w.ld(), 0, d.data,
@@ -190,10 +223,19 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
   });
 }
 
-// weight as a contiguous (Cout, K) matrix in the accumulation type.
-at::Tensor weight_matrix(const at::Tensor& weight) {
+// A (rows, cols) matrix stored as its transpose, row-major (and not also row-major itself).
+bool is_column_major(const at::Tensor& w) {
+  return w.size(0) > 1 && w.size(1) > 1 && w.stride(0) == 1 && w.stride(1) == w.size(0);
+}
+
+// weight as a (Cout, K) matrix in the accumulation type: row-major, or column-major where an
+// ungrouped weight's memory already is W^T (the fused modules keep their folded 1x1 weights so
+// on CPU: W^T's rows are the B operand of the pixel-major GEMM, which then packs nothing; a
+// per-call transpose of V2's 1024 x 464 conv5 weight costs ~130-200 us, as long as the GEMM).
+at::Tensor weight_matrix(const at::Tensor& weight, int64_t groups) {
   const auto acc = at::toOpMathType(weight.scalar_type());
-  return weight.reshape({weight.size(0), weight.size(1)}).to(acc).contiguous();
+  at::Tensor w = weight.reshape({weight.size(0), weight.size(1)}).to(acc);
+  return groups == 1 && is_column_major(w) ? w : w.contiguous();
 }
 
 // An ungrouped conv's output shuffle is a permutation of its output channels:
@@ -225,14 +267,15 @@ at::Tensor conv1x1_forward(const at::Tensor& x_in, const at::Tensor& weight, con
   const int64_t cin = x.size(1), cout = weight.size(0);
   at::Tensor y = empty_planar(x, cout, layout);
   if (y.numel() == 0) return y;
-  at::Tensor w = weight_matrix(weight);
+  at::Tensor w = weight_matrix(weight, groups);
   at::Tensor b = bias.has_value() ? bias->to(w.scalar_type()).contiguous() : at::Tensor();
   out_shuffle = fold_ungrouped_output_shuffle(w, &b, groups, out_shuffle);
+  const bool column_major = is_column_major(w);  // else row-major (index_select returns it so)
   const at::Tensor res = residual.has_value() ? as_planar(*residual, layout) : at::Tensor();
   const RowMap src_rows = input_rows(cin, groups, in_shuffle), dst_rows = output_rows(cout, groups, out_shuffle);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "conv1x1_shuffle_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const WeightOperand<acc_t> op{w.const_data_ptr<acc_t>(), false, cout / groups, cin / groups};
+    const WeightOperand<acc_t> op{w.const_data_ptr<acc_t>(), column_major, cout / groups, cin / groups};
     pointwise_gemm<scalar_t>(x, src_rows, op, b.defined() ? b.const_data_ptr<acc_t>() : nullptr, res, relu, dst_rows,
                              y, layout);
   });
@@ -265,13 +308,15 @@ at::Tensor conv1x1_shuffle_grad_input(const at::Tensor& grad_in, const at::Tenso
   const at::Tensor grad = as_planar(grad_in, layout);
   at::Tensor grad_x = empty_planar(grad, cin, layout);
   if (grad_x.numel() == 0) return grad_x;
-  at::Tensor w = weight_matrix(weight);
+  at::Tensor w = weight_matrix(weight, groups);
   out_shuffle = fold_ungrouped_output_shuffle(w, nullptr, groups, out_shuffle);
+  const bool column_major = is_column_major(w);
   // Read go through the forward's output map (= Pout^-1), write through its input map (= Pin^-1).
   const RowMap src_rows = output_rows(cout, groups, out_shuffle), dst_rows = input_rows(cin, groups, in_shuffle);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "conv1x1_shuffle_grad_input", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const WeightOperand<acc_t> op{w.const_data_ptr<acc_t>(), true, cin / groups, cout / groups};
+    // op(W) = W^T: stored transposed when W is row-major, as itself when W is column-major.
+    const WeightOperand<acc_t> op{w.const_data_ptr<acc_t>(), !column_major, cin / groups, cout / groups};
     pointwise_gemm<scalar_t>(grad, src_rows, op, nullptr, at::Tensor(), false, dst_rows, grad_x, layout);
   });
   return grad_x;

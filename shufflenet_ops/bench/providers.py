@@ -207,7 +207,8 @@ NETWORK_PROVIDERS: tuple[NetworkProvider, ...] = (
     NetworkProvider("naive_channels_last", "the naive network with channels_last weights and input", fused=False,
                     compiled=False, channels_last=True),
     NetworkProvider("fuse_naive", "shufflenet_ops.fuse() of the naive network (a model as people write it, "
-                    "converted without retraining)", fused=False, compiled=False, converted=True),
+                    "converted without retraining), given channels_last input and weights as fuse() asks on CPU",
+                    fused=False, compiled=False, channels_last=True, converted=True),
     NetworkProvider("compile_naive", "torch.compile of the naive network", fused=False, compiled=True),
     NetworkProvider("compile_fused", "torch.compile of the fused network", fused=True, compiled=True),
     NetworkProvider("onnxruntime", "ONNX Runtime (CPU) on the naive model exported with torch.onnx.export(dynamo=True)",

@@ -182,7 +182,22 @@ class FoldCache(TensorCache):
     """The last folded ``(weight, bias)`` of one conv+BN pair (``TensorCache``)."""
 
     def folded(
-        self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_index: torch.Tensor | None = None
+        self, conv: nn.Conv2d, bn: nn.BatchNorm2d, bn_index: torch.Tensor | None = None,
+        transposed_memory: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.get(fold_sources(conv, bn), lambda: folded_conv_bn(conv, bn, bn_index), (bn.eps,))
+        """``folded_conv_bn(conv, bn, bn_index)``, cached. ``transposed_memory``: the weight of
+        an ungrouped 1x1 conv, same shape, laid out in memory as its ``(K, Cout)`` transpose:
+        the C++ kernel's pixel-major GEMM reads that as is, where a row-major weight is
+        transposed on every call (csrc/cpu/conv1x1_shuffle_kernel.cpp: ``weight_matrix``;
+        V2's conv5, 1024 x 464: 253 -> 125 us at batch 1 on 2 threads). Only for a weight
+        without a graph (inference): the cached one."""
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            weight, bias = folded_conv_bn(conv, bn, bn_index)
+            if transposed_memory and not weight.requires_grad:  # with a graph: a copy node each call
+                cout, k = weight.shape[:2]
+                weight = weight.reshape(cout, k).t().contiguous().t().reshape(weight.shape)
+            return weight, bias
+
+        return self.get(fold_sources(conv, bn), compute, (bn.eps,))
 

@@ -61,7 +61,7 @@ def conv1x1_bn(
             # BN channel j sits on conv channel p[j]; conv channel c meets BN channel p^-1[c].
             bn_index = shuffle_permutation(channels, channels // output_shuffle, conv.weight.device)
         cache = fold_cache if fold_cache is not None else FoldCache()
-        weight, bias = cache.folded(conv, bn, bn_index)
+        weight, bias = cache.folded(conv, bn, bn_index, transposed_memory=groups == 1 and x.device.type == "cpu")
         if input_shuffle > 1:
             return functional.shuffle_group_conv1x1(
                 x, weight, groups, input_shuffle, bias=bias, relu=relu, residual=residual
