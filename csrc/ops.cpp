@@ -61,9 +61,9 @@ TORCH_LIBRARY(shufflenet_ops, m) {
   // 1x1 weights packed as shuffle_unit's; the branch1 tensors are None for stride 1.
   m.def(
       "shuffle_unit_v2(Tensor x, Tensor compress_weight, Tensor compress_bias, Tensor depthwise_weight, "
-      "Tensor depthwise_bias, Tensor expand_weight, Tensor expand_bias, Tensor? branch1_depthwise_weight, "
-      "Tensor? branch1_depthwise_bias, Tensor? branch1_pointwise_weight, Tensor? branch1_pointwise_bias, "
-      "int stride) -> Tensor");
+      "Tensor depthwise_bias, Tensor expand_weight, Tensor expand_bias, Tensor? branch1_depthwise_weight=None, "
+      "Tensor? branch1_depthwise_bias=None, Tensor? branch1_pointwise_weight=None, "
+      "Tensor? branch1_pointwise_bias=None, int stride=1) -> Tensor");
 }
 
 namespace {

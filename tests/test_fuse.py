@@ -659,7 +659,7 @@ def test_einops_shuffles_are_fused():
         "conv_c": site("conv_c", input_shuffle=4),
     }
     code = fused_code(fused)
-    assert "self.flip" in code and "self.shuffle" not in code and "rearrange" not in code
+    assert "self._fused_flip(" in code and "_fused_shuffle" not in code and "rearrange" not in code
     left, right = torch.randn(2, 16, 5, 6, dtype=DOUBLE), torch.randn(2, 16, 5, 6, dtype=DOUBLE)
     for mode in ("eval", "train"):
         getattr(reference, mode)()

@@ -9,6 +9,8 @@ and test_errors.py.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -256,6 +258,8 @@ def test_fused_model_runs_every_unit_as_one_op_and_hooked_units_as_modules():
 
 def test_public_function_names_bad_arguments():
     args = list(next(iter(SHUFFLE_UNIT_V2.samples())))
+    # The schema's defaults are the function's: a stride-1 call needs no branch1 or stride.
+    torch.testing.assert_close(torch.ops.shufflenet_ops.shuffle_unit_v2(*args[:7]), so.shuffle_unit_v2(*args[:7]))
     for index, bad, error, message in [
         (11, 2.0, TypeError, r"stride must be an int, got float"),
         (11, True, TypeError, r"stride must be an int, got bool"),
@@ -278,3 +282,30 @@ def test_public_function_names_bad_arguments():
             so.shuffle_unit_v2(*bad_args)
         with pytest.raises(ValueError, match=message):
             torch.ops.shufflenet_ops.shuffle_unit_v2(*bad_args)
+
+
+def test_unit_with_replaced_layers_runs_them_as_written():
+    """Layers other than the plain ones the fused paths fold (a BN subclass with its own
+    forward, a BN replaced by Identity or GroupNorm, a 3x3 conv where a 1x1 one was) are run
+    as written, in the unit op's place and on the per-op path, with the naive unit's results."""
+    class ScaledBN(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    replacements = [
+        ("branch2", 4, lambda: ScaledBN(24)), ("branch2", 4, nn.Identity), ("branch2", 1, lambda: nn.GroupNorm(4, 24)),
+        ("branch2", 0, lambda: nn.Conv2d(48, 24, 3, padding=1, bias=False)), ("branch1", 3, lambda: ScaledBN(24)),
+    ]
+    for branch, index, make in replacements:
+        fused, naive = unit_pair(48, 48, 2, seed=8)
+        torch.manual_seed(9)
+        layer = make().double().eval()
+        getattr(naive, branch)[index] = layer
+        getattr(fused, branch)[index] = copy.deepcopy(layer)
+        x = torch.randn(1, 48, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), OpCalls() as calls:
+            expected, y = naive(x), fused(x)
+        assert UNIT_OP not in calls.ops, f"{branch}[{index}]"
+        assert_close(y, expected, torch.float64, f"{branch}[{index}] = {type(layer).__name__}")
+        x.requires_grad_()  # eval with a gradient: the per-op path
+        assert_close(fused(x).detach(), naive(x).detach(), torch.float64, f"{branch}[{index}], grad mode")

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .. import functional, reference
-from ..modules import FoldCache, can_fold, conv1x1_bn, conv2d_bn
+from ..modules import FoldCache, can_fold, conv1x1_bn, conv2d_bn, is_foldable_conv, is_pointwise_conv
 from ..modules.batchnorm import TensorCache, foldable_sources, folded_conv_bn, is_plain_batchnorm
 from ..modules.unit import pixel_major, unit_op_applies
 from ..ops.shuffle_unit import pack_pointwise_weight
@@ -71,30 +71,36 @@ def _pointwise(in_channels: int, out_channels: int) -> nn.Conv2d:
 ConvBN = tuple[nn.Conv2d, nn.BatchNorm2d]
 
 
-def _relus_where_expected(branch: nn.Module, length: int, relus: tuple[int, ...]) -> bool:
-    """``branch`` has torchvision's ``length`` layers with an ``nn.ReLU`` at each index of
-    ``relus``: the ReLUs that the fused paths compute in their convs' epilogues."""
+# torchvision's layer indices in each branch: (length, (conv, BN) pairs, ReLUs, which pairs
+# hold a 1x1 conv).
+_BRANCH2 = (8, ((0, 1), (3, 4), (5, 6)), (2, 7), (0, 2))
+_BRANCH1 = (5, ((0, 1), (2, 3)), (4,), (1,))
+
+
+def _plain_pairs(branch: nn.Module, layout: tuple) -> list[ConvBN] | None:
+    """``branch``'s (conv, BN) pairs if it has torchvision's layers at torchvision's indices
+    (``layout``: ``_BRANCH1`` or ``_BRANCH2``): foldable ``nn.Conv2d``s (1x1 ones where
+    torchvision has them), plain ``nn.BatchNorm2d``s (no own forward) and ``nn.ReLU``s, the
+    layers the fused paths fold and compute in their epilogues; else None (the branch runs as
+    written). Through ``_modules``: nn.Module's ``__getattr__`` costs ~0.5 us a lookup."""
+    length, pairs, relus, pointwise = layout
     layers = branch._modules
-    return len(layers) == length and all(type(layers[str(i)]) is nn.ReLU for i in relus)
+    if len(layers) != length or any(type(layers[str(i)]) is not nn.ReLU for i in relus):
+        return None
+    found = [(layers[str(c)], layers[str(b)]) for c, b in pairs]
+    if not all(is_foldable_conv(conv) and is_plain_batchnorm(bn) for conv, bn in found):
+        return None
+    return found if all(is_pointwise_conv(found[i][0]) for i in pointwise) else None
 
 
 def _unit_layers(branch1: nn.Module, branch2: nn.Module, stride: int) -> list[ConvBN] | None:
     """A unit's (conv, BN) pairs in the order ``shuffle_unit_v2`` takes them (branch2's three,
-    then branch1's two for stride 2), or None unless both branches are the plain Sequentials
-    the op computes (``nn.Conv2d``, plain ``nn.BatchNorm2d``, ``nn.ReLU`` at torchvision's
-    indices). Through ``_modules``: nn.Module's ``__getattr__`` costs ~0.5 us a lookup."""
-    if not _relus_where_expected(branch2, 8, (2, 7)):
-        return None
-    layers = branch2._modules
-    pairs = [(layers["0"], layers["1"]), (layers["3"], layers["4"]), (layers["5"], layers["6"])]
-    if stride == 2:
-        if not _relus_where_expected(branch1, 5, (4,)):
-            return None
-        layers = branch1._modules
-        pairs += [(layers["0"], layers["1"]), (layers["2"], layers["3"])]
-    if all(type(conv) is nn.Conv2d and is_plain_batchnorm(bn) for conv, bn in pairs):
+    then branch1's two for stride 2), or None unless both branches are plain (``_plain_pairs``)."""
+    pairs = _plain_pairs(branch2, _BRANCH2)
+    if pairs is None or stride == 1:
         return pairs
-    return None
+    shortcut = _plain_pairs(branch1, _BRANCH1)
+    return None if shortcut is None else pairs + shortcut
 
 
 def _is_conv(conv: nn.Conv2d, kernel: int, stride: int, depthwise: bool) -> bool:
@@ -239,18 +245,21 @@ class InvertedResidual(_Folding):
         return shuffle_unit_v2_arguments(x, pairs, self.stride, self._unit_cache, checked=True)
 
     def _branch2(self, x: torch.Tensor) -> torch.Tensor:
-        b, caches = self.branch2, self._fold_caches
-        if not (_relus_where_expected(b, 8, (2, 7)) and can_fold(b[1]) and can_fold(b[4]) and can_fold(b[6])):
-            return b(x)
-        y = conv1x1_bn(x, b[0], b[1], relu=True, fold_cache=caches[0])
-        y = conv2d_bn(y, b[3], b[4], caches[1])
-        return conv1x1_bn(y, b[5], b[6], relu=True, fold_cache=caches[2])
+        pairs, caches = _plain_pairs(self.branch2, _BRANCH2), self._fold_caches
+        if pairs is None or not all(can_fold(bn) for _, bn in pairs):
+            return self.branch2(x)
+        (compress, compress_bn), (depthwise, depthwise_bn), (expand, expand_bn) = pairs
+        y = conv1x1_bn(x, compress, compress_bn, relu=True, fold_cache=caches[0])
+        y = conv2d_bn(y, depthwise, depthwise_bn, caches[1])
+        return conv1x1_bn(y, expand, expand_bn, relu=True, fold_cache=caches[2])
 
     def _branch1(self, x: torch.Tensor) -> torch.Tensor:
-        b, caches = self.branch1, self._fold_caches
-        if not (_relus_where_expected(b, 5, (4,)) and can_fold(b[1]) and can_fold(b[3])):
-            return b(x)
-        return conv1x1_bn(conv2d_bn(x, b[0], b[1], caches[3]), b[2], b[3], relu=True, fold_cache=caches[4])
+        pairs, caches = _plain_pairs(self.branch1, _BRANCH1), self._fold_caches
+        if pairs is None or not all(can_fold(bn) for _, bn in pairs):
+            return self.branch1(x)
+        (depthwise, depthwise_bn), (pointwise, pointwise_bn) = pairs
+        return conv1x1_bn(conv2d_bn(x, depthwise, depthwise_bn, caches[3]), pointwise, pointwise_bn, relu=True,
+                          fold_cache=caches[4])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fused:

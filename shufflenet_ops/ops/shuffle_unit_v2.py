@@ -38,8 +38,8 @@ _BRANCH1 = ("branch1_depthwise_weight", "branch1_depthwise_bias", "branch1_point
 
 
 def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
-           branch1_depthwise_weight, branch1_depthwise_bias, branch1_pointwise_weight, branch1_pointwise_bias,
-           stride) -> None:
+           branch1_depthwise_weight=None, branch1_depthwise_bias=None, branch1_pointwise_weight=None,
+           branch1_pointwise_bias=None, stride=1) -> None:
     """The C++ op's checks (csrc/cpu/shuffle_unit_v2_kernel.cpp: check_shuffle_unit_v2), same messages."""
     check_unit_input(x, stride, "shuffle_unit_v2")
     branch2 = dict(zip(_BRANCH2, (compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight,
@@ -89,16 +89,16 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
 
 
 def _fake(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
-          branch1_depthwise_weight, branch1_depthwise_bias, branch1_pointwise_weight, branch1_pointwise_bias,
-          stride):
+          branch1_depthwise_weight=None, branch1_depthwise_bias=None, branch1_pointwise_weight=None,
+          branch1_pointwise_bias=None, stride=1):
     n, _, h, w = x.shape
     half = expand_weight.shape[0] * expand_weight.shape[2]
     return empty_like_format(x, (n, 2 * half, (h - 1) // stride + 1, (w - 1) // stride + 1))
 
 
 def _reference(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,
-               branch1_depthwise_weight, branch1_depthwise_bias, branch1_pointwise_weight, branch1_pointwise_bias,
-               stride):
+               branch1_depthwise_weight=None, branch1_depthwise_bias=None, branch1_pointwise_weight=None,
+               branch1_pointwise_bias=None, stride=1):
     has_branch1 = branch1_pointwise_weight is not None
     y = reference.shuffle_unit_v2(
         x, unpack_pointwise_weight(compress_weight), compress_bias, depthwise_weight, depthwise_bias,

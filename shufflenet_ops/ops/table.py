@@ -56,9 +56,9 @@ class KernelTable(Protocol):
 
     def shuffle_unit_v2(
         self, x: Tensor, compress_weight: Tensor, compress_bias: Tensor, depthwise_weight: Tensor,
-        depthwise_bias: Tensor, expand_weight: Tensor, expand_bias: Tensor, branch1_depthwise_weight: Tensor | None,
-        branch1_depthwise_bias: Tensor | None, branch1_pointwise_weight: Tensor | None,
-        branch1_pointwise_bias: Tensor | None, stride: int,
+        depthwise_bias: Tensor, expand_weight: Tensor, expand_bias: Tensor,
+        branch1_depthwise_weight: Tensor | None = None, branch1_depthwise_bias: Tensor | None = None,
+        branch1_pointwise_weight: Tensor | None = None, branch1_pointwise_bias: Tensor | None = None, stride: int = 1,
     ) -> Tensor: ...
 
 
