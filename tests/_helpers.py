@@ -362,3 +362,16 @@ def results_per_thread_count(run: Callable[[], torch.Tensor], counts: tuple[int,
         return results
     finally:
         torch.set_num_threads(threads)
+
+
+def run_fused_unit(fused: nn.Module, x: torch.Tensor, unit_op) -> torch.Tensor:
+    """``fused(x)`` in inference, checking that the unit ran as the one whole-unit op
+    ``unit_op`` if x is channels_last or the unit has stride 2, and op by op for a stride-1
+    unit given NCHW x (the per-op path runs NCHW natively)."""
+    with torch.no_grad(), OpCalls() as calls:
+        y = fused(x)
+    if x.is_contiguous(memory_format=torch.channels_last) or fused.stride == 2:
+        assert unit_op in calls.ops, f"the unit did not run as {unit_op}"
+    elif x.stride(1) != 1:
+        assert unit_op not in calls.ops, "a stride-1 unit with NCHW input ran the whole-unit op"
+    return y

@@ -29,6 +29,7 @@ from _helpers import (
     randomize_batchnorm,
     requires_extension,
     results_per_thread_count,
+    run_fused_unit,
 )
 
 pytestmark = requires_extension
@@ -62,15 +63,7 @@ def unit_pair(cin, cout, groups, stride, grouped_first, seed=0, dtype=torch.floa
 
 
 def run_unit(fused, x):
-    """fused(x) in inference, checking that it ran as the one whole-unit op if x is
-    channels_last or the unit has stride 2 (a stride-1 unit runs an NCHW x op by op)."""
-    with torch.no_grad(), OpCalls() as calls:
-        y = fused(x)
-    if x.is_contiguous(memory_format=torch.channels_last) or fused.stride == 2:
-        assert UNIT_OP in calls.ops, "the unit did not run as shuffle_unit"
-    elif x.stride(1) != 1:
-        assert UNIT_OP not in calls.ops, "a stride-1 unit with NCHW input ran the whole-unit op"
-    return y
+    return run_fused_unit(fused, x, UNIT_OP)
 
 
 @pytest.mark.parametrize("g,width,cin,cout,stride,grouped_first", UNIT_CASES,
