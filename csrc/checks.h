@@ -78,12 +78,13 @@ inline void check_residual(const std::optional<at::Tensor>& residual, const at::
 
 // ---- the whole-unit inference ops (shuffle_unit, shuffle_unit_v2)
 
-// x of a unit op named `op`: 4-D float32/float64 with pixels, and its stride 1 or 2.
+// x of a unit op named `op`: 4-D float32/float64 with channels and pixels, and its stride 1 or 2.
 inline void check_unit_input(const at::Tensor& x, int64_t stride, const char* op) {
   check_input(x, "x");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
                    " supports float32 and float64, got x of dtype ", x.scalar_type(),
                    " (other dtypes: run the unit's per-op path)");
+  TORCH_CHECK_VALUE(x.size(1) > 0, op, ": x must have at least one channel, got ", x.sizes());
   TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, op, ": x must have a non-empty spatial size, got ", x.sizes());
   TORCH_CHECK_VALUE(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
 }

@@ -82,13 +82,15 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
 
 
 def check_unit_input(x: Tensor, stride: int, op: str) -> None:
-    """x of the whole-unit op ``op``: 4-D float32/float64 with pixels; ``stride`` 1 or 2
+    """x of the whole-unit op ``op``: 4-D float32/float64 with channels and pixels; ``stride`` 1 or 2
     (csrc/checks.h: check_unit_input, same messages)."""
     _checks.check_input(x, "x")
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(
             f"{op} supports float32 and float64, got x of dtype {x.dtype} (other dtypes: run the unit's per-op path)"
         )
+    if x.shape[1] == 0:
+        raise ValueError(f"{op}: x must have at least one channel, got {list(x.shape)}")
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"{op}: x must have a non-empty spatial size, got {list(x.shape)}")
     if isinstance(stride, bool) or not isinstance(stride, int):
@@ -167,6 +169,7 @@ _BAD_CALLS = (
     ("bfloat16 x", lambda a: (a[0].bfloat16(), *(t.bfloat16() for t in a[1:7]), *a[7:]), TypeError,
      r"shuffle_unit supports float32 and float64"),
     ("empty spatial size", replace_argument(0, lambda x: x[:, :, :0]), ValueError, r"x must have a non-empty spatial size"),
+    ("no channels", replace_argument(0, lambda x: x[:, :0]), ValueError, r"x must have at least one channel"),
     ("compress_weight", replace_argument(1, lambda w: w[:, :3]), ValueError, r"compress_weight must have shape"),
     ("compress_bias", replace_argument(2, lambda b: b[:5]), ValueError, r"compress_bias must have shape \(6,\)"),
     ("depthwise_weight", replace_argument(3, lambda w: w[:, :, :2]), ValueError, r"depthwise_weight must have shape \(6, 1, 3, 3\)"),

@@ -147,6 +147,7 @@ _BAD_CALLS = (
     ("bfloat16 x", lambda a: (a[0].bfloat16(), *(t.bfloat16() for t in a[1:7]), *a[7:]), TypeError,
      r"shuffle_unit_v2 supports float32 and float64"),
     ("empty spatial size", replace_argument(0, lambda x: x[:, :, :0]), ValueError, r"x must have a non-empty spatial size"),
+    ("no channels", replace_argument(0, lambda x: x[:, :0]), ValueError, r"x must have at least one channel"),
     ("odd channels", replace_argument(0, lambda x: x[:, :11]), ValueError, r"x must have an even channel count, got 11"),
     ("compress_weight", replace_argument(1, lambda w: w[:, :3]), ValueError, r"compress_weight must have shape"),
     ("compress_bias", replace_argument(2, lambda b: b[:5]), ValueError, r"compress_bias must have shape \(6,\)"),
