@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 namespace shufflenet_ops {
 
 inline void check_input(const at::Tensor& x, const char* what) {
@@ -106,6 +108,22 @@ inline void check_vector(const at::Tensor& b, const char* name, int64_t length) 
 inline void check_depthwise(const at::Tensor& w, const char* name, int64_t channels) {
   TORCH_CHECK_VALUE(w.dim() == 4 && w.size(0) == channels && w.size(1) == 1 && w.size(2) == 3 && w.size(3) == 3,
                     name, " must have shape (", channels, ", 1, 3, 3), got ", w.sizes());
+}
+
+// A unit's bottleneck branch: packed 1x1 weight + bias for `inputs` input channels, 3x3
+// depthwise weight + bias, packed 1x1 weight + bias. Returns {bottleneck, output channels}.
+inline std::pair<int64_t, int64_t> check_bottleneck_branch(const at::Tensor& cw, const at::Tensor& cb,
+                                                           const at::Tensor& dw, const at::Tensor& db,
+                                                           const at::Tensor& ew, const at::Tensor& eb,
+                                                           const char* inputs_name, int64_t inputs,
+                                                           const char* outputs_name) {
+  const int64_t bottleneck = check_packed(cw, "compress_weight", inputs_name, inputs, "bottleneck");
+  check_vector(cb, "compress_bias", bottleneck);
+  check_depthwise(dw, "depthwise_weight", bottleneck);
+  check_vector(db, "depthwise_bias", bottleneck);
+  const int64_t outputs = check_packed(ew, "expand_weight", "bottleneck", bottleneck, outputs_name);
+  check_vector(eb, "expand_bias", outputs);
+  return {bottleneck, outputs};
 }
 
 }  // namespace shufflenet_ops

@@ -20,6 +20,7 @@ from torch import nn
 import shufflenet_ops as so
 from shufflenet_ops.models.shufflenet_v1 import GROUPS, stage_channels
 from shufflenet_ops.modules import ShuffleUnit
+from shufflenet_ops.ops import BY_NAME
 from shufflenet_ops.ops.shuffle_unit import SHUFFLE_UNIT, pack_pointwise_weight, unpack_pointwise_weight
 
 from _helpers import (
@@ -226,20 +227,24 @@ def test_cache_follows_parameter_changes():
         assert_close(run_unit(fused, x), naive(x), torch.float64)
 
 
+@pytest.mark.parametrize("grad_argument", [0, 1], ids=["x", "weight"])
+@pytest.mark.parametrize("name", ["shuffle_unit", "shuffle_unit_v2"])
 @pytest.mark.parametrize("call", ["dispatcher", "public"])
-def test_a_call_that_needs_a_graph_raises(call):
-    """No silent, gradient-less output: a call that would need a backward is refused; the
-    same call without a graph (no_grad, inference_mode, no tensor requiring grad) runs."""
-    args = next(iter(SHUFFLE_UNIT.samples()))
-    run = torch.ops.shufflenet_ops.shuffle_unit if call == "dispatcher" else so.shuffle_unit
-    x = args[0].clone().requires_grad_()
-    with pytest.raises(RuntimeError, match="shuffle_unit is an inference op and has no backward"):
-        run(x, *args[1:])
-    expected = run(args[0], *args[1:])
+def test_a_call_that_needs_a_graph_raises(call, name, grad_argument):
+    """No silent, gradient-less output from either whole-unit op: a call that would need a
+    backward (x or a weight requiring grad) is refused; the same call without a graph
+    (no_grad, inference_mode, no tensor requiring grad) runs."""
+    spec = BY_NAME[name]
+    args = list(next(iter(spec.samples())))
+    run = getattr(torch.ops.shufflenet_ops, name) if call == "dispatcher" else getattr(so, name)
+    expected = run(*args)
+    args[grad_argument] = args[grad_argument].clone().requires_grad_()
+    with pytest.raises(RuntimeError, match=f"{name} is an inference op and has no backward"):
+        run(*args)
     with torch.no_grad():
-        torch.testing.assert_close(run(x, *args[1:]), expected)
+        torch.testing.assert_close(run(*args), expected)
     with torch.inference_mode():
-        torch.testing.assert_close(run(x, *args[1:]), expected)
+        torch.testing.assert_close(run(*args), expected)
 
 
 def test_fused_model_runs_every_unit_as_one_op():

@@ -208,20 +208,8 @@ def test_cache_follows_parameter_changes_eps_and_replaced_data():
         assert_close(run_unit(fused, x), naive(x), torch.float64)
 
 
-@pytest.mark.parametrize("call", ["dispatcher", "public"])
-def test_a_call_that_needs_a_graph_raises(call):
-    """No silent, gradient-less output: a call that would need a backward is refused; the
-    same call without a graph (no_grad, inference_mode, no tensor requiring grad) runs."""
-    args = next(iter(SHUFFLE_UNIT_V2.samples()))
-    run = torch.ops.shufflenet_ops.shuffle_unit_v2 if call == "dispatcher" else so.shuffle_unit_v2
-    weight = args[1].clone().requires_grad_()
-    with pytest.raises(RuntimeError, match="shuffle_unit_v2 is an inference op and has no backward"):
-        run(args[0], weight, *args[2:])
-    expected = run(*args)
-    with torch.no_grad():
-        torch.testing.assert_close(run(args[0], weight, *args[2:]), expected)
-    with torch.inference_mode():
-        torch.testing.assert_close(run(args[0], weight, *args[2:]), expected)
+# A call that needs a graph is refused: test_shuffle_unit.py::test_a_call_that_needs_a_graph_raises
+# covers both unit ops.
 
 
 def test_fused_model_runs_every_unit_as_one_op_and_hooked_units_as_modules():

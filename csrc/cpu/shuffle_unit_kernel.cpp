@@ -53,12 +53,7 @@ void check_shuffle_unit(const at::Tensor& x, const at::Tensor& cw, const at::Ten
   const int64_t cin = x.size(1);
   TORCH_CHECK_TYPE(cw.defined() && ew.defined() && cb.defined() && dw.defined() && db.defined() && eb.defined(),
                    "shuffle_unit: every weight and bias must be a torch.Tensor, got None");
-  const int64_t bottleneck = check_packed(cw, "compress_weight", "Cin", cin, "bottleneck");
-  check_vector(cb, "compress_bias", bottleneck);
-  check_depthwise(dw, "depthwise_weight", bottleneck);
-  check_vector(db, "depthwise_bias", bottleneck);
-  const int64_t branch = check_packed(ew, "expand_weight", "bottleneck", bottleneck, "Cout");
-  check_vector(eb, "expand_bias", branch);
+  const auto [bottleneck, branch] = check_bottleneck_branch(cw, cb, dw, db, ew, eb, "Cin", cin, "Cout");
   check_groups(shuffle_groups, "shuffle_groups", bottleneck, "bottleneck channels");
   TORCH_CHECK_VALUE(stride == 2 || branch == cin, "shuffle_unit: a stride-1 unit adds x to the expand output: its ",
                     branch, " channels must equal x's ", cin);

@@ -104,12 +104,7 @@ void check_shuffle_unit_v2(const at::Tensor& x, const at::Tensor& cw, const at::
     TORCH_CHECK_TYPE(full_branch1, "shuffle_unit_v2: a stride-2 unit needs all four branch1 tensors, got None");
   }
   const int64_t branch2_inputs = stride == 1 ? cin / 2 : cin;
-  const int64_t bottleneck = check_packed(cw, "compress_weight", "C2", branch2_inputs, "bottleneck");
-  check_vector(cb, "compress_bias", bottleneck);
-  check_depthwise(dw, "depthwise_weight", bottleneck);
-  check_vector(db, "depthwise_bias", bottleneck);
-  const int64_t half = check_packed(ew, "expand_weight", "bottleneck", bottleneck, "E");
-  check_vector(eb, "expand_bias", half);
+  const int64_t half = check_bottleneck_branch(cw, cb, dw, db, ew, eb, "C2", branch2_inputs, "E").second;
   if (stride == 1) {
     TORCH_CHECK_VALUE(2 * half == cin, "shuffle_unit_v2: a stride-1 unit interleaves x1 with branch2: its ", half,
                       " output channels must equal half of x's ", cin);

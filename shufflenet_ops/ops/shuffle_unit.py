@@ -66,12 +66,9 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"shuffle_unit: {name} must be a torch.Tensor, got {type(t).__name__}")
     cin = x.shape[1]
-    bottleneck = check_packed(compress_weight, "compress_weight", "Cin", cin, "bottleneck")
-    check_vector(compress_bias, "compress_bias", bottleneck)
-    check_depthwise(depthwise_weight, "depthwise_weight", bottleneck)
-    check_vector(depthwise_bias, "depthwise_bias", bottleneck)
-    branch = check_packed(expand_weight, "expand_weight", "bottleneck", bottleneck, "Cout")
-    check_vector(expand_bias, "expand_bias", branch)
+    bottleneck, branch = check_bottleneck_branch(
+        compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias, "Cin", cin, "Cout"
+    )
     _checks.check_groups(shuffle_groups, "shuffle_groups", bottleneck, "bottleneck channels")
     if stride == 1 and branch != cin:
         raise ValueError(
@@ -97,6 +94,21 @@ def check_unit_input(x: Tensor, stride: int, op: str) -> None:
         raise TypeError(f"{op}: stride must be an int, got {type(stride).__name__}")
     if stride not in (1, 2):
         raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
+
+
+def check_bottleneck_branch(compress_weight: Tensor, compress_bias: Tensor, depthwise_weight: Tensor,
+                            depthwise_bias: Tensor, expand_weight: Tensor, expand_bias: Tensor, inputs_name: str,
+                            inputs: int, outputs_name: str) -> tuple[int, int]:
+    """A unit's bottleneck branch (packed 1x1 + bias for ``inputs`` channels, 3x3 depthwise +
+    bias, packed 1x1 + bias); returns (bottleneck, output channels). csrc/checks.h:
+    check_bottleneck_branch, same messages."""
+    bottleneck = check_packed(compress_weight, "compress_weight", inputs_name, inputs, "bottleneck")
+    check_vector(compress_bias, "compress_bias", bottleneck)
+    check_depthwise(depthwise_weight, "depthwise_weight", bottleneck)
+    check_vector(depthwise_bias, "depthwise_bias", bottleneck)
+    outputs = check_packed(expand_weight, "expand_weight", "bottleneck", bottleneck, outputs_name)
+    check_vector(expand_bias, "expand_bias", outputs)
+    return bottleneck, outputs
 
 
 def check_depthwise(weight: Tensor, name: str, channels: int) -> None:

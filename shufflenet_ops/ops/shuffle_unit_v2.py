@@ -22,6 +22,7 @@ import torch
 from .. import _checks, reference
 from ._samples import empty_like_format, in_format_of, replace_argument
 from .shuffle_unit import (
+    check_bottleneck_branch,
     check_depthwise,
     check_packed,
     check_unit_input,
@@ -62,12 +63,10 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
             )
     elif any(t is None for t in branch1.values()):
         raise TypeError("shuffle_unit_v2: a stride-2 unit needs all four branch1 tensors, got None")
-    bottleneck = check_packed(compress_weight, "compress_weight", "C2", cin // 2 if stride == 1 else cin, "bottleneck")
-    check_vector(compress_bias, "compress_bias", bottleneck)
-    check_depthwise(depthwise_weight, "depthwise_weight", bottleneck)
-    check_vector(depthwise_bias, "depthwise_bias", bottleneck)
-    half = check_packed(expand_weight, "expand_weight", "bottleneck", bottleneck, "E")
-    check_vector(expand_bias, "expand_bias", half)
+    _, half = check_bottleneck_branch(
+        compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias, "C2",
+        cin // 2 if stride == 1 else cin, "E",
+    )
     if stride == 1:
         if 2 * half != cin:
             raise ValueError(
