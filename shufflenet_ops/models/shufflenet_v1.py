@@ -26,7 +26,8 @@ from torch import nn
 
 from .. import functional
 from ..modules import ShuffleUnit, can_fold, conv2d_bn
-from ._stages import run_stages
+from ..modules._common import runs_as_written
+from ._stages import global_average_pool, run_stages
 
 GROUPS = (1, 2, 3, 4, 8)
 WIDTH_MULTS = (0.25, 0.5, 1.0, 1.5, 2.0)
@@ -160,7 +161,10 @@ class ShuffleNetV1(nn.Module):
             # An exported graph has no layout to keep anyway (ONNX is NCHW).
             x = x.contiguous(memory_format=torch.channels_last)
         x = self._stages(self.stem(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        pool = self.pool
+        if self.fused and runs_as_written(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1)):
+            return self.fc(global_average_pool(x))  # its backward keeps channels_last
+        return self.fc(torch.flatten(pool(x), 1))
 
     def _stages(self, x: torch.Tensor) -> torch.Tensor:
         """Stages 2-4, each unit as one ``shuffle_unit`` call in inference (``run_stages``)."""

@@ -47,7 +47,7 @@ from ..modules import FoldCache, can_fold, conv1x1_bn, conv2d_bn, is_foldable_co
 from ..modules.batchnorm import TensorCache, foldable_sources, folded_conv_bn, is_plain_batchnorm
 from ..modules.unit import pixel_major, unit_op_applies
 from ..ops.shuffle_unit import pack_pointwise_weight
-from ._stages import run_stages
+from ._stages import global_average_pool, run_stages
 
 WIDTH_MULTS = (0.5, 1.0, 1.5, 2.0)
 STAGE_REPEATS = (4, 8, 4)  # one stride-2 unit, then 3 / 7 / 3 stride-1 units
@@ -366,7 +366,7 @@ class ShuffleNetV2(_Folding):
             x = conv1x1_bn(x, conv, bn, relu=True, fold_cache=self._fold_caches[1])
         else:
             x = self.conv5(x)
-        return self.fc(x.mean([2, 3]))
+        return self.fc(global_average_pool(x))
 
 
 def shufflenet_v2(width_mult: float = 1.0, num_classes: int = 1000, fused: bool = True) -> ShuffleNetV2:

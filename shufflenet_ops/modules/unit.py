@@ -267,7 +267,7 @@ class ShuffleUnit(nn.Module):
             hidden = self.depthwise(self.compress(x))
             if self.stride == 1:
                 return self.expand(hidden, residual=x)
-            return torch.cat((functional.avg_pool3x3s2_relu(x), self.expand(hidden)), dim=1)
+            return functional.cat_channels(functional.avg_pool3x3s2_relu(x), self.expand(hidden))
         branch = self.expand(self.depthwise(self.shuffle(self.compress(x))))
         if self.stride == 1:
             return F.relu(x + branch)
