@@ -39,6 +39,17 @@ TORCH_LIBRARY(shufflenet_ops, m) {
   // (the average counts the padding): the stem's pool and the stride-2 units' shortcut.
   m.def("max_pool3x3s2_relu(Tensor x) -> Tensor");
   m.def("avg_pool3x3s2_relu(Tensor x) -> Tensor");
+  // The stem's BN (training: batch statistics), ReLU and max pool in training, BN not folded:
+  //   out = relu(max_pool2d(batch_norm(x, mean, var, weight, bias, eps), 3, stride=2, padding=1))
+  // mean, var: the batch's per-channel mean and biased variance (the caller updates running
+  // statistics); window: each output's max position in its 3x3 window (dh * 3 + dw), uint8.
+  m.def(
+      "batch_norm_relu_max_pool3x3s2(Tensor x, Tensor weight, Tensor bias, float eps) -> "
+      "(Tensor out, Tensor mean, Tensor var, Tensor window)");
+  // Its backward from the forward's outputs: (grad_x, grad_weight, grad_bias).
+  m.def(
+      "batch_norm_relu_max_pool3x3s2_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor mean, "
+      "Tensor var, Tensor window, Tensor out, float eps) -> (Tensor, Tensor, Tensor)");
   // An inference op (BN folded; forward only: its autograd kernel, below, refuses a call that
   // would need a graph), a whole ShuffleNet V1 unit:
   //   h = relu(conv1x1(x, compress) + compress_bias)                   grouped, Cin -> B

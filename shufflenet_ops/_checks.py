@@ -45,6 +45,13 @@ def check_same(t: torch.Tensor, x: torch.Tensor, what: str, other: str = "input"
         raise RuntimeError(f"{what} is on {t.device} but {other} is on {x.device}")
 
 
+def check_vector(t: torch.Tensor, name: str, length: int) -> None:
+    """A 1-D tensor of ``length`` values (a bias, a BN's weight)."""
+    check_tensor(t, name)
+    if t.dim() != 1 or t.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {list(t.shape)}")
+
+
 def check_weight_shape(weight: torch.Tensor) -> None:
     """A 1x1 conv weight: (Cout, Cin/groups, 1, 1) or (Cout, Cin/groups)."""
     check_tensor(weight, "weight")

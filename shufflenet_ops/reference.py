@@ -74,6 +74,23 @@ def avg_pool3x3s2_relu(x: torch.Tensor) -> torch.Tensor:
     return F.relu(F.avg_pool2d(x, 3, stride=2, padding=1))
 
 
+def batch_norm_relu_max_pool3x3s2(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stem's BatchNorm in training (batch statistics), ReLU and 3x3/2 max pool:
+    ``relu(max_pool2d(batch_norm(x), 3, stride=2, padding=1))``, with the batch's mean and
+    biased variance (detached: the statistics the caller folds into its running ones) and
+    each output's argmax as its offset in the 3x3 window (``dh * 3 + dw``, uint8)."""
+    z = F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
+    pooled, index = F.max_pool2d(z, 3, stride=2, padding=1, return_indices=True)
+    oh, ow = pooled.shape[2:]
+    rows = torch.arange(oh, device=x.device).view(oh, 1) * 2 - 1
+    cols = torch.arange(ow, device=x.device).view(1, ow) * 2 - 1
+    window = (index // x.shape[3] - rows) * 3 + (index % x.shape[3] - cols)
+    mean, var = x.detach().mean((0, 2, 3)), x.detach().var((0, 2, 3), correction=0)
+    return F.relu(pooled), mean, var, window.to(torch.uint8)
+
+
 def shuffle_unit(
     x: torch.Tensor,
     compress_weight: torch.Tensor,

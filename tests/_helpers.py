@@ -70,9 +70,15 @@ TOLERANCES = {
 }
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
+def assert_close(actual, expected, dtype: torch.dtype, what: str = "") -> None:
     """``actual`` (computed in ``dtype``) matches the float64 ``expected``: relative, with an
-    absolute floor at the tensor's scale (low-precision sums cancel)."""
+    absolute floor at the tensor's scale (low-precision sums cancel). Tuples (an op with
+    several outputs) are compared output by output."""
+    if isinstance(actual, (tuple, list)):
+        assert isinstance(expected, (tuple, list)) and len(actual) == len(expected), what
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_close(a, e, dtype, f"{what}[{i}]")
+        return
     tol = TOLERANCES[dtype]
     scale = expected.abs().max().item() if expected.numel() else 1.0
     torch.testing.assert_close(

@@ -27,6 +27,7 @@ from torch import nn
 from .. import functional
 from ..modules import ShuffleUnit, can_fold, conv2d_bn
 from ..modules._common import runs_as_written
+from ..modules.batchnorm import batch_norm_relu_max_pool
 from ._stages import global_average_pool, run_stages
 
 GROUPS = (1, 2, 3, 4, 8)
@@ -52,7 +53,9 @@ def stage_channels(groups: int, width_mult: float) -> tuple[int, int, int, int]:
 class _Stem(nn.Sequential):
     """3x3/2 conv, BN, ReLU, 3x3/2 max pool (keys ``0.*``, ``1.*`` as the plain Sequential).
 
-    In the fused network with the BN in eval mode, the BN folds into the conv as in
+    In the fused network in training, the BN, ReLU and pool run as one op
+    (``batch_norm_relu_max_pool``: the normalized tensor is never written). With the BN in
+    eval mode, the BN folds into the conv as in
     ``Conv2dBN`` (``can_fold`` and ``conv2d_bn``, which ``Conv2dBN`` runs; not that module
     itself, whose children ``conv`` / ``bn`` would rename these keys; the weights are tiny,
     so they are folded on every call rather than cached) and the ReLU follows the pool
@@ -68,9 +71,12 @@ class _Stem(nn.Sequential):
         self.fold = fold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, bn = self[0], self[1]
-        if not (self.fold and can_fold(bn)):
+        conv, bn, relu, pool = self
+        if not self.fold:
             return super().forward(x)
+        if not can_fold(bn):
+            # Training: the BN, ReLU and pool as one op (batch_norm_relu_max_pool).
+            return batch_norm_relu_max_pool(conv(x), bn, relu, pool)
         y = conv2d_bn(x, conv, bn)
         # ReLU is monotone, so it commutes with the max pool: pool and ReLU in one pass
         # (on CPU; aten's max pool alone also writes an int64 index per output).

@@ -28,9 +28,11 @@ What ``fused=True`` runs:
   map into the interleaved buffer (issue 16, item 1), so that copy remains on this path;
 - with the BNs in eval mode, also the stem (its conv with the BN folded, then its ReLU and
   max pool as ``max_pool3x3s2_relu``) and conv5 (``conv1x1_bn``);
-- with the BN in train mode nothing else fuses (a BN between a conv and its ReLU keeps
-  them apart): each conv, BN and ReLU runs as its own module, as in the naive model, and
-  the unit's ending is the interleaving copy.
+- with the BN in train mode: the stem's BN, ReLU and max pool as one op
+  (``batch_norm_relu_max_pool``); in the units each conv, BN and ReLU runs as its own
+  module, as in the naive model (a BN with batch statistics keeps a conv and its ReLU
+  apart), and the unit's ending is the interleaving copy, whose backward hands each branch
+  a dense gradient (``functional.interleave``).
 
 ``fused=False`` is torchvision's code (chunk, cat, then the reshape-transpose shuffle);
 ``shufflenet_ops.fuse`` of it (or of torchvision's own model) runs the ops listed above in
@@ -44,7 +46,14 @@ from torch import nn
 
 from .. import functional, reference
 from ..modules import FoldCache, can_fold, conv1x1_bn, conv2d_bn, is_foldable_conv, is_pointwise_conv
-from ..modules.batchnorm import TensorCache, foldable_sources, folded_conv_bn, is_plain_batchnorm
+from ..modules._common import runs_as_written
+from ..modules.batchnorm import (
+    TensorCache,
+    batch_norm_relu_max_pool,
+    foldable_sources,
+    folded_conv_bn,
+    is_plain_batchnorm,
+)
 from ..modules.unit import pixel_major, unit_op_applies
 from ..ops.shuffle_unit import pack_pointwise_weight
 from ._stages import global_average_pool, run_stages
@@ -357,6 +366,9 @@ class ShuffleNetV2(_Folding):
         if can_fold(bn):
             # ReLU is monotone, so it commutes with the max pool: pool and ReLU in one pass.
             x = functional.max_pool3x3s2_relu(conv2d_bn(x, conv, bn, self._fold_caches[0]))
+        elif runs_as_written(self.conv1, nn.Sequential) and len(self.conv1) == 3:
+            # Training: the BN, ReLU and max pool as one op (the normalized tensor is not written).
+            x = batch_norm_relu_max_pool(conv(x), bn, self.conv1[2], self.maxpool)
         else:
             x = self.maxpool(self.conv1(x))
         x = run_stages((self.stage2, self.stage3, self.stage4), x, InvertedResidual,

@@ -6,7 +6,8 @@ and bias ``shift + b * scale`` (``folded_conv_bn``). ``can_fold`` says when that
 ``FoldCache`` keeps the folded pair while its sources are unchanged, and
 ``batchnorm_folding(False)`` turns folding off (every conv and BN then runs as itself).
 ``batch_norm_permuted`` is BatchNorm on a tensor whose channels are a permutation of the
-BN's, for a BN that meets its channels shuffled.
+BN's, for a BN that meets its channels shuffled; ``batch_norm_relu_max_pool`` is the stem's
+train-mode BN, ReLU and max pool as one op.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _extension
+from .. import _extension, functional
+from ._common import has_hooks
 
 T = TypeVar("T")
 
@@ -64,6 +66,63 @@ def batch_norm_permuted(bn: nn.BatchNorm2d, z: torch.Tensor, index: torch.Tensor
         with torch.no_grad():
             bn.running_mean.index_copy_(0, index, running_mean)
             bn.running_var.index_copy_(0, index, running_var)
+    return out
+
+
+def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """``bn``'s running statistics after a batch of ``count`` values per channel with mean
+    ``mean`` and biased variance ``var``, as ``nn.BatchNorm2d.forward`` (and aten's kernel)
+    updates them: momentum or, with ``momentum=None``, the cumulative average;
+    ``running_var`` takes the unbiased variance."""
+    if not (bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None):
+        return
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    with torch.no_grad():
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        bn.running_var.mul_(1 - momentum).add_(var, alpha=momentum * count / (count - 1))
+
+
+def _is_stem_pool(pool: nn.Module) -> bool:
+    """``pool`` is a plain ``nn.MaxPool2d(3, stride=2, padding=1)`` without hooks."""
+    return (
+        type(pool) is nn.MaxPool2d and not has_hooks(pool) and not pool.return_indices and not pool.ceil_mode
+        and all(_pair(v) == want for v, want in ((pool.kernel_size, (3, 3)), (pool.stride, (2, 2)),
+                                                  (pool.padding, (1, 1)), (pool.dilation, (1, 1))))
+    )
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def batch_norm_relu_max_pool(x: torch.Tensor, bn: nn.Module, relu: nn.Module, pool: nn.Module) -> torch.Tensor:
+    """``pool(relu(bn(x)))``, a ShuffleNet stem's tail, as ``nn.Sequential(bn, relu, pool)``
+    computes it, its output and gradients and ``bn``'s running statistics and
+    ``num_batches_tracked`` alike.
+
+    In training (``bn`` a plain, affine ``nn.BatchNorm2d`` in train mode, ``relu`` an
+    ``nn.ReLU``, ``pool`` an ``nn.MaxPool2d(3, stride=2, padding=1)``, none with hooks, and
+    more than one value per channel) one ``batch_norm_relu_max_pool3x3s2`` op; otherwise
+    the three modules as written (and their errors).
+
+    Args:
+        x: ``(N, C, H, W)``, ``bn``'s dtype and device.
+    Returns:
+        ``(N, C, (H - 1) // 2 + 1, (W - 1) // 2 + 1)`` in ``x``'s memory format.
+    """
+    fused = (
+        is_plain_batchnorm(bn) and bn.training and bn.affine and not has_hooks(bn)
+        and type(relu) is nn.ReLU and not has_hooks(relu) and _is_stem_pool(pool)
+        and x.dim() == 4 and x.shape[1] == bn.num_features and x.dtype == bn.weight.dtype
+        and x.device == bn.weight.device and x.shape[0] * x.shape[2] * x.shape[3] > 1
+    )
+    if not fused:
+        return pool(relu(bn(x)))
+    out, mean, var = functional.batch_norm_relu_max_pool3x3s2(x, bn.weight, bn.bias, bn.eps)
+    _update_running_stats(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
     return out
 
 

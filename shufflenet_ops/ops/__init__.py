@@ -14,6 +14,7 @@ import importlib.util
 import torch
 
 from .. import _extension
+from .batch_norm_relu_max_pool import BATCH_NORM_RELU_MAX_POOL3X3S2, BATCH_NORM_RELU_MAX_POOL3X3S2_BACKWARD
 from .channel_shuffle import CHANNEL_SHUFFLE
 from .conv1x1_shuffle import (
     GRAD_BIAS,
@@ -40,6 +41,8 @@ SPECS: tuple[OpSpec, ...] = (
     RELU_GRAD,
     MAX_POOL3X3S2_RELU,
     AVG_POOL3X3S2_RELU,
+    BATCH_NORM_RELU_MAX_POOL3X3S2,
+    BATCH_NORM_RELU_MAX_POOL3X3S2_BACKWARD,
     SHUFFLE_UNIT,
     SHUFFLE_UNIT_V2,
 )

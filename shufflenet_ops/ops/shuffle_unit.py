@@ -103,11 +103,11 @@ def check_bottleneck_branch(compress_weight: Tensor, compress_bias: Tensor, dept
     bias, packed 1x1 + bias); returns (bottleneck, output channels). csrc/checks.h:
     check_bottleneck_branch, same messages."""
     bottleneck = check_packed(compress_weight, "compress_weight", inputs_name, inputs, "bottleneck")
-    check_vector(compress_bias, "compress_bias", bottleneck)
+    _checks.check_vector(compress_bias, "compress_bias", bottleneck)
     check_depthwise(depthwise_weight, "depthwise_weight", bottleneck)
-    check_vector(depthwise_bias, "depthwise_bias", bottleneck)
+    _checks.check_vector(depthwise_bias, "depthwise_bias", bottleneck)
     outputs = check_packed(expand_weight, "expand_weight", "bottleneck", bottleneck, outputs_name)
-    check_vector(expand_bias, "expand_bias", outputs)
+    _checks.check_vector(expand_bias, "expand_bias", outputs)
     return bottleneck, outputs
 
 
@@ -125,11 +125,6 @@ def check_packed(weight: Tensor, name: str, inputs_name: str, inputs: int, outpu
             f"{inputs}, got {list(weight.shape)}"
         )
     return weight.shape[0] * weight.shape[2]
-
-
-def check_vector(bias: Tensor, name: str, length: int) -> None:
-    if bias.dim() != 1 or bias.shape[0] != length:
-        raise ValueError(f"{name} must have shape ({length},), got {list(bias.shape)}")
 
 
 def _fake(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, expand_weight, expand_bias,

@@ -26,7 +26,6 @@ from .shuffle_unit import (
     check_depthwise,
     check_packed,
     check_unit_input,
-    check_vector,
     pack_pointwise_weight,
     unpack_pointwise_weight,
 )
@@ -75,9 +74,9 @@ def _check(x, compress_weight, compress_bias, depthwise_weight, depthwise_bias, 
             )
     else:
         check_depthwise(branch1_depthwise_weight, "branch1_depthwise_weight", cin)
-        check_vector(branch1_depthwise_bias, "branch1_depthwise_bias", cin)
+        _checks.check_vector(branch1_depthwise_bias, "branch1_depthwise_bias", cin)
         left = check_packed(branch1_pointwise_weight, "branch1_pointwise_weight", "Cin", cin, "E")
-        check_vector(branch1_pointwise_bias, "branch1_pointwise_bias", left)
+        _checks.check_vector(branch1_pointwise_bias, "branch1_pointwise_bias", left)
         if left != half:
             raise ValueError(
                 f"shuffle_unit_v2: the branches interleave channel by channel: branch1's {left} output channels "

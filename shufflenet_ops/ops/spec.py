@@ -86,6 +86,9 @@ class OpSpec:
         inference_only: a forward op without a backward (the fused unit): a call that would
             record a graph raises, naming the op and what to do instead. Its autograd kernel
             is C++ (csrc/ops.cpp), so the dispatcher path costs no Python.
+        training_only: a forward op that only a training forward calls (a BatchNorm with
+            batch statistics): an inference graph never holds it (eval folds the BN), so it
+            needs no ONNX translation.
     """
 
     name: str
@@ -98,6 +101,7 @@ class OpSpec:
     samples: Callable[[], Iterable[tuple]] = field(default=lambda: ())
     bad_calls: tuple[BadCall, ...] = ()
     inference_only: bool = False
+    training_only: bool = False
     function: type[torch.autograd.Function] = field(init=False, repr=False)
 
     @property
@@ -110,8 +114,9 @@ class OpSpec:
 
     @property
     def is_forward(self) -> bool:
-        """An op a model's forward calls (not a backward piece): what an inference graph holds."""
-        return self.differentiable or self.inference_only
+        """An op a model's inference forward calls (not a backward piece, not training-only):
+        what an inference graph holds."""
+        return (self.differentiable or self.inference_only) and not self.training_only
 
     def __call__(self, *args: Any) -> torch.Tensor:
         """Check ``args`` (the schema's, positionally) and run the op on the configured backend."""

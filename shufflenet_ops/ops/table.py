@@ -49,6 +49,15 @@ class KernelTable(Protocol):
 
     def avg_pool3x3s2_relu(self, x: Tensor) -> Tensor: ...
 
+    def batch_norm_relu_max_pool3x3s2(
+        self, x: Tensor, weight: Tensor, bias: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
+
+    def batch_norm_relu_max_pool3x3s2_backward(
+        self, grad_out: Tensor, x: Tensor, weight: Tensor, mean: Tensor, var: Tensor, window: Tensor, out: Tensor,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
+
     def shuffle_unit(
         self, x: Tensor, compress_weight: Tensor, compress_bias: Tensor, depthwise_weight: Tensor,
         depthwise_bias: Tensor, expand_weight: Tensor, expand_bias: Tensor, shuffle_groups: int, stride: int,

@@ -1,0 +1,239 @@
+"""The stem's train-mode BN, ReLU and max pool as one op (batch_norm_relu_max_pool3x3s2) and
+the module helper that runs it (batch_norm_relu_max_pool): against aten's layers in value,
+gradient and running statistics, odd shapes, layouts, NaN/inf, thread counts, the portable
+loops, and when the helper must run the layers as written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import shufflenet_ops as so
+from shufflenet_ops import reference
+from shufflenet_ops.models import shufflenet_v1, shufflenet_v2
+from shufflenet_ops.modules.batchnorm import batch_norm_relu_max_pool
+
+from _helpers import OpCalls, assert_close, requires_extension, results_per_thread_count
+
+pytestmark = requires_extension
+OP = torch.ops.shufflenet_ops.batch_norm_relu_max_pool3x3s2.default
+FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def aten_layers(x, weight, bias, eps=1e-5):
+    """What the op computes, by aten's own modules' functions."""
+    return F.relu(F.max_pool2d(F.batch_norm(x, None, None, weight, bias, True, 0.0, eps), 3, 2, 1))
+
+
+def inputs(shape, dtype, fmt, seed=0, scale=3.0, shift=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale + shift).to(dtype)
+    weight = (torch.rand(shape[1], generator=gen, dtype=torch.float64) * 2 - 0.5).to(dtype)  # some negative
+    bias = torch.randn(shape[1], generator=gen, dtype=torch.float64).to(dtype)
+    return x.to(memory_format=FORMATS[fmt]), weight, bias
+
+
+def value_and_grads(function, x, weight, bias, seed=1):
+    x, weight, bias = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    out = function(x, weight, bias)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.dtype)
+    out.backward(grad)
+    return out.detach(), x.grad, weight.grad, bias.grad
+
+
+SHAPES = [(2, 12, 6, 7), (3, 24, 17, 16), (1, 5, 1, 9), (4, 3, 2, 1), (1, 1, 3, 3), (2, 40, 5, 5), (2, 17, 8, 8)]
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_aten_layers(shape, dtype, fmt):
+    """Output, gradients of x, weight and bias, in value and layout; the statistics and the
+    argmax offsets as the reference computes them (float64)."""
+    x, weight, bias = inputs(shape, dtype, fmt)
+    got = value_and_grads(lambda *a: so.batch_norm_relu_max_pool3x3s2(*a)[0], x, weight, bias)
+    expected = value_and_grads(aten_layers, *(t.double() for t in (x, weight, bias)))
+    assert_close(got, expected, dtype)
+    assert got[0].is_contiguous(memory_format=FORMATS[fmt]) and got[1].is_contiguous(memory_format=FORMATS[fmt])
+    out, mean, var, window = OP(x, weight, bias, 1e-5)
+    ref = reference.batch_norm_relu_max_pool3x3s2(x.double(), weight.double(), bias.double(), 1e-5)
+    assert_close((out, mean, var), ref[:3], dtype)
+    if dtype == torch.float64:
+        assert torch.equal(window, ref[3])
+
+
+def test_strided_input_and_a_large_mean():
+    """A channel-sliced, column-strided view, and data whose mean is 1e4 standard deviations
+    from zero (the shifted sums keep the variance exact)."""
+    base = torch.randn(2, 30, 9, 14, dtype=torch.float64)
+    x = base[:, 3:19, :, ::2] * 1e-3 + 10.0
+    weight, bias = torch.rand(16, dtype=torch.float64) + 0.5, torch.randn(16, dtype=torch.float64)
+    got = value_and_grads(lambda *a: so.batch_norm_relu_max_pool3x3s2(*a)[0], x, weight, bias)
+    assert_close(got, value_and_grads(aten_layers, x, weight, bias), torch.float64)
+    x32 = x.float()
+    _, _, var, _ = OP(x32, weight.float(), bias.float(), 1e-5)
+    torch.testing.assert_close(var.double(), x32.double().var((0, 2, 3), correction=0), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_gradcheck(fmt):
+    x, weight, bias = inputs((2, 5, 5, 6), torch.float64, fmt, seed=3)
+    args = tuple(t.requires_grad_() for t in (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda *a: so.batch_norm_relu_max_pool3x3s2(*a, eps=1e-3)[0], args)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision(dtype):
+    x, weight, bias = inputs((2, 8, 9, 9), torch.float64, "channels_last", seed=4, scale=1.0, shift=0.0)
+    got = so.batch_norm_relu_max_pool3x3s2(x.to(dtype), weight.to(dtype), bias.to(dtype))[0]
+    assert got.dtype == dtype
+    assert_close(got, aten_layers(x, weight, bias), dtype)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_special_values(dtype, fmt):
+    """NaN and +-inf in x, and inf in the output gradient where the ReLU blocks it: the same
+    NaN pattern and values as aten's layers."""
+    x, weight, bias = inputs((2, 4, 7, 7), dtype, fmt, seed=5)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        bad = x.clone()
+        bad[1, 2, 3, 4] = value
+        got = value_and_grads(lambda *a: so.batch_norm_relu_max_pool3x3s2(*a)[0], bad, weight, bias)
+        expected = value_and_grads(aten_layers, bad, weight, bias)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, equal_nan=True, rtol=1e-4, atol=1e-4)
+    # Output gradient: inf where the output is 0 (blocked by the ReLU) must not leak.
+    out, mean, var, window = OP(x, weight, bias, 1e-5)
+    grad = torch.randn_like(out)
+    grad[out == 0] = float("inf")
+    got = torch.ops.shufflenet_ops.batch_norm_relu_max_pool3x3s2_backward(grad, x, weight, mean, var, window, out, 1e-5)
+    expected = so.ops.BY_NAME["batch_norm_relu_max_pool3x3s2_backward"].reference(
+        grad, x, weight, mean, var, window, out, 1e-5
+    )
+    assert all(torch.isfinite(t).all() for t in got)
+    assert_close(got, expected, dtype)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    x, weight, bias = inputs((3, 24, 30, 29), torch.float32, "channels_last", seed=6)
+
+    def run():
+        return value_and_grads(lambda *a: so.batch_norm_relu_max_pool3x3s2(*a)[0], x, weight, bias)
+
+    results = results_per_thread_count(run)
+    assert all(torch.equal(a, b) for result in results[1:] for a, b in zip(results[0], result))
+
+
+@pytest.mark.slow
+def test_portable_loops_without_avx512():
+    """SHUFFLENET_OPS_CPU_GEMM=blas turns the AVX-512 loops off: float32 then runs the
+    portable loops, with the same window offsets and results."""
+    code = (
+        "import torch, shufflenet_ops as so\n"
+        "torch.manual_seed(0)\n"
+        "x = torch.randn(3, 21, 13, 12).contiguous(memory_format=torch.channels_last)\n"
+        "w, b = torch.rand(21) + 0.5, torch.randn(21)\n"
+        "op = torch.ops.shufflenet_ops\n"
+        "out = op.batch_norm_relu_max_pool3x3s2(x, w, b, 1e-5)\n"
+        "g = torch.randn_like(out[0])\n"
+        "grads = op.batch_norm_relu_max_pool3x3s2_backward(g, x, w, *out[1:3], out[3], out[0], 1e-5)\n"
+        "torch.save((x, w, b, g, out, grads), __import__('sys').argv[1])\n"
+    )
+    results = []
+    for gemm in ("", "blas"):
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bn_pool_{os.getpid()}_{gemm or 'vector'}.pt")
+        env = dict(os.environ, SHUFFLENET_OPS_CPU_GEMM=gemm)
+        run = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=300,
+                             check=False)
+        assert run.returncode == 0, run.stderr
+        results.append(torch.load(path))
+        os.remove(path)
+    (*_, out_v, grads_v), (*_, out_p, grads_p) = results
+    assert torch.equal(out_v[3], out_p[3])  # the same argmax per window
+    torch.testing.assert_close((out_v[:3], grads_v), (out_p[:3], grads_p), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------- the module helper
+def stem_tail(channels, dtype=torch.float64, **bn_options):
+    bn = nn.BatchNorm2d(channels, **bn_options).to(dtype)
+    if bn.affine:
+        with torch.no_grad():
+            bn.weight.uniform_(-0.5, 1.5)
+            bn.bias.normal_()
+    return bn, nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+
+
+@pytest.mark.parametrize("options", [{}, {"momentum": None}, {"track_running_stats": False}], ids=str)
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_helper_trains_as_the_layers(fmt, options):
+    """Two training steps: outputs, gradients, running statistics and num_batches_tracked
+    as nn.Sequential(bn, relu, pool) has them (momentum, the cumulative average, none
+    kept); the op ran."""
+    layers = nn.Sequential(*stem_tail(6, **options))
+    twin = nn.Sequential(*stem_tail(6, **options))
+    twin.load_state_dict(layers.state_dict())
+    for step in range(2):
+        x, _, _ = inputs((3, 6, 9, 10), torch.float64, fmt, seed=10 + step)
+        with OpCalls() as calls:
+            got = value_and_grads(lambda x, *_: batch_norm_relu_max_pool(x, *twin), x, x, x)
+        assert OP in calls.ops
+        expected = value_and_grads(lambda x, *_: layers(x), x, x, x)
+        torch.testing.assert_close(got[:2], expected[:2])
+        for name, buffer in layers.state_dict().items():
+            torch.testing.assert_close(twin.state_dict()[name], buffer, msg=name)
+        for a, b in zip(layers.parameters(), twin.parameters()):
+            torch.testing.assert_close(b.grad, a.grad)
+
+
+@pytest.mark.parametrize(
+    "case", ["eval", "no affine", "bn hook", "other pool", "leaky relu", "one value"]
+)
+def test_helper_runs_the_layers_as_written(case):
+    """Where the op does not compute what the layers do (or they have hooks), the layers run
+    as written: the same result as nn.Sequential, and no op call."""
+    bn, relu, pool = stem_tail(4, affine=case != "no affine")
+    if case == "eval":
+        bn.eval()
+    elif case == "bn hook":
+        bn.register_forward_hook(lambda *a: None)
+    elif case == "other pool":
+        pool = nn.MaxPool2d(3, 2, 1, ceil_mode=True)
+    elif case == "leaky relu":
+        relu = nn.LeakyReLU()
+    x = torch.randn((1, 4, 1, 1) if case == "one value" else (2, 4, 7, 7), dtype=torch.float64)
+    if case == "one value":  # nn.BatchNorm2d's own error
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            batch_norm_relu_max_pool(x, bn, relu, pool)
+        return
+    expected = pool(relu(bn(x.clone())))
+    with OpCalls() as calls:
+        got = batch_norm_relu_max_pool(x, bn, relu, pool)
+    assert OP not in calls.ops
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("model", ["v1", "v2"])
+def test_models_train_their_stem_as_one_op(model):
+    """A fused model's training step runs the op (forward and backward) and trains as the
+    naive model: outputs, gradients and running statistics (float64)."""
+    torch.manual_seed(0)
+    build = (lambda fused: shufflenet_v1(3, 0.5, num_classes=10, fused=fused)) if model == "v1" else (
+        lambda fused: shufflenet_v2(0.5, num_classes=10, fused=fused))
+    naive, fused = build(False).double().train(), build(True).double().train()
+    fused.load_state_dict(naive.state_dict())
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
+    with OpCalls() as calls:
+        fused(x).square().sum().backward()
+    assert OP in calls.ops and torch.ops.shufflenet_ops.batch_norm_relu_max_pool3x3s2_backward.default in calls.ops
+    naive(x).square().sum().backward()
+    for (name, a), b in zip(naive.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+    for (name, a), b in zip(naive.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(b, a, msg=name)
