@@ -65,6 +65,17 @@ Shape shape_of(const at::Tensor& x) {
   return {x.size(0), x.size(1), x.size(2), x.size(3), pooled_size(x.size(2)), pooled_size(x.size(3))};
 }
 
+// A pooling window's valid rows [h0, h1) and columns [w0, w1), and the window offset of (h0, w0).
+struct Window {
+  int64_t h0, h1, w0, w1, corner;
+  Window(const Shape& s, int64_t r, int64_t q) {
+    const int64_t top = r * kPoolStride - kPoolPad, left = q * kPoolStride - kPoolPad;
+    h0 = std::max<int64_t>(top, 0), h1 = std::min(top + kPoolKernel, s.h);
+    w0 = std::max<int64_t>(left, 0), w1 = std::min(left + kPoolKernel, s.w);
+    corner = (h0 - top) * kPoolKernel + w0 - left;
+  }
+};
+
 // 1 / sqrt(var + eps), computed once here for the forward and the backward alike.
 inline double inverse_std(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
 
@@ -116,7 +127,7 @@ SHUFFLENET_OPS_AVX512 void channel_sums_avx512(const float* x, int64_t first, in
 // One output pixel: per channel the max of z = x * scale + offset over the window's valid
 // positions (rows h0..h1, columns w0..w1 of the image, k0: the offset of (h0, w0)), its
 // window offset, and relu(max) into out.
-SHUFFLENET_OPS_AVX512 void pool_pixel_avx512(const float* image, int64_t w, int64_t c, int64_t h0, int64_t h1,
+SHUFFLENET_OPS_AVX512 inline void pool_pixel_avx512(const float* image, int64_t w, int64_t c, int64_t h0, int64_t h1,
                                             int64_t w0, int64_t w1, int64_t k0, const float* scale,
                                             const float* offset, float* out, uint8_t* window) {
   for (int64_t j0 = 0; j0 < c; j0 += 16) {
@@ -175,7 +186,7 @@ SHUFFLENET_OPS_AVX512 void gradient_sums_avx512(const float* x_image, const floa
 
 // dx of one input pixel from the windows (output rows r0..r1, columns q0..q1) that hold it:
 // dz = the sum of their routed gradients, in output order, then dx = dz * k + x * a + b.
-SHUFFLENET_OPS_AVX512 void grad_input_pixel_avx512(const float* grad, const float* out, const uint8_t* window,
+SHUFFLENET_OPS_AVX512 inline void grad_input_pixel_avx512(const float* grad, const float* out, const uint8_t* window,
                                                   int64_t ih, int64_t iw, int64_t r0, int64_t r1, int64_t q0,
                                                   int64_t q1, int64_t ow, int64_t c, const float* x, const float* k,
                                                   const float* a, const float* b, float* dx) {
@@ -197,6 +208,27 @@ SHUFFLENET_OPS_AVX512 void grad_input_pixel_avx512(const float* grad, const floa
     const __m512 t = _mm512_add_ps(_mm512_mul_ps(dz, _mm512_maskz_loadu_ps(lanes, k + j0)),
                                    _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x + j0), _mm512_maskz_loadu_ps(lanes, a + j0)));
     _mm512_mask_storeu_ps(dx + j0, lanes, _mm512_add_ps(t, _mm512_maskz_loadu_ps(lanes, b + j0)));
+  }
+}
+// Input row ih of one image (the per-pixel function above, inlined: one call per row).
+SHUFFLENET_OPS_AVX512 void grad_input_row_avx512(const float* grad, const float* out, const uint8_t* window,
+                                                int64_t ih, int64_t w, int64_t oh, int64_t ow, int64_t c,
+                                                const float* x, const float* k, const float* a, const float* b,
+                                                float* dx) {
+  const int64_t r0 = ih / kPoolStride, r1 = std::min((ih + 1) / kPoolStride, oh - 1);
+  for (int64_t iw = 0; iw < w; ++iw) {
+    const int64_t q0 = iw / kPoolStride, q1 = std::min((iw + 1) / kPoolStride, ow - 1);
+    grad_input_pixel_avx512(grad, out, window, ih, iw, r0, r1, q0, q1, ow, c, x + iw * c, k, a, b, dx + iw * c);
+  }
+}
+
+// Output row r of one image (the per-pixel function above, inlined: one call per row).
+SHUFFLENET_OPS_AVX512 void pool_row_avx512(const float* image, const Shape& s, int64_t r, const float* scale,
+                                          const float* offset, float* out, uint8_t* window) {
+  for (int64_t q = 0; q < s.ow; ++q) {
+    const Window win(s, r, q);
+    pool_pixel_avx512(image, s.w, s.c, win.h0, win.h1, win.w0, win.w1, win.corner, scale, offset, out + q * s.c,
+                      window + q * s.c);
   }
 }
 #endif
@@ -230,16 +262,6 @@ bool vectorized(const Shape& s) {
 #endif
 }
 
-// A pooling window's valid rows [h0, h1) and columns [w0, w1), and the window offset of (h0, w0).
-struct Window {
-  int64_t h0, h1, w0, w1, corner;
-  Window(const Shape& s, int64_t r, int64_t q) {
-    const int64_t top = r * kPoolStride - kPoolPad, left = q * kPoolStride - kPoolPad;
-    h0 = std::max<int64_t>(top, 0), h1 = std::min(top + kPoolKernel, s.h);
-    w0 = std::max<int64_t>(left, 0), w1 = std::min(left + kPoolKernel, s.w);
-    corner = (h0 - top) * kPoolKernel + w0 - left;
-  }
-};
 
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
@@ -290,18 +312,17 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Ten
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task % s.oh;
       const scalar_t* image = in + (task / s.oh) * s.h * s.w * c;
+#ifdef SHUFFLENET_OPS_HAVE_AVX512_POOL
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (vector) {
+          pool_row_avx512(image, s, r, scale.data(), offset.data(), y + task * s.ow * c, window + task * s.ow * c);
+          continue;
+        }
+      }
+#endif
       for (int64_t q = 0; q < s.ow; ++q) {
         const Window win(s, r, q);
         const int64_t o = (task * s.ow + q) * c;
-#ifdef SHUFFLENET_OPS_HAVE_AVX512_POOL
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          if (vector) {
-            pool_pixel_avx512(image, s.w, c, win.h0, win.h1, win.w0, win.w1, win.corner, scale.data(), offset.data(),
-                              y + o, window + o);
-            continue;
-          }
-        }
-#endif
         // As aten's max pool: the first window position until a larger value or a NaN.
         std::fill(best.begin(), best.end(), -std::numeric_limits<acc_t>::infinity());
         std::fill(arg.begin(), arg.end(), static_cast<uint8_t>(win.corner));
@@ -404,19 +425,19 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
     for (int64_t task = begin; task < end; ++task) {
       const int64_t image = task / s.h, ih = task % s.h;
       const int64_t base = image * pooled_image * c;
+#ifdef SHUFFLENET_OPS_HAVE_AVX512_POOL
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (vector) {
+          grad_input_row_avx512(grad + base, out + base, window + base, ih, s.w, s.oh, s.ow, c, in + task * s.w * c,
+                                k.data(), a.data(), b.data(), dx + task * s.w * c);
+          continue;
+        }
+      }
+#endif
       const int64_t r0 = ih / kPoolStride, r1 = std::min((ih + 1) / kPoolStride, s.oh - 1);
       for (int64_t iw = 0; iw < s.w; ++iw) {
         const int64_t q0 = iw / kPoolStride, q1 = std::min((iw + 1) / kPoolStride, s.ow - 1);
         const int64_t p = (task * s.w + iw) * c;
-#ifdef SHUFFLENET_OPS_HAVE_AVX512_POOL
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          if (vector) {
-            grad_input_pixel_avx512(grad + base, out + base, window + base, ih, iw, r0, r1, q0, q1, s.ow, c, in + p,
-                                    k.data(), a.data(), b.data(), dx + p);
-            continue;
-          }
-        }
-#endif
         std::fill(dz.begin(), dz.end(), acc_t(0));
         for (int64_t r = r0; r <= r1; ++r) {
           for (int64_t q = q0; q <= q1; ++q) {
