@@ -50,6 +50,13 @@ TORCH_LIBRARY(shufflenet_ops, m) {
   m.def(
       "batch_norm_relu_max_pool3x3s2_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor mean, "
       "Tensor var, Tensor window, Tensor out, float eps) -> (Tensor, Tensor, Tensor)");
+  // BatchNorm with batch statistics (training), then the ReLU if relu: every BN of a unit in
+  // training. out = act(batch_norm(x, mean, var, weight, bias, eps)); mean, var as above.
+  m.def("batch_norm_relu(Tensor x, Tensor weight, Tensor bias, float eps, bool relu) -> "
+        "(Tensor out, Tensor mean, Tensor var)");
+  m.def(
+      "batch_norm_relu_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor mean, Tensor var, Tensor out, "
+      "float eps, bool relu) -> (Tensor, Tensor, Tensor)");
   // An inference op (BN folded; forward only: its autograd kernel, below, refuses a call that
   // would need a graph), a whole ShuffleNet V1 unit:
   //   h = relu(conv1x1(x, compress) + compress_bias)                   grouped, Cin -> B

@@ -9,6 +9,7 @@ from . import ops, reference  # ops: registers every op's fake kernel and autogr
 from ._backend import BACKENDS, backend
 from .functional import (
     avg_pool3x3s2_relu,
+    batch_norm_relu,
     batch_norm_relu_max_pool3x3s2,
     channel_shuffle,
     group_conv1x1_shuffle,
@@ -46,6 +47,7 @@ __all__ = [
     "ShuffleUnit",
     "avg_pool3x3s2_relu",
     "backend",
+    "batch_norm_relu",
     "batch_norm_relu_max_pool3x3s2",
     "channel_shuffle",
     "count_flops",

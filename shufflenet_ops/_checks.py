@@ -52,6 +52,26 @@ def check_vector(t: torch.Tensor, name: str, length: int) -> None:
         raise ValueError(f"{name} must have shape ({length},), got {list(t.shape)}")
 
 
+def check_batch_norm_input(x: torch.Tensor, weight: torch.Tensor, eps: float, op: str) -> None:
+    """The input of a BatchNorm with batch statistics (csrc/cpu/batch_norm.h, same messages):
+    x 4-D with channels, pixels and more than one value per channel; weight ``(C,)`` of x's
+    dtype and device; eps finite and >= 0."""
+    check_input(x, "x")
+    if x.shape[1] == 0:
+        raise ValueError(f"shufflenet_ops {op}: x must have at least one channel, got {list(x.shape)}")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"shufflenet_ops {op}: x must have a non-empty spatial size, got {list(x.shape)}")
+    if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
+        raise ValueError(
+            f"shufflenet_ops {op}: batch statistics need more than one value per channel, got x of shape "
+            f"{list(x.shape)}"
+        )
+    check_vector(weight, "weight", x.shape[1])
+    check_same(weight, x, "weight", "x")
+    if not (0 <= eps < float("inf")):
+        raise ValueError(f"shufflenet_ops {op}: eps must be finite and >= 0, got {eps}")
+
+
 def check_weight_shape(weight: torch.Tensor) -> None:
     """A 1x1 conv weight: (Cout, Cin/groups, 1, 1) or (Cout, Cin/groups)."""
     check_tensor(weight, "weight")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .ops.batch_norm_relu import batch_norm_relu
 from .ops.batch_norm_relu_max_pool import batch_norm_relu_max_pool3x3s2
 from .ops.channel_shuffle import channel_shuffle
 from .ops.conv1x1_shuffle import group_conv1x1_shuffle, shuffle_group_conv1x1
@@ -17,6 +18,7 @@ from .ops.shuffle_unit_v2 import shuffle_unit_v2
 
 __all__ = [
     "avg_pool3x3s2_relu",
+    "batch_norm_relu",
     "batch_norm_relu_max_pool3x3s2",
     "cat_channels",
     "channel_shuffle",

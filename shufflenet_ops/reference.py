@@ -74,6 +74,16 @@ def avg_pool3x3s2_relu(x: torch.Tensor) -> torch.Tensor:
     return F.relu(F.avg_pool2d(x, 3, stride=2, padding=1))
 
 
+def batch_norm_relu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, relu: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BatchNorm in training (batch statistics), then the ReLU if ``relu``, with the batch's
+    mean and biased variance (detached: the statistics the caller folds into its running ones)."""
+    z = F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
+    mean, var = x.detach().mean((0, 2, 3)), x.detach().var((0, 2, 3), correction=0)
+    return (F.relu(z) if relu else z), mean, var
+
+
 def batch_norm_relu_max_pool3x3s2(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

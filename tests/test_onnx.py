@@ -27,8 +27,8 @@ FP32 = {"rtol": 1e-4, "atol": 1e-4}
 BATCH = {"x": {0: torch.export.Dim("n")}}
 # Ops of the library that only the backward pass uses; every other op needs a translation.
 BACKWARD_OPS = {"conv1x1_shuffle_grad_input", "conv1x1_shuffle_grad_weight", "conv1x1_shuffle_grad_bias", "relu_grad",
-                "batch_norm_relu_max_pool3x3s2_backward"}
-TRAINING_OPS = {"batch_norm_relu_max_pool3x3s2"}  # an inference graph folds the BN instead
+                "batch_norm_relu_max_pool3x3s2_backward", "batch_norm_relu_backward"}
+TRAINING_OPS = {"batch_norm_relu_max_pool3x3s2", "batch_norm_relu"}  # an inference graph folds the BN instead
 
 
 def library_ops() -> set[str]:

@@ -11,16 +11,15 @@
 // reduces over the pooled gradient only, then writes dx in one pass, gathering each pixel's
 // pooled gradient from the (at most 4) windows that hold it.
 //
-// Sums run in fixed chunks of pixels in double and are combined in order, so the results do
-// not depend on the thread count. Pixel-major (channels_last) data; other layouts are
-// converted (a copy each way).
+// The statistics and the BN backward's coefficients come from batch_norm.h (shared with the
+// BN + ReLU op). Pixel-major (channels_last) data; other layouts are converted (a copy each
+// way).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -29,31 +28,12 @@
 #include <vector>
 
 #include "../checks.h"
+#include "batch_norm.h"
 #include "pool3x3.h"
 #include "relu.h"
 
 namespace shufflenet_ops::cpu {
 namespace {
-
-constexpr int64_t kChunk = 256;  // rows of pixels per partial sum: fixed, for thread-count-free results
-
-// Per-column sums (`width` of them) over `rows` rows: accumulate(first, last, acc) adds rows
-// [first, last) into acc (zeroed); chunk partials are combined in chunk order.
-template <typename Accumulate>
-std::vector<double> chunked_sums(int64_t rows, int64_t width, const Accumulate& accumulate) {
-  const int64_t chunks = (rows + kChunk - 1) / kChunk;
-  std::vector<double> partial(chunks * width, 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      accumulate(k * kChunk, std::min(rows, (k + 1) * kChunk), partial.data() + k * width);
-    }
-  });
-  std::vector<double> total(width, 0.0);
-  for (int64_t k = 0; k < chunks; ++k) {
-    for (int64_t j = 0; j < width; ++j) total[j] += partial[k * width + j];
-  }
-  return total;
-}
 
 struct Shape {
   int64_t n, c, h, w, oh, ow;
@@ -76,58 +56,16 @@ struct Window {
   }
 };
 
-// 1 / sqrt(var + eps), computed once here for the forward and the backward alike.
-inline double inverse_std(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
-
-
-#ifdef SHUFFLENET_OPS_HAVE_AVX512_POOL
-// float32 with AVX-512: 16 channels per vector, masked at the channel tail. Each computes what
-// the portable loop after it does, lane by lane, in the same order.
-#define SHUFFLENET_OPS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-bool avx512_bytes_available() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-}
-
-SHUFFLENET_OPS_AVX512 inline __mmask16 lane_mask(int64_t remaining) {
-  return remaining >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << remaining) - 1u);
-}
-
+#ifdef SHUFFLENET_OPS_HAVE_AVX512_BN
 // 16 window offsets (bytes) as int32 lanes; a tail reads only its own bytes.
-SHUFFLENET_OPS_AVX512 inline __m512i load_offsets(const uint8_t* p, __mmask16 lanes) {
+SHUFFLENET_OPS_AVX512_BN inline __m512i load_offsets(const uint8_t* p, __mmask16 lanes) {
   return _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(lanes, p));
-}
-
-SHUFFLENET_OPS_AVX512 inline __m512d low_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
-
-SHUFFLENET_OPS_AVX512 inline __m512d high_pd(__m512 v) {
-  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-
-// Per 16 channels: shifted sums and sums of squares of pixel rows [first, last), in double.
-SHUFFLENET_OPS_AVX512 void channel_sums_avx512(const float* x, int64_t first, int64_t last, int64_t c,
-                                              const double* shift, double* acc) {
-  for (int64_t j0 = 0; j0 < c; j0 += 16) {
-    const __mmask16 lanes = lane_mask(c - j0);
-    const __mmask8 m0 = static_cast<__mmask8>(lanes), m1 = static_cast<__mmask8>(lanes >> 8);
-    const __m512d s0 = _mm512_maskz_loadu_pd(m0, shift + j0), s1 = _mm512_maskz_loadu_pd(m1, shift + j0 + 8);
-    __m512d sum0 = _mm512_setzero_pd(), sum1 = sum0, sq0 = sum0, sq1 = sum0;
-    for (int64_t p = first; p < last; ++p) {
-      const __m512 v = _mm512_maskz_loadu_ps(lanes, x + p * c + j0);
-      const __m512d d0 = _mm512_sub_pd(low_pd(v), s0), d1 = _mm512_sub_pd(high_pd(v), s1);
-      sum0 = _mm512_add_pd(sum0, d0), sum1 = _mm512_add_pd(sum1, d1);
-      sq0 = _mm512_add_pd(sq0, _mm512_mul_pd(d0, d0)), sq1 = _mm512_add_pd(sq1, _mm512_mul_pd(d1, d1));
-    }
-    _mm512_mask_storeu_pd(acc + j0, m0, sum0), _mm512_mask_storeu_pd(acc + j0 + 8, m1, sum1);
-    _mm512_mask_storeu_pd(acc + c + j0, m0, sq0), _mm512_mask_storeu_pd(acc + c + j0 + 8, m1, sq1);
-  }
 }
 
 // One output pixel: per channel the max of z = x * scale + offset over the window's valid
 // positions (rows h0..h1, columns w0..w1 of the image, k0: the offset of (h0, w0)), its
 // window offset, and relu(max) into out.
-SHUFFLENET_OPS_AVX512 inline void pool_pixel_avx512(const float* image, int64_t w, int64_t c, int64_t h0, int64_t h1,
+SHUFFLENET_OPS_AVX512_BN inline void pool_pixel_avx512(const float* image, int64_t w, int64_t c, int64_t h0, int64_t h1,
                                             int64_t w0, int64_t w1, int64_t k0, const float* scale,
                                             const float* offset, float* out, uint8_t* window) {
   for (int64_t j0 = 0; j0 < c; j0 += 16) {
@@ -151,7 +89,7 @@ SHUFFLENET_OPS_AVX512 inline void pool_pixel_avx512(const float* image, int64_t 
 // The backward's sums over pooled pixels [first, last) of one image, per 16 channels, in
 // double: dz (the gradient where the ReLU passed it) and dz * xhat, x gathered at each max.
 // offsets[k]: the element offset of window position k from the window's corner.
-SHUFFLENET_OPS_AVX512 void gradient_sums_avx512(const float* x_image, const float* grad, const float* out,
+SHUFFLENET_OPS_AVX512_BN void gradient_sums_avx512(const float* x_image, const float* grad, const float* out,
                                                const uint8_t* window, int64_t first, int64_t last, int64_t ow,
                                                int64_t w, int64_t c, const int32_t* offsets, const double* mean,
                                                const double* invstd, double* acc) {
@@ -186,7 +124,7 @@ SHUFFLENET_OPS_AVX512 void gradient_sums_avx512(const float* x_image, const floa
 
 // dx of one input pixel from the windows (output rows r0..r1, columns q0..q1) that hold it:
 // dz = the sum of their routed gradients, in output order, then dx = dz * k + x * a + b.
-SHUFFLENET_OPS_AVX512 inline void grad_input_pixel_avx512(const float* grad, const float* out, const uint8_t* window,
+SHUFFLENET_OPS_AVX512_BN inline void grad_input_pixel_avx512(const float* grad, const float* out, const uint8_t* window,
                                                   int64_t ih, int64_t iw, int64_t r0, int64_t r1, int64_t q0,
                                                   int64_t q1, int64_t ow, int64_t c, const float* x, const float* k,
                                                   const float* a, const float* b, float* dx) {
@@ -211,7 +149,7 @@ SHUFFLENET_OPS_AVX512 inline void grad_input_pixel_avx512(const float* grad, con
   }
 }
 // Input row ih of one image (the per-pixel function above, inlined: one call per row).
-SHUFFLENET_OPS_AVX512 void grad_input_row_avx512(const float* grad, const float* out, const uint8_t* window,
+SHUFFLENET_OPS_AVX512_BN void grad_input_row_avx512(const float* grad, const float* out, const uint8_t* window,
                                                 int64_t ih, int64_t w, int64_t oh, int64_t ow, int64_t c,
                                                 const float* x, const float* k, const float* a, const float* b,
                                                 float* dx) {
@@ -223,7 +161,7 @@ SHUFFLENET_OPS_AVX512 void grad_input_row_avx512(const float* grad, const float*
 }
 
 // Output row r of one image (the per-pixel function above, inlined: one call per row).
-SHUFFLENET_OPS_AVX512 void pool_row_avx512(const float* image, const Shape& s, int64_t r, const float* scale,
+SHUFFLENET_OPS_AVX512_BN void pool_row_avx512(const float* image, const Shape& s, int64_t r, const float* scale,
                                           const float* offset, float* out, uint8_t* window) {
   for (int64_t q = 0; q < s.ow; ++q) {
     const Window win(s, r, q);
@@ -233,76 +171,17 @@ SHUFFLENET_OPS_AVX512 void pool_row_avx512(const float* image, const Shape& s, i
 }
 #endif
 
-bool is_pixel_major(const at::Tensor& x) { return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast; }
-
-at::Tensor pixel_major(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
-
-void check_arguments(const at::Tensor& x, const at::Tensor& weight, double eps, const char* op) {
-  check_input(x, "x");
-  TORCH_CHECK_VALUE(x.size(1) > 0, "shufflenet_ops ", op, ": x must have at least one channel, got ", x.sizes());
-  TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, "shufflenet_ops ", op,
-                    ": x must have a non-empty spatial size, got ", x.sizes());
-  TORCH_CHECK_VALUE(x.size(0) * x.size(2) * x.size(3) > 1, "shufflenet_ops ", op,
-                    ": batch statistics need more than one value per channel, got x of shape ", x.sizes());
-  check_vector(weight, "weight", x.size(1));
-  check_same(weight, x, "weight", "x");
-  TORCH_CHECK_VALUE(eps >= 0 && std::isfinite(eps), "shufflenet_ops ", op, ": eps must be finite and >= 0, got ",
-                    eps);
-}
-
-// The vector kernels' condition: float32 on an AVX-512 (F, BW, VL) CPU, unless SHUFFLENET_OPS_CPU_GEMM=blas
-// asks for the portable loops (as the other kernels), and (backward) int32 gather offsets.
-template <typename scalar_t>
-bool vectorized(const Shape& s) {
-#ifdef SHUFFLENET_OPS_HAVE_AVX512_POOL
-  static const bool available = avx512_bytes_available();
-  return std::is_same_v<scalar_t, float> && available && use_small_gemm() && s.h * s.w * s.c < (int64_t(1) << 31);
-#else
-  return false;
-#endif
-}
-
-
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
                     at::Tensor& out, at::Tensor& mean_out, at::Tensor& var_out, at::Tensor& window_out) {
   using acc_t = at::opmath_type<scalar_t>;
   const Shape s = shape_of(x);
   const int64_t c = s.c;
-  const bool vector = vectorized<scalar_t>(s);
+  const bool vector = batch_norm_vectorized<scalar_t>();
   const scalar_t* in = x.const_data_ptr<scalar_t>();
-  // Shifted sums (by the first pixel) keep E[x^2] - E[x]^2 from cancelling when |mean| >> std.
-  const std::vector<double> shift(in, in + c);
-  const std::vector<double> sums = chunked_sums(s.pixels(), 2 * c, [&](int64_t first, int64_t last, double* acc) {
-#ifdef SHUFFLENET_OPS_HAVE_AVX512_POOL
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (vector) return channel_sums_avx512(in, first, last, c, shift.data(), acc);
-    }
-#endif
-    for (int64_t p = first; p < last; ++p) {
-      const scalar_t* px = in + p * c;
-      for (int64_t j = 0; j < c; ++j) {
-        const double d = static_cast<double>(px[j]) - shift[j];
-        acc[j] += d;
-        acc[c + j] += d * d;
-      }
-    }
-  });
-  const double count = static_cast<double>(s.pixels());
-  const scalar_t* gamma = weight.const_data_ptr<scalar_t>();
-  const scalar_t* beta = bias.const_data_ptr<scalar_t>();
-  std::vector<acc_t> scale(c), offset(c);
-  for (int64_t j = 0; j < c; ++j) {
-    const double m = sums[j] / count;
-    const double var = std::max(sums[c + j] / count - m * m, 0.0);
-    const double mean = shift[j] + m;
-    mean_out.mutable_data_ptr<scalar_t>()[j] = static_cast<scalar_t>(mean);
-    var_out.mutable_data_ptr<scalar_t>()[j] = static_cast<scalar_t>(var);
-    // z = (x - mean) * invstd * gamma + beta = x * scale + offset, aten's form.
-    const double a = inverse_std(var, eps) * static_cast<double>(gamma[j]);
-    scale[j] = static_cast<acc_t>(a);
-    offset[j] = static_cast<acc_t>(static_cast<double>(beta[j]) - mean * a);
-  }
+  std::vector<acc_t> scale, offset;
+  batch_statistics(in, s.pixels(), c, weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), eps,
+                   mean_out.mutable_data_ptr<scalar_t>(), var_out.mutable_data_ptr<scalar_t>(), scale, offset);
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   uint8_t* window = window_out.mutable_data_ptr<uint8_t>();
   // One task per output row (image, r): it reads 3 input rows.
@@ -312,7 +191,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& weight, const at::Ten
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task % s.oh;
       const scalar_t* image = in + (task / s.oh) * s.h * s.w * c;
-#ifdef SHUFFLENET_OPS_HAVE_AVX512_POOL
+#ifdef SHUFFLENET_OPS_HAVE_AVX512_BN
       if constexpr (std::is_same_v<scalar_t, float>) {
         if (vector) {
           pool_row_avx512(image, s, r, scale.data(), offset.data(), y + task * s.ow * c, window + task * s.ow * c);
@@ -355,35 +234,34 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   using acc_t = at::opmath_type<scalar_t>;
   const Shape s = shape_of(x);
   const int64_t c = s.c;
-  const bool vector = vectorized<scalar_t>(s);
+  // The gathers' offsets are int32.
+  const bool vector = batch_norm_vectorized<scalar_t>() && s.h * s.w * c < (int64_t(1) << 31);
   const scalar_t* in = x.const_data_ptr<scalar_t>();
   const scalar_t* grad = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* out = out_in.const_data_ptr<scalar_t>();
   const uint8_t* window = window_in.const_data_ptr<uint8_t>();
-  std::vector<double> mean(c), invstd(c);
-  for (int64_t j = 0; j < c; ++j) {
-    mean[j] = static_cast<double>(mean_in.const_data_ptr<scalar_t>()[j]);
-    invstd[j] = inverse_std(static_cast<double>(var_in.const_data_ptr<scalar_t>()[j]), eps);
-  }
+  BatchNormBackward<scalar_t> coefficients(mean_in, var_in, eps);
+  const std::vector<double>& mean = coefficients.mean;
+  const std::vector<double>& invstd = coefficients.invstd;
   // dz, the gradient of the normalized tensor, is the pooled gradient where the ReLU passed it
   // (torch's threshold_backward: 0 where out <= 0, so a NaN output passes it), routed to its
   // window's max. Its sums (grad_bias = sum dz, grad_weight = sum dz * xhat) need only the
   // pooled pixels and x at each max. Chunks do not straddle images (the gather's base).
   const int64_t image_pixels = s.h * s.w * c, pooled_image = s.oh * s.ow;
-  const int64_t chunks_per_image = (pooled_image + kChunk - 1) / kChunk;
+  const int64_t chunk = batch_norm_chunk(c), chunks_per_image = (pooled_image + chunk - 1) / chunk;
   std::vector<int32_t> offsets(16, 0);  // window position k -> element offset from the corner
   for (int64_t k = 0; k < kPoolKernel * kPoolKernel; ++k) {
     offsets[k] = static_cast<int32_t>(((k / kPoolKernel) * s.w + k % kPoolKernel) * c);
   }
   const std::vector<double> sums =
-      chunked_sums(s.n * chunks_per_image * kChunk, 2 * c, [&](int64_t first, int64_t last, double* acc) {
-        const int64_t image = first / (chunks_per_image * kChunk);
-        const int64_t q0 = first % (chunks_per_image * kChunk);
+      chunked_sums(s.n * chunks_per_image * chunk, 2 * c, chunk, [&](int64_t first, int64_t last, double* acc) {
+        const int64_t image = first / (chunks_per_image * chunk);
+        const int64_t q0 = first % (chunks_per_image * chunk);
         const int64_t q1 = std::min(q0 + (last - first), pooled_image);
         if (q0 >= q1) return;
         const scalar_t* x_image = in + image * image_pixels;
         const int64_t base = image * pooled_image * c;
-#ifdef SHUFFLENET_OPS_HAVE_AVX512_POOL
+#ifdef SHUFFLENET_OPS_HAVE_AVX512_BN
         if constexpr (std::is_same_v<scalar_t, float>) {
           if (vector) {
             return gradient_sums_avx512(x_image, grad + base, out + base, window + base, q0, q1, s.ow, s.w, c,
@@ -403,19 +281,9 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
           }
         }
       });
-  const double count = static_cast<double>(s.pixels());
-  const scalar_t* gamma = weight.const_data_ptr<scalar_t>();
-  // dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)) = dz * k + x * a + b.
-  std::vector<acc_t> k(c), a(c), b(c);
-  for (int64_t j = 0; j < c; ++j) {
-    grad_bias.mutable_data_ptr<scalar_t>()[j] = static_cast<scalar_t>(sums[j]);
-    grad_weight.mutable_data_ptr<scalar_t>()[j] = static_cast<scalar_t>(sums[c + j]);
-    const double kj = static_cast<double>(gamma[j]) * invstd[j];
-    const double slope = -kj * invstd[j] * sums[c + j] / count;
-    k[j] = static_cast<acc_t>(kj);
-    a[j] = static_cast<acc_t>(slope);
-    b[j] = static_cast<acc_t>(-kj * sums[j] / count - slope * mean[j]);
-  }
+  coefficients.finish(sums, static_cast<double>(s.pixels()), weight.const_data_ptr<scalar_t>(),
+                      grad_weight.mutable_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>());
+  const auto &k = coefficients.k, &a = coefficients.a, &b = coefficients.b;
   scalar_t* dx = grad_x.mutable_data_ptr<scalar_t>();
   // One task per input row (image, ih); a pixel sits in the windows of output rows
   // ceil((ih - 1) / 2) .. floor((ih + 1) / 2) and columns likewise, summed in output order as
@@ -425,7 +293,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
     for (int64_t task = begin; task < end; ++task) {
       const int64_t image = task / s.h, ih = task % s.h;
       const int64_t base = image * pooled_image * c;
-#ifdef SHUFFLENET_OPS_HAVE_AVX512_POOL
+#ifdef SHUFFLENET_OPS_HAVE_AVX512_BN
       if constexpr (std::is_same_v<scalar_t, float>) {
         if (vector) {
           grad_input_row_avx512(grad + base, out + base, window + base, ih, s.w, s.oh, s.ow, c, in + task * s.w * c,
@@ -461,7 +329,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_max_pool3x3s2(
     const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, double eps) {
   constexpr const char* op = "batch_norm_relu_max_pool3x3s2";
-  check_arguments(x_in, weight, eps, op);
+  check_batch_norm_input(x_in, weight, eps, op);
   check_vector(bias, "bias", x_in.size(1));
   check_same(bias, x_in, "bias", "x");
   const at::Tensor x = pixel_major(x_in);
@@ -484,7 +352,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_max_pool3x3s2_bac
     const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& mean,
     const at::Tensor& var, const at::Tensor& window, const at::Tensor& out, double eps) {
   constexpr const char* op = "batch_norm_relu_max_pool3x3s2_backward";
-  check_arguments(x_in, weight, eps, op);
+  check_batch_norm_input(x_in, weight, eps, op);
   const Shape s = shape_of(x_in);
   const auto pooled = {s.n, s.c, s.oh, s.ow};
   for (const auto& [t, name] : {std::pair{&grad_out, "grad_out"}, std::pair{&out, "out"}}) {

@@ -28,11 +28,11 @@ What ``fused=True`` runs:
   map into the interleaved buffer (issue 16, item 1), so that copy remains on this path;
 - with the BNs in eval mode, also the stem (its conv with the BN folded, then its ReLU and
   max pool as ``max_pool3x3s2_relu``) and conv5 (``conv1x1_bn``);
-- with the BN in train mode: the stem's BN, ReLU and max pool as one op
-  (``batch_norm_relu_max_pool``); in the units each conv, BN and ReLU runs as its own
-  module, as in the naive model (a BN with batch statistics keeps a conv and its ReLU
-  apart), and the unit's ending is the interleaving copy, whose backward hands each branch
-  a dense gradient (``functional.interleave``).
+- with the BN in train mode (batch statistics keep a conv and its ReLU apart): each conv
+  as its module, then its BN with the ReLU after it as one ``batch_norm_relu`` op
+  (``batch_norm_act``); the stem's BN, ReLU and max pool as one op
+  (``batch_norm_relu_max_pool``); the unit's ending is the interleaving copy, whose
+  backward hands each branch a dense gradient (``functional.interleave``).
 
 ``fused=False`` is torchvision's code (chunk, cat, then the reshape-transpose shuffle);
 ``shufflenet_ops.fuse`` of it (or of torchvision's own model) runs the ops listed above in
@@ -49,6 +49,7 @@ from ..modules import FoldCache, can_fold, conv1x1_bn, conv2d_bn, is_foldable_co
 from ..modules._common import runs_as_written
 from ..modules.batchnorm import (
     TensorCache,
+    batch_norm_act,
     batch_norm_relu_max_pool,
     foldable_sources,
     folded_conv_bn,
@@ -100,6 +101,18 @@ def _plain_pairs(branch: nn.Module, layout: tuple) -> list[ConvBN] | None:
     if not all(is_foldable_conv(conv) and is_plain_batchnorm(bn) for conv, bn in found):
         return None
     return found if all(is_pointwise_conv(found[i][0]) for i in pointwise) else None
+
+
+def _training_branch(branch: nn.Module, layout: tuple, x: torch.Tensor) -> torch.Tensor:
+    """A plain branch (``_plain_pairs``) in training: each conv as its module, then its BN
+    and the ReLU after it (torchvision puts each ReLU right after a BN) as one
+    ``batch_norm_relu`` op (``batch_norm_act``, which runs a BN in eval mode as written)."""
+    layers = branch._modules
+    _, pairs, relus, _ = layout
+    for conv, bn in pairs:
+        relu = layers[str(bn + 1)] if bn + 1 in relus else None
+        x = batch_norm_act(layers[str(conv)](x), layers[str(bn)], relu)
+    return x
 
 
 def _unit_layers(branch1: nn.Module, branch2: nn.Module, stride: int) -> list[ConvBN] | None:
@@ -255,8 +268,10 @@ class InvertedResidual(_Folding):
 
     def _branch2(self, x: torch.Tensor) -> torch.Tensor:
         pairs, caches = _plain_pairs(self.branch2, _BRANCH2), self._fold_caches
-        if pairs is None or not all(can_fold(bn) for _, bn in pairs):
+        if pairs is None:
             return self.branch2(x)
+        if not all(can_fold(bn) for _, bn in pairs):
+            return _training_branch(self.branch2, _BRANCH2, x)
         (compress, compress_bn), (depthwise, depthwise_bn), (expand, expand_bn) = pairs
         y = conv1x1_bn(x, compress, compress_bn, relu=True, fold_cache=caches[0])
         y = conv2d_bn(y, depthwise, depthwise_bn, caches[1])
@@ -264,8 +279,10 @@ class InvertedResidual(_Folding):
 
     def _branch1(self, x: torch.Tensor) -> torch.Tensor:
         pairs, caches = _plain_pairs(self.branch1, _BRANCH1), self._fold_caches
-        if pairs is None or not all(can_fold(bn) for _, bn in pairs):
+        if pairs is None:
             return self.branch1(x)
+        if not all(can_fold(bn) for _, bn in pairs):
+            return _training_branch(self.branch1, _BRANCH1, x)
         (depthwise, depthwise_bn), (pointwise, pointwise_bn) = pairs
         return conv1x1_bn(conv2d_bn(x, depthwise, depthwise_bn, caches[3]), pointwise, pointwise_bn, relu=True,
                           fold_cache=caches[4])
@@ -376,6 +393,8 @@ class ShuffleNetV2(_Folding):
         conv, bn = self.conv5[0], self.conv5[1]
         if can_fold(bn):
             x = conv1x1_bn(x, conv, bn, relu=True, fold_cache=self._fold_caches[1])
+        elif runs_as_written(self.conv5, nn.Sequential) and len(self.conv5) == 3:
+            x = batch_norm_act(conv(x), bn, self.conv5[2])  # training: BN and ReLU as one op
         else:
             x = self.conv5(x)
         return self.fc(global_average_pool(x))

@@ -6,8 +6,9 @@ and bias ``shift + b * scale`` (``folded_conv_bn``). ``can_fold`` says when that
 ``FoldCache`` keeps the folded pair while its sources are unchanged, and
 ``batchnorm_folding(False)`` turns folding off (every conv and BN then runs as itself).
 ``batch_norm_permuted`` is BatchNorm on a tensor whose channels are a permutation of the
-BN's, for a BN that meets its channels shuffled; ``batch_norm_relu_max_pool`` is the stem's
-train-mode BN, ReLU and max pool as one op.
+BN's, for a BN that meets its channels shuffled. ``batch_norm_act`` and
+``batch_norm_relu_max_pool`` run a train-mode BN with its ReLU (and the stem's max pool) as
+one op.
 """
 
 from __future__ import annotations
@@ -98,28 +99,54 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
+def _trains_as_one_op(x: torch.Tensor, bn: nn.Module, relu: nn.Module | None) -> bool:
+    """``bn`` (and ``relu``) compute what the training BN ops compute, on ``x``: a plain,
+    affine ``nn.BatchNorm2d`` in train mode and an ``nn.ReLU`` (or None), without hooks (a
+    fused call would skip them), and ``x`` a 4-D tensor of ``bn``'s width, dtype and device
+    with more than one value per channel (else ``bn`` raises its own error)."""
+    return (
+        is_plain_batchnorm(bn) and bn.training and bn.affine and not has_hooks(bn)
+        and (relu is None or (type(relu) is nn.ReLU and not has_hooks(relu)))
+        and x.dim() == 4 and x.shape[1] == bn.num_features and x.dtype == bn.weight.dtype
+        and x.device == bn.weight.device and x.shape[0] * x.shape[2] * x.shape[3] > 1
+    )
+
+
+def batch_norm_act(x: torch.Tensor, bn: nn.Module, relu: nn.Module | None = None) -> torch.Tensor:
+    """``relu(bn(x))`` (``bn(x)`` when ``relu`` is None) as the modules compute it: output,
+    gradients, and ``bn``'s running statistics and ``num_batches_tracked``.
+
+    In training (see ``_trains_as_one_op``) one ``batch_norm_relu`` op, the ReLU applied in
+    the pass that writes the normalized tensor and its mask applied inside the backward;
+    otherwise the modules as written (an eval-mode BN, other layers, hooks, their errors).
+
+    Args:
+        x: ``(N, C, H, W)``, ``bn``'s dtype and device.
+    Returns:
+        ``x``'s shape and memory format.
+    """
+    if not _trains_as_one_op(x, bn, relu):
+        return bn(x) if relu is None else relu(bn(x))
+    out, mean, var = functional.batch_norm_relu(x, bn.weight, bn.bias, bn.eps, relu is not None)
+    _update_running_stats(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
+    return out
+
+
 def batch_norm_relu_max_pool(x: torch.Tensor, bn: nn.Module, relu: nn.Module, pool: nn.Module) -> torch.Tensor:
     """``pool(relu(bn(x)))``, a ShuffleNet stem's tail, as ``nn.Sequential(bn, relu, pool)``
-    computes it, its output and gradients and ``bn``'s running statistics and
-    ``num_batches_tracked`` alike.
+    computes it: output, gradients, and ``bn``'s running statistics and
+    ``num_batches_tracked``.
 
-    In training (``bn`` a plain, affine ``nn.BatchNorm2d`` in train mode, ``relu`` an
-    ``nn.ReLU``, ``pool`` an ``nn.MaxPool2d(3, stride=2, padding=1)``, none with hooks, and
-    more than one value per channel) one ``batch_norm_relu_max_pool3x3s2`` op; otherwise
-    the three modules as written (and their errors).
+    In training (see ``_trains_as_one_op``; ``relu`` an ``nn.ReLU``, ``pool`` an
+    ``nn.MaxPool2d(3, stride=2, padding=1)`` without hooks) one
+    ``batch_norm_relu_max_pool3x3s2`` op; otherwise the three modules as written.
 
     Args:
         x: ``(N, C, H, W)``, ``bn``'s dtype and device.
     Returns:
         ``(N, C, (H - 1) // 2 + 1, (W - 1) // 2 + 1)`` in ``x``'s memory format.
     """
-    fused = (
-        is_plain_batchnorm(bn) and bn.training and bn.affine and not has_hooks(bn)
-        and type(relu) is nn.ReLU and not has_hooks(relu) and _is_stem_pool(pool)
-        and x.dim() == 4 and x.shape[1] == bn.num_features and x.dtype == bn.weight.dtype
-        and x.device == bn.weight.device and x.shape[0] * x.shape[2] * x.shape[3] > 1
-    )
-    if not fused:
+    if not (type(relu) is nn.ReLU and _trains_as_one_op(x, bn, relu) and _is_stem_pool(pool)):
         return pool(relu(bn(x)))
     out, mean, var = functional.batch_norm_relu_max_pool3x3s2(x, bn.weight, bn.bias, bn.eps)
     _update_running_stats(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])

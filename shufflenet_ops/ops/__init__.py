@@ -14,6 +14,7 @@ import importlib.util
 import torch
 
 from .. import _extension
+from .batch_norm_relu import BATCH_NORM_RELU, BATCH_NORM_RELU_BACKWARD
 from .batch_norm_relu_max_pool import BATCH_NORM_RELU_MAX_POOL3X3S2, BATCH_NORM_RELU_MAX_POOL3X3S2_BACKWARD
 from .channel_shuffle import CHANNEL_SHUFFLE
 from .conv1x1_shuffle import (
@@ -43,6 +44,8 @@ SPECS: tuple[OpSpec, ...] = (
     AVG_POOL3X3S2_RELU,
     BATCH_NORM_RELU_MAX_POOL3X3S2,
     BATCH_NORM_RELU_MAX_POOL3X3S2_BACKWARD,
+    BATCH_NORM_RELU,
+    BATCH_NORM_RELU_BACKWARD,
     SHUFFLE_UNIT,
     SHUFFLE_UNIT_V2,
 )

@@ -14,34 +14,16 @@ from __future__ import annotations
 import torch
 
 from .. import _checks, reference
-from ._samples import empty_like_format, in_format_of, replace_argument, sample_tensors
+from ._samples import empty_like_format, in_format_of, replace_argument
+from .batch_norm_relu import AFFINE_BAD_CALLS, affine_inputs, batch_norm_backward_reference, check_affine, check_saved
 from .spec import OpSpec
 
 Tensor = torch.Tensor
 _NAME = "batch_norm_relu_max_pool3x3s2"
 
 
-def _check_x(x: Tensor, weight: Tensor, eps: float, op: str) -> None:
-    _checks.check_input(x, "x")
-    if x.shape[1] == 0:
-        raise ValueError(f"shufflenet_ops {op}: x must have at least one channel, got {list(x.shape)}")
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"shufflenet_ops {op}: x must have a non-empty spatial size, got {list(x.shape)}")
-    if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
-        raise ValueError(
-            f"shufflenet_ops {op}: batch statistics need more than one value per channel, got x of shape "
-            f"{list(x.shape)}"
-        )
-    _checks.check_vector(weight, "weight", x.shape[1])
-    _checks.check_same(weight, x, "weight", "x")
-    if not (0 <= eps < float("inf")):
-        raise ValueError(f"shufflenet_ops {op}: eps must be finite and >= 0, got {eps}")
-
-
 def _check(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> None:
-    _check_x(x, weight, eps, _NAME)
-    _checks.check_vector(bias, "bias", x.shape[1])
-    _checks.check_same(bias, x, "bias", "x")
+    check_affine(x, weight, bias, eps, _NAME)
 
 
 def _pooled_shape(x: Tensor) -> tuple[int, int, int, int]:
@@ -51,19 +33,12 @@ def _pooled_shape(x: Tensor) -> tuple[int, int, int, int]:
 
 def _check_backward(grad_out, x, weight, mean, var, window, out, eps) -> None:
     op = f"{_NAME}_backward"
-    _check_x(x, weight, eps, op)
+    _checks.check_batch_norm_input(x, weight, eps, op)
     pooled = list(_pooled_shape(x))
-    for t, name in ((grad_out, "grad_out"), (out, "out")):
-        _checks.check_tensor(t, name)
-        if list(t.shape) != pooled:
-            raise ValueError(f"shufflenet_ops {op}: {name} must have shape {pooled}, got {list(t.shape)}")
-        _checks.check_same(t, x, name, "x")
+    check_saved(x, mean, var, {"grad_out": (grad_out, pooled), "out": (out, pooled)}, op)
     _checks.check_tensor(window, "window")
     if list(window.shape) != pooled or window.dtype != torch.uint8:
         raise ValueError(f"shufflenet_ops {op}: window must be a uint8 tensor of shape {pooled}")
-    for t, name in ((mean, "mean"), (var, "var")):
-        _checks.check_vector(t, name, x.shape[1])
-        _checks.check_same(t, x, name, "x")
 
 
 def _fake(x, weight, bias, eps):
@@ -91,52 +66,23 @@ def _backward(ctx, grad_out, *_statistics) -> tuple:
 def _reference_backward(grad_out, x, weight, mean, var, window, out, eps):
     """The gradients by aten's pieces: the ReLU mask (threshold_backward), the pool's scatter to
     each window's max, then BatchNorm's training backward written out."""
-    _, c, oh, ow = grad_out.shape
+    oh, ow = grad_out.shape[2:]
     rows = torch.arange(oh, device=x.device).view(oh, 1) * 2 - 1 + torch.div(window, 3, rounding_mode="floor").long()
     cols = torch.arange(ow, device=x.device).view(1, ow) * 2 - 1 + (window % 3).long()
     grad = torch.ops.aten.threshold_backward(grad_out, out, 0)
     dz = torch.ops.aten.max_pool2d_with_indices_backward(
         grad, x, [3, 3], [2, 2], [1, 1], [1, 1], False, rows * x.shape[3] + cols
     )
-    invstd = (var + eps).rsqrt().view(1, c, 1, 1)
-    xhat = (x - mean.view(1, c, 1, 1)) * invstd
-    grad_bias, grad_weight = dz.sum((0, 2, 3)), (dz * xhat).sum((0, 2, 3))
-    count = x.numel() // c
-    grad_x = weight.view(1, c, 1, 1) * invstd * (
-        dz - (grad_bias / count).view(1, c, 1, 1) - xhat * (grad_weight / count).view(1, c, 1, 1)
-    )
-    return in_format_of(x, grad_x), grad_weight, grad_bias
-
-
-def _inputs():
-    """(x, weight, bias, eps) per layout, float64: 12 channels on 3x5 and on 6x7 pixels."""
-    t = sample_tensors()
-    gen = torch.Generator().manual_seed(1)
-    weight = torch.randn(12, generator=gen, dtype=torch.float64).requires_grad_()
-    bias = torch.randn(12, generator=gen, dtype=torch.float64).requires_grad_()
-    odd = torch.randn(2, 12, 6, 7, generator=gen, dtype=torch.float64)
-    for layout, x in enumerate(t.x):
-        yield x, weight, bias, 1e-5
-        fmt = torch.channels_last if layout else torch.contiguous_format
-        yield odd.to(memory_format=fmt).requires_grad_(), weight, bias, 0.1
+    return batch_norm_backward_reference(dz, x, weight, mean, var, eps)
 
 
 def _backward_samples():
     gen = torch.Generator().manual_seed(2)
-    for x, weight, _bias, eps in _inputs():
-        out, mean, var, window = reference.batch_norm_relu_max_pool3x3s2(x.detach(), weight.detach(), _bias.detach(), eps)
+    for x, weight, bias, eps in affine_inputs():
+        out, mean, var, window = reference.batch_norm_relu_max_pool3x3s2(x.detach(), weight.detach(), bias.detach(), eps)
         grad_out = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(memory_format=torch.channels_last)
         yield in_format_of(out, grad_out), x.detach(), weight.detach(), mean, var, window, out, eps
 
-
-_X_BAD_CALLS = (
-    ("3-D input", lambda a: (a[0][0], *a[1:]), ValueError, r"x must be 4-D"),
-    ("no channels", lambda a: (a[0][:, :0], a[1][:0], *a[2:]), ValueError, r"x must have at least one channel"),
-    ("one value per channel", lambda a: (a[0][:1, :, :1, :1], *a[1:]), ValueError,
-     r"batch statistics need more than one value per channel"),
-    ("weight shape", replace_argument(1, lambda w: w[:5]), ValueError, r"weight must have shape \(12,\)"),
-    ("weight dtype", replace_argument(1, lambda w: w.float()), TypeError, r"weight dtype .* does not match x dtype"),
-)
 
 BATCH_NORM_RELU_MAX_POOL3X3S2 = OpSpec(
     name=_NAME,
@@ -145,13 +91,9 @@ BATCH_NORM_RELU_MAX_POOL3X3S2 = OpSpec(
     check=_check,
     setup_context=_setup_context,
     backward=_backward,
-    samples=_inputs,
+    samples=affine_inputs,
     training_only=True,
-    bad_calls=(
-        *_X_BAD_CALLS,
-        ("bias shape", replace_argument(2, lambda b: b[:5]), ValueError, r"bias must have shape \(12,\)"),
-        ("negative eps", replace_argument(3, lambda e: -1.0), ValueError, r"eps must be finite and >= 0"),
-    ),
+    bad_calls=AFFINE_BAD_CALLS,
 )
 
 BATCH_NORM_RELU_MAX_POOL3X3S2_BACKWARD = OpSpec(

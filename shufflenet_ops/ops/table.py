@@ -58,6 +58,15 @@ class KernelTable(Protocol):
         eps: float,
     ) -> tuple[Tensor, Tensor, Tensor]: ...
 
+    def batch_norm_relu(
+        self, x: Tensor, weight: Tensor, bias: Tensor, eps: float, relu: bool
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    def batch_norm_relu_backward(
+        self, grad_out: Tensor, x: Tensor, weight: Tensor, mean: Tensor, var: Tensor, out: Tensor, eps: float,
+        relu: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
+
     def shuffle_unit(
         self, x: Tensor, compress_weight: Tensor, compress_bias: Tensor, depthwise_weight: Tensor,
         depthwise_bias: Tensor, expand_weight: Tensor, expand_bias: Tensor, shuffle_groups: int, stride: int,

@@ -1,0 +1,207 @@
+// BatchNorm with batch statistics (training) on pixel-major (channels_last) data: the pieces
+// shared by the stem's BN + ReLU + max pool op (batch_norm_relu_max_pool_kernel.cpp) and the
+// BN + ReLU op (batch_norm_relu_kernel.cpp), so that both compute the statistics, the
+// normalization's coefficients and the backward's coefficients the same way.
+//
+// Sums run in fixed chunks of pixels, in double, and are combined in chunk order: the results
+// do not depend on the thread count.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "../checks.h"
+#include "small_gemm.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SHUFFLENET_OPS_HAVE_AVX512_BN 1
+// float32 with AVX-512: 16 channels per vector, masked at the channel tail. Each vector loop
+// computes what the portable loop beside it does, lane by lane, in the same order.
+#define SHUFFLENET_OPS_AVX512_BN __attribute__((target("avx512f,avx512bw,avx512vl")))
+#endif
+
+namespace shufflenet_ops::cpu {
+
+// Pixels per partial sum: fixed for a channel count (so the sums do not depend on the thread
+// count), about 32 KiB of float32 per chunk, so that a chunk read once per 16 channels stays
+// in cache.
+inline int64_t batch_norm_chunk(int64_t channels) {
+  return std::clamp<int64_t>(8192 / std::max<int64_t>(channels, 1), 16, 256);
+}
+
+// Per-column sums (`width` of them) over `rows` rows in chunks of `chunk` rows:
+// accumulate(first, last, acc) adds rows [first, last) into acc (zeroed); the chunks' partial
+// sums are combined in chunk order.
+template <typename Accumulate>
+std::vector<double> chunked_sums(int64_t rows, int64_t width, int64_t chunk, const Accumulate& accumulate) {
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+  std::vector<double> partial(chunks * width, 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      accumulate(k * chunk, std::min(rows, (k + 1) * chunk), partial.data() + k * width);
+    }
+  });
+  std::vector<double> total(width, 0.0);
+  for (int64_t k = 0; k < chunks; ++k) {
+    for (int64_t j = 0; j < width; ++j) total[j] += partial[k * width + j];
+  }
+  return total;
+}
+
+// 1 / sqrt(var + eps): one definition for the forward and the backward.
+inline double inverse_std(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
+
+// Argument checks of both BN ops (same messages in their Python specs).
+inline void check_batch_norm_input(const at::Tensor& x, const at::Tensor& weight, double eps, const char* op) {
+  check_input(x, "x");
+  TORCH_CHECK_VALUE(x.size(1) > 0, "shufflenet_ops ", op, ": x must have at least one channel, got ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(2) > 0 && x.size(3) > 0, "shufflenet_ops ", op,
+                    ": x must have a non-empty spatial size, got ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(0) * x.size(2) * x.size(3) > 1, "shufflenet_ops ", op,
+                    ": batch statistics need more than one value per channel, got x of shape ", x.sizes());
+  check_vector(weight, "weight", x.size(1));
+  check_same(weight, x, "weight", "x");
+  TORCH_CHECK_VALUE(eps >= 0 && std::isfinite(eps), "shufflenet_ops ", op, ": eps must be finite and >= 0, got ",
+                    eps);
+}
+
+inline bool is_pixel_major(const at::Tensor& x) {
+  return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+inline at::Tensor pixel_major(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
+
+#ifdef SHUFFLENET_OPS_HAVE_AVX512_BN
+inline bool avx512_bytes_available() {
+  static const bool available = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl");
+  return available;
+}
+
+SHUFFLENET_OPS_AVX512_BN inline __mmask16 lane_mask(int64_t remaining) {
+  return remaining >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << remaining) - 1u);
+}
+
+SHUFFLENET_OPS_AVX512_BN inline __m512d low_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+
+SHUFFLENET_OPS_AVX512_BN inline __m512d high_pd(__m512 v) {
+  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// Per 16 channels: the shifted sums and sums of squares of pixel rows [first, last), in double.
+SHUFFLENET_OPS_AVX512_BN inline void channel_sums_avx512(const float* x, int64_t first, int64_t last, int64_t c,
+                                                        const double* shift, double* acc) {
+  for (int64_t j0 = 0; j0 < c; j0 += 16) {
+    const __mmask16 lanes = lane_mask(c - j0);
+    const __mmask8 m0 = static_cast<__mmask8>(lanes), m1 = static_cast<__mmask8>(lanes >> 8);
+    const __m512d s0 = _mm512_maskz_loadu_pd(m0, shift + j0), s1 = _mm512_maskz_loadu_pd(m1, shift + j0 + 8);
+    __m512d sum0 = _mm512_setzero_pd(), sum1 = sum0, sq0 = sum0, sq1 = sum0;
+    for (int64_t p = first; p < last; ++p) {
+      const __m512 v = _mm512_maskz_loadu_ps(lanes, x + p * c + j0);
+      const __m512d d0 = _mm512_sub_pd(low_pd(v), s0), d1 = _mm512_sub_pd(high_pd(v), s1);
+      sum0 = _mm512_add_pd(sum0, d0), sum1 = _mm512_add_pd(sum1, d1);
+      sq0 = _mm512_add_pd(sq0, _mm512_mul_pd(d0, d0)), sq1 = _mm512_add_pd(sq1, _mm512_mul_pd(d1, d1));
+    }
+    _mm512_mask_storeu_pd(acc + j0, m0, sum0), _mm512_mask_storeu_pd(acc + j0 + 8, m1, sum1);
+    _mm512_mask_storeu_pd(acc + c + j0, m0, sq0), _mm512_mask_storeu_pd(acc + c + j0 + 8, m1, sq1);
+  }
+}
+#endif
+
+// Whether the AVX-512 loops run: float32 on an AVX-512 (F, BW, VL) CPU, unless
+// SHUFFLENET_OPS_CPU_GEMM=blas asks for the portable loops (as for the other kernels).
+template <typename scalar_t>
+bool batch_norm_vectorized() {
+#ifdef SHUFFLENET_OPS_HAVE_AVX512_BN
+  return std::is_same_v<scalar_t, float> && avx512_bytes_available() && use_small_gemm();
+#else
+  return false;
+#endif
+}
+
+// The batch statistics of `pixels` rows of `c` channels and what the forward needs of them:
+// mean and biased variance (written to mean_out, var_out) and z = x * scale + offset, aten's
+// form of (x - mean) * invstd * gamma + beta. Shifted sums (by the first pixel) keep
+// E[x^2] - E[x]^2 from cancelling when |mean| >> std.
+template <typename scalar_t>
+void batch_statistics(const scalar_t* x, int64_t pixels, int64_t c, const scalar_t* gamma, const scalar_t* beta,
+                      double eps, scalar_t* mean_out, scalar_t* var_out,
+                      std::vector<at::opmath_type<scalar_t>>& scale, std::vector<at::opmath_type<scalar_t>>& offset) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const bool vector = batch_norm_vectorized<scalar_t>();
+  const std::vector<double> shift(x, x + c);
+  const std::vector<double> sums =
+      chunked_sums(pixels, 2 * c, batch_norm_chunk(c), [&](int64_t first, int64_t last, double* acc) {
+#ifdef SHUFFLENET_OPS_HAVE_AVX512_BN
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (vector) return channel_sums_avx512(x, first, last, c, shift.data(), acc);
+        }
+#endif
+        for (int64_t p = first; p < last; ++p) {
+          const scalar_t* px = x + p * c;
+          for (int64_t j = 0; j < c; ++j) {
+            const double d = static_cast<double>(px[j]) - shift[j];
+            acc[j] += d;
+            acc[c + j] += d * d;
+          }
+        }
+      });
+  const double count = static_cast<double>(pixels);
+  scale.resize(c), offset.resize(c);
+  for (int64_t j = 0; j < c; ++j) {
+    const double m = sums[j] / count;
+    const double var = std::max(sums[c + j] / count - m * m, 0.0);
+    const double mean = shift[j] + m;
+    mean_out[j] = static_cast<scalar_t>(mean);
+    var_out[j] = static_cast<scalar_t>(var);
+    const double a = inverse_std(var, eps) * static_cast<double>(gamma[j]);
+    scale[j] = static_cast<acc_t>(a);
+    offset[j] = static_cast<acc_t>(static_cast<double>(beta[j]) - mean * a);
+  }
+}
+
+// The backward of BatchNorm with batch statistics, given the sums of dz (the gradient of the
+// normalized output) and of dz * xhat: grad_bias and grad_weight are those sums, and
+// dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)) = dz * k + x * a + b.
+template <typename scalar_t>
+struct BatchNormBackward {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<double> mean, invstd;  // from the forward's mean and var
+  std::vector<acc_t> k, a, b;
+
+  BatchNormBackward(const at::Tensor& mean_in, const at::Tensor& var_in, double eps) {
+    const int64_t c = mean_in.numel();
+    mean.resize(c), invstd.resize(c);
+    const at::Tensor m = mean_in.contiguous(), v = var_in.contiguous();
+    for (int64_t j = 0; j < c; ++j) {
+      mean[j] = static_cast<double>(m.const_data_ptr<scalar_t>()[j]);
+      invstd[j] = inverse_std(static_cast<double>(v.const_data_ptr<scalar_t>()[j]), eps);
+    }
+  }
+
+  // sums: [sum dz (c values), sum dz * xhat (c values)] over `count` pixels.
+  void finish(const std::vector<double>& sums, double count, const scalar_t* gamma, scalar_t* grad_weight,
+              scalar_t* grad_bias) {
+    const int64_t c = static_cast<int64_t>(mean.size());
+    k.resize(c), a.resize(c), b.resize(c);
+    for (int64_t j = 0; j < c; ++j) {
+      grad_bias[j] = static_cast<scalar_t>(sums[j]);
+      grad_weight[j] = static_cast<scalar_t>(sums[c + j]);
+      const double kj = static_cast<double>(gamma[j]) * invstd[j];
+      const double slope = -kj * invstd[j] * sums[c + j] / count;
+      k[j] = static_cast<acc_t>(kj);
+      a[j] = static_cast<acc_t>(slope);
+      b[j] = static_cast<acc_t>(-kj * sums[j] / count - slope * mean[j]);
+    }
+  }
+};
+
+}  // namespace shufflenet_ops::cpu
