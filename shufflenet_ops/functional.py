@@ -30,6 +30,7 @@ __all__ = [
     "shuffle_group_conv1x1",
     "shuffle_unit",
     "shuffle_unit_v2",
+    "split_interleave",
 ]
 
 
@@ -49,14 +50,18 @@ def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: ``a`` and ``b`` are not 4-D tensors of the same shape, dtype and device.
     """
+    _check_pair(a, b)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return _Interleave.apply(a, b)
+    return _interleave(a, b)
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.dim() != 4 or a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
         raise ValueError(
             "interleave expects two 4-D tensors of the same shape, dtype and device, got "
             f"{tuple(a.shape)} {a.dtype} {a.device} and {tuple(b.shape)} {b.dtype} {b.device}"
         )
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-        return _Interleave.apply(a, b)
-    return _interleave(a, b)
 
 
 def _interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -98,6 +103,59 @@ def deinterleave(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     halves = torch.empty((2, n, c, h, w), dtype=y.dtype, device=y.device)
     halves.copy_(y.reshape(n, c, 2, h, w).permute(2, 0, 1, 3, 4))
     return halves[0], halves[1]
+
+
+def split_interleave(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``interleave(a, b).chunk(2, 1)``: the ShuffleNet V2 unit's ending and the next stride-1
+    unit's split in one function, so that its backward takes the halves' gradients and
+    writes ``a``'s and ``b``'s in one pass. (Chunking ``interleave``'s output instead has
+    autograd concatenate the halves' gradients, a copy, before ``interleave``'s backward
+    splits them again.)
+
+    Args:
+        a, b: ``(N, C, H, W)`` tensors of the same shape, dtype and device.
+    Returns:
+        the two ``(N, C, H, W)`` halves of the ``(N, 2C, H, W)`` interleaved tensor (views of
+        one buffer, laid out as ``interleave`` lays it out). Differentiable; with ``C`` odd
+        a half holds one more channel of ``a`` than of ``b``, and autograd's chunk backward
+        runs instead.
+    Raises:
+        ValueError: what ``interleave`` raises.
+    """
+    _check_pair(a, b)
+    if a.shape[1] % 2 or not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
+        return tuple(interleave(a, b).chunk(2, 1))
+    return _SplitInterleave.apply(a, b)
+
+
+class _SplitInterleave(torch.autograd.Function):
+    """``interleave(a, b).chunk(2, 1)``; backward: each half's gradient is deinterleaved into
+    its half of ``a``'s and ``b``'s channels (half j of y holds channels j*C/2 .. (j+1)*C/2 - 1
+    of both)."""
+
+    @staticmethod
+    def forward(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(_interleave(a, b).chunk(2, 1))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad_first: torch.Tensor, grad_second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, c, h, w = grad_first.shape  # c = C: each half holds C/2 channels of a and of b
+        half = c // 2
+        channels_last = _is_channels_last(grad_first) or _is_channels_last(grad_second)
+        if channels_last:
+            grads = torch.empty((2, n, h, w, c), dtype=grad_first.dtype, device=grad_first.device)
+            for part, grad in enumerate((grad_first, grad_second)):
+                pairs = grad.permute(0, 2, 3, 1).reshape(n, h, w, half, 2).permute(4, 0, 1, 2, 3)
+                grads[..., part * half:(part + 1) * half].copy_(pairs)
+            return grads[0].permute(0, 3, 1, 2), grads[1].permute(0, 3, 1, 2)
+        grads = torch.empty((2, n, c, h, w), dtype=grad_first.dtype, device=grad_first.device)
+        for part, grad in enumerate((grad_first, grad_second)):
+            grads[:, :, part * half:(part + 1) * half].copy_(grad.reshape(n, half, 2, h, w).permute(2, 0, 1, 3, 4))
+        return grads[0], grads[1]
 
 
 def cat_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

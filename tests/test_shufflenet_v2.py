@@ -3,6 +3,7 @@ statistics), the interleaving copy, count_flops against the paper's Table 5, and
 of V2 code written several ways (torchvision's, torch.channel_shuffle with slices,
 nn.ChannelShuffle with torch.split, einops)."""
 
+import collections
 import copy
 import gc
 import importlib
@@ -16,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import shufflenet_ops as so
 from shufflenet_ops import count_flops, models
-from shufflenet_ops.functional import interleave
+from shufflenet_ops.functional import interleave, split_interleave
 from shufflenet_ops.fuse import fused_cat_shuffle, fused_convs
 from shufflenet_ops.models import ShuffleNetV2, shufflenet_v2
 from shufflenet_ops.models.shufflenet_v2 import STAGE_OUT_CHANNELS, InvertedResidual
@@ -636,3 +637,44 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="inp"):
         InvertedResidual(24, 48, 1)
     assert models.shufflenet_v2 is shufflenet_v2 and isinstance(shufflenet_v2(0.5).stage2[0], InvertedResidual)
+
+
+# ------------------------------------------------------------- the per-op path's halves
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("channels", [6, 5])
+def test_split_interleave_is_interleave_then_chunk(channels, fmt):
+    """Values as interleave(a, b).chunk(2, 1), gradients by gradcheck (float64), dense
+    gradients in the layout of the halves' gradients; an odd channel count falls back to
+    the chunk (its halves hold unequal shares of a and b)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(2, channels, 3, 4, generator=gen, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
+            for _ in range(2))
+    halves = split_interleave(a, b)
+    expected = interleave(a, b).chunk(2, 1)
+    assert all(torch.equal(h, e) for h, e in zip(halves, expected))
+    assert torch.autograd.gradcheck(split_interleave, (a, b))
+    grads = torch.autograd.grad(halves, (a, b), [torch.randn_like(h).contiguous(memory_format=fmt) for h in halves])
+    assert all(g.is_contiguous(memory_format=fmt) for g in grads)
+
+
+def test_training_units_hand_over_halves():
+    """In a training step each stride-1 unit takes the halves of the unit before it: no
+    chunk (SplitBackward0) in the graph, one split_interleave per stride-1 unit, and the
+    gradients and running statistics of the naive model (float64)."""
+    torch.manual_seed(0)
+    naive = shufflenet_v2(0.5, num_classes=10, fused=False).double().train()
+    fused = shufflenet_v2(0.5, num_classes=10, fused=True).double().train()
+    fused.load_state_dict(naive.state_dict())
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
+    out = copy.deepcopy(fused)(x)  # (a copy: the call updates running statistics)
+    nodes, stack = collections.Counter(), [out.grad_fn]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nodes[type(node).__name__] += 1
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    assert nodes["SplitBackward0"] == 0 and nodes["_SplitInterleaveBackward"] == 13  # 3 + 7 + 3 stride-1 units
+    assert_same_training(naive, fused, x)

@@ -32,7 +32,10 @@ What ``fused=True`` runs:
   as its module, then its BN with the ReLU after it as one ``batch_norm_relu`` op
   (``batch_norm_act``); the stem's BN, ReLU and max pool as one op
   (``batch_norm_relu_max_pool``); the unit's ending is the interleaving copy, whose
-  backward hands each branch a dense gradient (``functional.interleave``).
+  backward hands each branch a dense gradient (``functional.interleave``), and a unit
+  followed by a stride-1 unit hands it the two halves of its output
+  (``functional.split_interleave``), so the backward does not concatenate their gradients
+  (``models/_stages.py:run_stages``).
 
 ``fused=False`` is torchvision's code (chunk, cat, then the reshape-transpose shuffle);
 ``shufflenet_ops.fuse`` of it (or of torchvision's own model) runs the ops listed above in
@@ -298,10 +301,18 @@ class InvertedResidual(_Folding):
         arguments = self._unit_arguments(x)
         if arguments is not None:
             return torch.ops.shufflenet_ops.shuffle_unit_v2.default(x, *arguments)
+        return self._per_op(x)
+
+    def _per_op(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor], split: bool = False):
+        """The fused forward op by op. ``x``: the input, or (stride 1) its two halves as the
+        unit before handed them over; ``split``: return the output's two halves
+        (``functional.split_interleave``) for a stride-1 unit after this one."""
         if self.stride == 1:
-            x1, x2 = x.chunk(2, dim=1)
-            return functional.interleave(x1, self._branch2(x2))
-        return functional.interleave(self._branch1(x), self._branch2(x))
+            x1, x2 = x if isinstance(x, tuple) else x.chunk(2, dim=1)
+            a, b = x1, self._branch2(x2)
+        else:
+            a, b = self._branch1(x), self._branch2(x)
+        return functional.split_interleave(a, b) if split else functional.interleave(a, b)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, fused={self.fused}"

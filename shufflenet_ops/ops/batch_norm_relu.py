@@ -59,11 +59,14 @@ def _setup_context(ctx, inputs, output) -> None:
     x, weight, _, eps, relu = inputs
     out, mean, var = output
     ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)  # no zero gradients made for the statistics
     ctx.save_for_backward(x, weight, mean, var, out)
     ctx.eps, ctx.relu = eps, relu
 
 
 def _backward(ctx, grad_out, *_statistics) -> tuple:
+    if grad_out is None:  # only the statistics were used
+        return None, None, None, None, None
     x, weight, mean, var, out = ctx.saved_tensors
     grad_x, grad_weight, grad_bias = BATCH_NORM_RELU_BACKWARD.run(
         ctx.backend, grad_out, x, weight, mean, var, out, ctx.eps, ctx.relu

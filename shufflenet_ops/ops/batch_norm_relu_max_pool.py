@@ -51,11 +51,14 @@ def _setup_context(ctx, inputs, output) -> None:
     x, weight, _, eps = inputs
     out, mean, var, window = output
     ctx.mark_non_differentiable(mean, var, window)
+    ctx.set_materialize_grads(False)  # no zero gradients made for the statistics
     ctx.save_for_backward(x, weight, mean, var, window, out)
     ctx.eps = eps
 
 
 def _backward(ctx, grad_out, *_statistics) -> tuple:
+    if grad_out is None:  # only the statistics were used
+        return None, None, None, None
     x, weight, mean, var, window, out = ctx.saved_tensors
     grad_x, grad_weight, grad_bias = BATCH_NORM_RELU_MAX_POOL3X3S2_BACKWARD.run(
         ctx.backend, grad_out, x, weight, mean, var, window, out, ctx.eps
