@@ -11,7 +11,6 @@ from torch import nn
 from ..modules._common import global_hooks, runs_as_written
 from ..modules.unit import unit_op_applies
 
-
 Halves = tuple[torch.Tensor, torch.Tensor]
 
 
