@@ -14,7 +14,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../checks.h"
@@ -71,6 +73,21 @@ inline void check_batch_norm_input(const at::Tensor& x, const at::Tensor& weight
   check_same(weight, x, "weight", "x");
   TORCH_CHECK_VALUE(eps >= 0 && std::isfinite(eps), "shufflenet_ops ", op, ": eps must be finite and >= 0, got ",
                     eps);
+}
+
+// A backward op's saved tensors: grad_out and out of shape `shape`, mean and var (C,), all
+// of x's dtype and device.
+inline void check_saved(const at::Tensor& x, const at::Tensor& grad_out, const at::Tensor& out, at::IntArrayRef shape,
+                        const at::Tensor& mean, const at::Tensor& var, const char* op) {
+  for (const auto& [t, name] : {std::pair{&grad_out, "grad_out"}, std::pair{&out, "out"}}) {
+    TORCH_CHECK_VALUE(t->sizes() == shape, "shufflenet_ops ", op, ": ", name, " must have shape ", shape, ", got ",
+                      t->sizes());
+    check_same(*t, x, name, "x");
+  }
+  for (const auto& [t, name] : {std::pair{&mean, "mean"}, std::pair{&var, "var"}}) {
+    check_vector(*t, name, x.size(1));
+    check_same(*t, x, name, "x");
+  }
 }
 
 inline bool is_pixel_major(const at::Tensor& x) {
@@ -167,6 +184,19 @@ void batch_statistics(const scalar_t* x, int64_t pixels, int64_t c, const scalar
     offset[j] = static_cast<acc_t>(static_cast<double>(beta[j]) - mean * a);
   }
 }
+
+// A backward op's outputs: grad_x (pixel-major; `in_layout_of` returns it in x's layout),
+// grad_weight and grad_bias (C,).
+struct BatchNormGrads {
+  at::Tensor x, weight, bias;
+  BatchNormGrads(const at::Tensor& x_pixel_major, const at::Tensor& gamma)
+      : x(at::empty_like(x_pixel_major, at::MemoryFormat::ChannelsLast)),
+        weight(at::empty({x_pixel_major.size(1)}, gamma.options())),
+        bias(at::empty({x_pixel_major.size(1)}, gamma.options())) {}
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> in_layout_of(const at::Tensor& x_in) const {
+    return {is_pixel_major(x_in) ? x : x.contiguous(), weight, bias};
+  }
+};
 
 // The backward of BatchNorm with batch statistics, given the sums of dz (the gradient of the
 // normalized output) and of dz * xhat: grad_bias and grad_weight are those sums, and

@@ -199,24 +199,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward(
     const at::Tensor& var, const at::Tensor& out, double eps, bool relu) {
   constexpr const char* op = "batch_norm_relu_backward";
   check_batch_norm_input(x_in, weight, eps, op);
-  for (const auto& [t, name] : {std::pair{&grad_out, "grad_out"}, std::pair{&out, "out"}}) {
-    TORCH_CHECK_VALUE(t->sizes() == x_in.sizes(), "shufflenet_ops ", op, ": ", name, " must have shape ",
-                      x_in.sizes(), ", got ", t->sizes());
-    check_same(*t, x_in, name, "x");
-  }
-  check_vector(mean, "mean", x_in.size(1));
-  check_vector(var, "var", x_in.size(1));
-  check_same(mean, x_in, "mean", "x");
-  check_same(var, x_in, "var", "x");
+  check_saved(x_in, grad_out, out, x_in.sizes(), mean, var, op);
   const at::Tensor x = pixel_major(x_in);
-  at::Tensor grad_x = at::empty_like(x, at::MemoryFormat::ChannelsLast);
-  at::Tensor grad_weight = at::empty({x.size(1)}, weight.options()), grad_bias = at::empty({x.size(1)}, weight.options());
+  BatchNormGrads grads(x, weight);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), op, [&] {
     backward_kernel<scalar_t>(pixel_major(grad_out), x, weight.contiguous(), mean, var, pixel_major(out), eps, relu,
-                              grad_x, grad_weight, grad_bias);
+                              grads.x, grads.weight, grads.bias);
   });
-  if (!is_pixel_major(x_in)) grad_x = grad_x.contiguous();
-  return {grad_x, grad_weight, grad_bias};
+  return grads.in_layout_of(x_in);
 }
 
 }  // namespace

@@ -354,27 +354,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_max_pool3x3s2_bac
   constexpr const char* op = "batch_norm_relu_max_pool3x3s2_backward";
   check_batch_norm_input(x_in, weight, eps, op);
   const Shape s = shape_of(x_in);
-  const auto pooled = {s.n, s.c, s.oh, s.ow};
-  for (const auto& [t, name] : {std::pair{&grad_out, "grad_out"}, std::pair{&out, "out"}}) {
-    TORCH_CHECK_VALUE(t->sizes() == c10::IntArrayRef(pooled), "shufflenet_ops ", op, ": ", name, " must have shape ",
-                      c10::IntArrayRef(pooled), ", got ", t->sizes());
-    check_same(*t, x_in, name, "x");
-  }
+  const int64_t pooled[] = {s.n, s.c, s.oh, s.ow};
+  check_saved(x_in, grad_out, out, pooled, mean, var, op);
   TORCH_CHECK_VALUE(window.sizes() == c10::IntArrayRef(pooled) && window.scalar_type() == at::kByte, "shufflenet_ops ",
                     op, ": window must be a uint8 tensor of shape ", c10::IntArrayRef(pooled));
-  check_vector(mean, "mean", s.c);
-  check_vector(var, "var", s.c);
-  check_same(mean, x_in, "mean", "x");
-  check_same(var, x_in, "var", "x");
   const at::Tensor x = pixel_major(x_in);
-  at::Tensor grad_x = at::empty_like(x, at::MemoryFormat::ChannelsLast);
-  at::Tensor grad_weight = at::empty({s.c}, weight.options()), grad_bias = at::empty({s.c}, weight.options());
+  BatchNormGrads grads(x, weight);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), op, [&] {
-    backward_kernel<scalar_t>(pixel_major(grad_out), x, weight.contiguous(), mean.contiguous(), var.contiguous(),
-                              pixel_major(window), pixel_major(out), eps, grad_x, grad_weight, grad_bias);
+    backward_kernel<scalar_t>(pixel_major(grad_out), x, weight.contiguous(), mean, var, pixel_major(window),
+                              pixel_major(out), eps, grads.x, grads.weight, grads.bias);
   });
-  if (!is_pixel_major(x_in)) grad_x = grad_x.contiguous();
-  return {grad_x, grad_weight, grad_bias};
+  return grads.in_layout_of(x_in);
 }
 
 }  // namespace

@@ -40,10 +40,6 @@ def check_saved(x: Tensor, mean: Tensor, var: Tensor, named_like: dict[str, tupl
         _checks.check_same(t, x, name, "x")
 
 
-def _check(x, weight, bias, eps, relu) -> None:
-    check_affine(x, weight, bias, eps, _NAME)
-
-
 def _check_backward(grad_out, x, weight, mean, var, out, eps, relu) -> None:
     op = f"{_NAME}_backward"
     _checks.check_batch_norm_input(x, weight, eps, op)
@@ -132,30 +128,44 @@ AFFINE_BAD_CALLS = (
     ("negative eps", replace_argument(3, lambda e: -1.0), ValueError, r"eps must be finite and >= 0"),
 )
 
-BATCH_NORM_RELU = OpSpec(
-    name=_NAME,
-    reference=lambda *args: reference.batch_norm_relu(*args),  # looked up per call: tests patch it
-    fake=_fake,
-    check=_check,
-    setup_context=_setup_context,
-    backward=_backward,
-    samples=_samples,
-    training_only=True,
-    bad_calls=AFFINE_BAD_CALLS,
-)
+def batch_norm_specs(name: str, fake, setup_context, backward, samples, backward_parts) -> tuple[OpSpec, OpSpec]:
+    """A training BN op's spec and its backward op's (``<name>_backward``): the reference is
+    ``reference.<name>`` (looked up per call: tests patch it), the shared checks, bad calls
+    and fake outputs; ``backward_parts``: (reference, check, samples, extra bad calls) of
+    the backward op."""
+    backward_reference, backward_check, backward_samples, backward_bad_calls = backward_parts
+    forward = OpSpec(
+        name=name,
+        reference=lambda *args: getattr(reference, name)(*args),
+        fake=fake,
+        check=lambda x, weight, bias, eps, *_: check_affine(x, weight, bias, eps, name),
+        setup_context=setup_context,
+        backward=backward,
+        samples=samples,
+        training_only=True,
+        bad_calls=AFFINE_BAD_CALLS,
+    )
+    grads = OpSpec(
+        name=f"{name}_backward",
+        reference=backward_reference,
+        fake=lambda grad_out, x, weight, *_: (torch.empty_like(x), weight.new_empty(weight.shape),
+                                               weight.new_empty(weight.shape)),
+        check=backward_check,
+        samples=backward_samples,
+        bad_calls=(
+            ("grad_out shape", replace_argument(0, lambda g: g[:, :, :1]), ValueError, r"grad_out must have shape"),
+            ("mean shape", replace_argument(3, lambda m: m[:3]), ValueError, r"mean must have shape \(12,\)"),
+            *backward_bad_calls,
+        ),
+    )
+    return forward, grads
 
-BATCH_NORM_RELU_BACKWARD = OpSpec(
-    name=f"{_NAME}_backward",
-    reference=_reference_backward,
-    fake=lambda grad_out, x, weight, *_: (torch.empty_like(x), weight.new_empty(weight.shape),
-                                           weight.new_empty(weight.shape)),
-    check=_check_backward,
-    samples=_backward_samples,
-    bad_calls=(
-        ("grad_out shape", replace_argument(0, lambda g: g[:, :, :1]), ValueError, r"grad_out must have shape"),
+
+BATCH_NORM_RELU, BATCH_NORM_RELU_BACKWARD = batch_norm_specs(
+    _NAME, _fake, _setup_context, _backward, _samples,
+    (_reference_backward, _check_backward, _backward_samples, (
         ("out dtype", replace_argument(5, lambda o: o.float()), TypeError, r"out dtype .* does not match x dtype"),
-        ("var shape", replace_argument(4, lambda v: v[:3]), ValueError, r"var must have shape \(12,\)"),
-    ),
+    )),
 )
 
 

@@ -15,15 +15,10 @@ import torch
 
 from .. import _checks, reference
 from ._samples import empty_like_format, in_format_of, replace_argument
-from .batch_norm_relu import AFFINE_BAD_CALLS, affine_inputs, batch_norm_backward_reference, check_affine, check_saved
-from .spec import OpSpec
+from .batch_norm_relu import affine_inputs, batch_norm_backward_reference, batch_norm_specs, check_saved
 
 Tensor = torch.Tensor
 _NAME = "batch_norm_relu_max_pool3x3s2"
-
-
-def _check(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> None:
-    check_affine(x, weight, bias, eps, _NAME)
 
 
 def _pooled_shape(x: Tensor) -> tuple[int, int, int, int]:
@@ -87,30 +82,11 @@ def _backward_samples():
         yield in_format_of(out, grad_out), x.detach(), weight.detach(), mean, var, window, out, eps
 
 
-BATCH_NORM_RELU_MAX_POOL3X3S2 = OpSpec(
-    name=_NAME,
-    reference=lambda *args: reference.batch_norm_relu_max_pool3x3s2(*args),  # looked up per call
-    fake=_fake,
-    check=_check,
-    setup_context=_setup_context,
-    backward=_backward,
-    samples=affine_inputs,
-    training_only=True,
-    bad_calls=AFFINE_BAD_CALLS,
-)
-
-BATCH_NORM_RELU_MAX_POOL3X3S2_BACKWARD = OpSpec(
-    name=f"{_NAME}_backward",
-    reference=_reference_backward,
-    fake=lambda grad_out, x, weight, *_: (torch.empty_like(x), weight.new_empty(weight.shape),
-                                           weight.new_empty(weight.shape)),
-    check=_check_backward,
-    samples=_backward_samples,
-    bad_calls=(
-        ("grad_out shape", replace_argument(0, lambda g: g[:, :, :1]), ValueError, r"grad_out must have shape"),
+BATCH_NORM_RELU_MAX_POOL3X3S2, BATCH_NORM_RELU_MAX_POOL3X3S2_BACKWARD = batch_norm_specs(
+    _NAME, _fake, _setup_context, _backward, affine_inputs,
+    (_reference_backward, _check_backward, _backward_samples, (
         ("window dtype", replace_argument(5, lambda w: w.long()), ValueError, r"window must be a uint8 tensor"),
-        ("mean shape", replace_argument(3, lambda m: m[:3]), ValueError, r"mean must have shape \(12,\)"),
-    ),
+    )),
 )
 
 
