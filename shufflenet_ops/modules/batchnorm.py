@@ -99,22 +99,25 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def _trains_as_one_op(x: torch.Tensor, bn: nn.Module, relu: nn.Module | None) -> bool:
+def _trains_as_one_op(x: torch.Tensor, bn: nn.Module, relu: nn.Module | bool | None) -> bool:
     """``bn`` (and ``relu``) compute what the training BN ops compute, on ``x``: a plain,
-    affine ``nn.BatchNorm2d`` in train mode and an ``nn.ReLU`` (or None), without hooks (a
-    fused call would skip them), and ``x`` a 4-D tensor of ``bn``'s width, dtype and device
-    with more than one value per channel (else ``bn`` raises its own error)."""
+    affine ``nn.BatchNorm2d`` in train mode and no ReLU, torch's (``True``) or an
+    ``nn.ReLU``, without hooks (a fused call would skip them), and ``x`` a 4-D tensor of
+    ``bn``'s width, dtype and device with more than one value per channel (else ``bn``
+    raises its own error)."""
     return (
         is_plain_batchnorm(bn) and bn.training and bn.affine and not has_hooks(bn)
-        and (relu is None or (type(relu) is nn.ReLU and not has_hooks(relu)))
+        and (not isinstance(relu, nn.Module) or (type(relu) is nn.ReLU and not has_hooks(relu)))
         and x.dim() == 4 and x.shape[1] == bn.num_features and x.dtype == bn.weight.dtype
         and x.device == bn.weight.device and x.shape[0] * x.shape[2] * x.shape[3] > 1
     )
 
 
-def batch_norm_act(x: torch.Tensor, bn: nn.Module, relu: nn.Module | None = None) -> torch.Tensor:
-    """``relu(bn(x))`` (``bn(x)`` when ``relu`` is None) as the modules compute it: output,
-    gradients, and ``bn``'s running statistics and ``num_batches_tracked``.
+def batch_norm_act(
+    x: torch.Tensor, bn: nn.Module, relu: nn.Module | bool | None = None, index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``relu(bn(x))`` as the modules compute it: output, gradients, and ``bn``'s running
+    statistics and ``num_batches_tracked``.
 
     In training (see ``_trains_as_one_op``) one ``batch_norm_relu`` op, the ReLU applied in
     the pass that writes the normalized tensor and its mask applied inside the backward;
@@ -122,12 +125,24 @@ def batch_norm_act(x: torch.Tensor, bn: nn.Module, relu: nn.Module | None = None
 
     Args:
         x: ``(N, C, H, W)``, ``bn``'s dtype and device.
+        relu: None or False: no ReLU; True: torch's ReLU; a module: that module (one op
+            only for a plain ``nn.ReLU``).
+        index: ``x``'s channel j holds BN channel ``index[j]`` (a BN that meets its
+            channels shuffled, as ``batch_norm_permuted``); None: the same channel.
     Returns:
         ``x``'s shape and memory format.
     """
     if not _trains_as_one_op(x, bn, relu):
-        return bn(x) if relu is None else relu(bn(x))
-    out, mean, var = functional.batch_norm_relu(x, bn.weight, bn.bias, bn.eps, relu is not None)
+        y = bn(x) if index is None else batch_norm_permuted(bn, x, index)
+        if isinstance(relu, nn.Module):
+            return relu(y)
+        return F.relu(y) if relu else y
+    weight, bias = bn.weight, bn.bias
+    if index is not None:
+        weight, bias = weight.index_select(0, index), bias.index_select(0, index)
+    out, mean, var = functional.batch_norm_relu(x, weight, bias, bn.eps, relu is not None and relu is not False)
+    if index is not None:  # the statistics back in the BN's channel order
+        mean, var = (torch.empty_like(t).index_copy_(0, index, t) for t in (mean, var))
     _update_running_stats(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
     return out
 
