@@ -102,6 +102,7 @@ inline int64_t check_packed(const at::Tensor& w, const char* name, const char* i
 }
 
 inline void check_vector(const at::Tensor& b, const char* name, int64_t length) {
+  TORCH_CHECK_TYPE(b.defined(), name, " must be a torch.Tensor, got None");
   TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == length, name, " must have shape (", length, ",), got ", b.sizes());
 }
 

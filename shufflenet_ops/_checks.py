@@ -55,7 +55,7 @@ def check_vector(t: torch.Tensor, name: str, length: int) -> None:
 def check_batch_norm_input(x: torch.Tensor, weight: torch.Tensor, eps: float, op: str) -> None:
     """The input of a BatchNorm with batch statistics (csrc/cpu/batch_norm.h, same messages):
     x 4-D with channels, pixels and more than one value per channel; weight ``(C,)`` of x's
-    dtype and device; eps finite and >= 0."""
+    dtype and device; eps finite and > 0."""
     check_input(x, "x")
     if x.shape[1] == 0:
         raise ValueError(f"shufflenet_ops {op}: x must have at least one channel, got {list(x.shape)}")
@@ -68,8 +68,8 @@ def check_batch_norm_input(x: torch.Tensor, weight: torch.Tensor, eps: float, op
         )
     check_vector(weight, "weight", x.shape[1])
     check_same(weight, x, "weight", "x")
-    if not (0 <= eps < float("inf")):
-        raise ValueError(f"shufflenet_ops {op}: eps must be finite and >= 0, got {eps}")
+    if not (0 < eps < float("inf")):  # as F.batch_norm in training
+        raise ValueError(f"shufflenet_ops {op}: eps must be finite and > 0, got {eps}")
 
 
 def check_weight_shape(weight: torch.Tensor) -> None:

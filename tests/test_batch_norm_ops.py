@@ -6,6 +6,7 @@ written."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -130,9 +131,9 @@ def test_special_values(dtype, fmt, op):
     """NaN and +-inf in x: the same NaN pattern and values as aten's layers."""
     fused, layers = OPS[op]
     x, weight, bias = inputs((2, 4, 7, 7), dtype, fmt, seed=5)
-    for value in (float("nan"), float("inf"), float("-inf")):
+    for value, where in itertools.product((float("nan"), float("inf"), float("-inf")), ((1, 2, 3, 4), (0, 2, 0, 0))):
         bad = x.clone()
-        bad[1, 2, 3, 4] = value
+        bad[where] = value  # (0, c, 0, 0): the first pixel, the statistics' shift
         got = value_and_grads(fused, bad, weight, bias)
         expected = value_and_grads(layers, bad, weight, bias)
         for g, e in zip(got, expected):
@@ -176,7 +177,7 @@ def test_results_do_not_depend_on_the_thread_count(op):
 @pytest.mark.slow
 def test_portable_loops_without_avx512():
     """SHUFFLENET_OPS_CPU_GEMM=blas turns the AVX-512 loops off: float32 then runs the
-    portable loops, with the same window offsets and results, for both ops."""
+    portable loops, with the same window offsets and bitwise the same results, for both ops."""
     code = (
         "import torch, shufflenet_ops as so\n"
         "torch.manual_seed(0)\n"
@@ -199,9 +200,45 @@ def test_portable_loops_without_avx512():
         assert run.returncode == 0, run.stderr
         results.append(torch.load(path))
         os.remove(path)
-    (out_v, *vector), (out_p, *portable) = results
-    assert torch.equal(out_v[3], out_p[3])  # the same argmax per window
-    torch.testing.assert_close((out_v[:3], *vector), (out_p[:3], *portable), rtol=1e-5, atol=1e-5)
+    flat = [[t for part in result for t in part] for result in results]
+    assert all(torch.equal(v, p) for v, p in zip(*flat))  # bit for bit (no FMA contraction)
+
+
+def test_statistics_of_a_channel_with_inf_first():
+    """An inf in the first pixel (the sums' shift) gives the channel an inf mean, as torch's,
+    not NaN."""
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    x[0, 1, 0, 0] = float("inf")
+    _, mean, _ = torch.ops.shufflenet_ops.batch_norm_relu(x, torch.ones(3, dtype=x.dtype), torch.zeros(3, dtype=x.dtype),
+                                                         1e-5, True)
+    assert mean[1] == float("inf") and torch.isfinite(mean[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("where,value", [("anywhere", 9), ("anywhere", 255), ("top-left padding", 0),
+                                         ("bottom-right padding", 8)])
+def test_backward_rejects_window_offsets_outside_the_input(where, value):
+    """The backward reads x at each window offset: an offset past 8 or into the padding is
+    a ValueError, never an out-of-bounds read."""
+    x, weight, bias = inputs((2, 3, 7, 7), torch.float32, "channels_last")
+    out, mean, var, window = OP(x, weight, bias, 1e-5)
+    bad = window.clone()
+    if where == "anywhere":
+        bad[1, 2, 1, 1] = value
+    else:
+        bad[0, 1, 0, 0] = value if where.startswith("top") else window[0, 1, 0, 0]
+        bad[0, 1, -1, -1] = value if where.startswith("bottom") else window[0, 1, -1, -1]
+    with pytest.raises(ValueError, match="window holds an offset outside"):  # (checked before either loop)
+        torch.ops.shufflenet_ops.batch_norm_relu_max_pool3x3s2_backward(
+            torch.ones_like(out), x, weight, mean, var, bad, out, 1e-5)
+    # The forward's own offsets pass: 7x7 has a border row and column of padding on each side.
+    torch.ops.shufflenet_ops.batch_norm_relu_max_pool3x3s2_backward(torch.ones_like(out), x, weight, mean, var, window,
+                                                                     out, 1e-5)
+
+
+def test_raw_ops_name_a_missing_tensor():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor, got None"):
+        torch.ops.shufflenet_ops.batch_norm_relu(x, None, torch.zeros(3), 1e-5, True)
 
 
 # ------------------------------------------------------------------- the module helpers
@@ -253,8 +290,8 @@ def test_helper_trains_as_the_layers(fmt, options, helper):
 AS_WRITTEN = [
     (helper, case)
     for helper, (_, _, names) in HELPERS.items()
-    for case, needs in (("eval", "bn"), ("no affine", "bn"), ("bn hook", "bn"), ("other pool", "pool"),
-                        ("leaky relu", "relu"), ("one value", "bn"))
+    for case, needs in (("eval", "bn"), ("no affine", "bn"), ("bn hook", "bn"), ("global hook", "bn"),
+                        ("other pool", "pool"), ("leaky relu", "relu"), ("one value", "bn"))
     if needs in names
 ]
 
@@ -279,10 +316,19 @@ def test_helper_runs_the_layers_as_written(helper, case):
             run(list(layers.values()))(x)
         return
     expected = nn.Sequential(*layers.values())(x.clone())
-    with OpCalls() as calls:
-        got = run(list(layers.values()))(x)
+    called = []
+    hook = (nn.modules.module.register_module_forward_hook(lambda module, *_: called.append(type(module)))
+            if case == "global hook" else None)
+    try:
+        with OpCalls() as calls:
+            got = run(list(layers.values()))(x)
+    finally:
+        if hook is not None:
+            hook.remove()
     assert op not in calls.ops
     torch.testing.assert_close(got, expected)
+    if case == "global hook":  # every layer was called as a module
+        assert called == [type(layer) for layer in layers.values()]
 
 
 @pytest.mark.parametrize("model", ["v1", "v2"])

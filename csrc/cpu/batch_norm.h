@@ -71,8 +71,8 @@ inline void check_batch_norm_input(const at::Tensor& x, const at::Tensor& weight
                     ": batch statistics need more than one value per channel, got x of shape ", x.sizes());
   check_vector(weight, "weight", x.size(1));
   check_same(weight, x, "weight", "x");
-  TORCH_CHECK_VALUE(eps >= 0 && std::isfinite(eps), "shufflenet_ops ", op, ": eps must be finite and >= 0, got ",
-                    eps);
+  // As F.batch_norm in training: eps = 0 would divide by a zero variance.
+  TORCH_CHECK_VALUE(eps > 0 && std::isfinite(eps), "shufflenet_ops ", op, ": eps must be finite and > 0, got ", eps);
 }
 
 // A backward op's saved tensors: grad_out and out of shape `shape`, mean and var (C,), all
@@ -88,6 +88,42 @@ inline void check_saved(const at::Tensor& x, const at::Tensor& grad_out, const a
     check_vector(*t, name, x.size(1));
     check_same(*t, x, name, "x");
   }
+}
+
+// Every window offset of a (pixel-major, contiguous) uint8 `window` of pooled size oh x ow
+// names a position inside the input (0..8, not in the padding): the backward reads x there.
+inline void check_window_offsets(const at::Tensor& window, int64_t h, int64_t w, const char* op) {
+  const int64_t n = window.size(0), c = window.size(1), oh = window.size(2), ow = window.size(3);
+  const uint8_t* data = window.const_data_ptr<uint8_t>();
+  const int64_t total = window.numel();
+  bool in_range = at::parallel_reduce(
+      0, total, 1 << 16, true,
+      [&](int64_t begin, int64_t end, bool ok) {
+        uint8_t high = 0;
+        for (int64_t i = begin; i < end; ++i) high = std::max(high, data[i]);
+        return ok && high <= 8;
+      },
+      [](bool a, bool b) { return a && b; });
+  // Windows at the borders overlap the padding: their rows or columns there are invalid.
+  for (int64_t image = 0; in_range && image < n; ++image) {
+    for (int64_t r = 0; in_range && r < oh; ++r) {
+      const bool top = r == 0, bottom = 2 * r + 1 >= h;
+      for (int64_t q = 0; in_range && q < ow; ++q) {
+        const bool left = q == 0, right = 2 * q + 1 >= w;
+        if (!(top || bottom || left || right)) {
+          q = std::max(q, ow - 2);  // interior pixels: any offset 0..8 is inside
+          continue;
+        }
+        const uint8_t* px = data + ((image * oh + r) * ow + q) * c;
+        for (int64_t j = 0; j < c; ++j) {
+          const int64_t dh = px[j] / 3, dw = px[j] % 3;
+          in_range = in_range && !(top && dh == 0) && !(bottom && dh == 2) && !(left && dw == 0) && !(right && dw == 2);
+        }
+      }
+    }
+  }
+  TORCH_CHECK_VALUE(in_range, "shufflenet_ops ", op,
+                    ": window holds an offset outside its 3x3 window's input (not the forward's window?)");
 }
 
 inline bool is_pixel_major(const at::Tensor& x) {
@@ -154,7 +190,13 @@ void batch_statistics(const scalar_t* x, int64_t pixels, int64_t c, const scalar
                       std::vector<at::opmath_type<scalar_t>>& scale, std::vector<at::opmath_type<scalar_t>>& offset) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool vector = batch_norm_vectorized<scalar_t>();
-  const std::vector<double> shift(x, x + c);
+  // The shift is the first pixel's value where finite: an inf there would make every
+  // shifted value inf - inf = NaN, where the mean is inf.
+  std::vector<double> shift(c);
+  for (int64_t j = 0; j < c; ++j) {
+    const double v = static_cast<double>(x[j]);
+    shift[j] = std::isfinite(v) ? v : 0.0;
+  }
   const std::vector<double> sums =
       chunked_sums(pixels, 2 * c, batch_norm_chunk(c), [&](int64_t first, int64_t last, double* acc) {
 #ifdef SHUFFLENET_OPS_HAVE_AVX512_BN

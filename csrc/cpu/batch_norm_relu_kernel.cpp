@@ -23,6 +23,9 @@
 #include <vector>
 
 #include "../checks.h"
+// Before our code: no multiply-add contracted into an FMA (the AVX-512 and portable loops
+// round alike).
+#include "fp_contract_off.h"
 #include "batch_norm.h"
 #include "relu.h"
 

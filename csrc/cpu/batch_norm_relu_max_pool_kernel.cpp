@@ -1,6 +1,6 @@
 // CPU kernels of the ShuffleNet stem's tail in training (V1 and V2 alike):
 //   out = relu(max_pool2d(batch_norm(x, batch statistics, weight, bias, eps), 3, stride 2, pad 1))
-// and its backward (docs/design.md, "The stem in training").
+// and its backward (docs/design.md, "BatchNorm in training").
 //
 // aten runs this as BN (a statistics pass, then a write of the normalized tensor), ReLU, the
 // max pool (which also writes an int64 index per output), and in backward a zero fill, the
@@ -28,6 +28,9 @@
 #include <vector>
 
 #include "../checks.h"
+// Before our code: no multiply-add contracted into an FMA, so the AVX-512 loops round as the
+// portable loops do (which have no FMA on baseline x86-64) and both give the same results.
+#include "fp_contract_off.h"
 #include "batch_norm.h"
 #include "pool3x3.h"
 #include "relu.h"
@@ -75,7 +78,7 @@ SHUFFLENET_OPS_AVX512_BN inline void pool_pixel_avx512(const float* image, int64
     __m512i arg = _mm512_set1_epi32(static_cast<int>(k0));
     for (int64_t ih = h0; ih < h1; ++ih) {
       for (int64_t iw = w0; iw < w1; ++iw) {
-        // A multiply, then an add (no FMA): as the portable loop rounds.
+        // A multiply, then an add: as the portable loop rounds (fp-contract is off here).
         const __m512 z = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, image + (ih * w + iw) * c + j0), a), b);
         const __mmask16 take = _mm512_cmp_ps_mask(z, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(z, z, _CMP_UNORD_Q);
         best = _mm512_mask_blend_ps(take, best, z);
@@ -358,11 +361,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_max_pool3x3s2_bac
   check_saved(x_in, grad_out, out, pooled, mean, var, op);
   TORCH_CHECK_VALUE(window.sizes() == c10::IntArrayRef(pooled) && window.scalar_type() == at::kByte, "shufflenet_ops ",
                     op, ": window must be a uint8 tensor of shape ", c10::IntArrayRef(pooled));
-  const at::Tensor x = pixel_major(x_in);
+  const at::Tensor x = pixel_major(x_in), offsets = pixel_major(window);
+  check_window_offsets(offsets, s.h, s.w, op);  // the kernel reads x at each offset
   BatchNormGrads grads(x, weight);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), op, [&] {
-    backward_kernel<scalar_t>(pixel_major(grad_out), x, weight.contiguous(), mean, var, pixel_major(window),
-                              pixel_major(out), eps, grads.x, grads.weight, grads.bias);
+    backward_kernel<scalar_t>(pixel_major(grad_out), x, weight.contiguous(), mean, var, offsets, pixel_major(out),
+                              eps, grads.x, grads.weight, grads.bias);
   });
   return grads.in_layout_of(x_in);
 }

@@ -49,7 +49,7 @@ from torch import nn
 
 from .. import functional, reference
 from ..modules import FoldCache, can_fold, conv1x1_bn, conv2d_bn, is_foldable_conv, is_pointwise_conv
-from ..modules._common import runs_as_written
+from ..modules._common import global_hooks, runs_as_written
 from ..modules.batchnorm import (
     TensorCache,
     batch_norm_act,
@@ -271,7 +271,7 @@ class InvertedResidual(_Folding):
 
     def _branch2(self, x: torch.Tensor) -> torch.Tensor:
         pairs, caches = _plain_pairs(self.branch2, _BRANCH2), self._fold_caches
-        if pairs is None:
+        if pairs is None or global_hooks():  # (global hooks: every module must be called)
             return self.branch2(x)
         if not all(can_fold(bn) for _, bn in pairs):
             return _training_branch(self.branch2, _BRANCH2, x)
@@ -282,7 +282,7 @@ class InvertedResidual(_Folding):
 
     def _branch1(self, x: torch.Tensor) -> torch.Tensor:
         pairs, caches = _plain_pairs(self.branch1, _BRANCH1), self._fold_caches
-        if pairs is None:
+        if pairs is None or global_hooks():  # (global hooks: every module must be called)
             return self.branch1(x)
         if not all(can_fold(bn) for _, bn in pairs):
             return _training_branch(self.branch1, _BRANCH1, x)

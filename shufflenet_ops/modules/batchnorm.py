@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _extension, functional
-from ._common import has_hooks
+from ._common import global_hooks, has_hooks
 
 T = TypeVar("T")
 
@@ -104,9 +104,9 @@ def _trains_as_one_op(x: torch.Tensor, bn: nn.Module, relu: nn.Module | bool | N
     affine ``nn.BatchNorm2d`` in train mode and no ReLU, torch's (``True``) or an
     ``nn.ReLU``, without hooks (a fused call would skip them), and ``x`` a 4-D tensor of
     ``bn``'s width, dtype and device with more than one value per channel (else ``bn``
-    raises its own error)."""
+    raises its own error). Hooks registered for every module count too."""
     return (
-        is_plain_batchnorm(bn) and bn.training and bn.affine and not has_hooks(bn)
+        is_plain_batchnorm(bn) and bn.training and bn.affine and not has_hooks(bn) and not global_hooks()
         and (not isinstance(relu, nn.Module) or (type(relu) is nn.ReLU and not has_hooks(relu)))
         and x.dim() == 4 and x.shape[1] == bn.num_features and x.dtype == bn.weight.dtype
         and x.device == bn.weight.device and x.shape[0] * x.shape[2] * x.shape[3] > 1
@@ -122,6 +122,12 @@ def batch_norm_act(
     In training (see ``_trains_as_one_op``) one ``batch_norm_relu`` op, the ReLU applied in
     the pass that writes the normalized tensor and its mask applied inside the backward;
     otherwise the modules as written (an eval-mode BN, other layers, hooks, their errors).
+
+    One difference: the running statistics are updated after the op returns. Under
+    ``torch.utils.checkpoint(..., use_reentrant=False)``, whose recomputation stops once the
+    last saved tensor is recomputed, a BN that ends the checkpointed region is therefore
+    updated once per step, where ``nn.BatchNorm2d`` (which updates them inside its op) is
+    updated again by the recomputation; BNs before it are updated twice by both.
 
     Args:
         x: ``(N, C, H, W)``, ``bn``'s dtype and device.
@@ -154,7 +160,8 @@ def batch_norm_relu_max_pool(x: torch.Tensor, bn: nn.Module, relu: nn.Module, po
 
     In training (see ``_trains_as_one_op``; ``relu`` an ``nn.ReLU``, ``pool`` an
     ``nn.MaxPool2d(3, stride=2, padding=1)`` without hooks) one
-    ``batch_norm_relu_max_pool3x3s2`` op; otherwise the three modules as written.
+    ``batch_norm_relu_max_pool3x3s2`` op; otherwise the three modules as written. (Under
+    non-reentrant checkpointing: as ``batch_norm_act``.)
 
     Args:
         x: ``(N, C, H, W)``, ``bn``'s dtype and device.

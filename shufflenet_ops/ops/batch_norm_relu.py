@@ -125,7 +125,8 @@ AFFINE_BAD_CALLS = (
     ("weight shape", replace_argument(1, lambda w: w[:5]), ValueError, r"weight must have shape \(12,\)"),
     ("weight dtype", replace_argument(1, lambda w: w.float()), TypeError, r"weight dtype .* does not match x dtype"),
     ("bias shape", replace_argument(2, lambda b: b[:5]), ValueError, r"bias must have shape \(12,\)"),
-    ("negative eps", replace_argument(3, lambda e: -1.0), ValueError, r"eps must be finite and >= 0"),
+    ("negative eps", replace_argument(3, lambda e: -1.0), ValueError, r"eps must be finite and > 0"),
+    ("zero eps", replace_argument(3, lambda e: 0.0), ValueError, r"eps must be finite and > 0"),
 )
 
 def batch_norm_specs(name: str, fake, setup_context, backward, samples, backward_parts) -> tuple[OpSpec, OpSpec]:
@@ -180,7 +181,7 @@ def batch_norm_relu(
         x: ``(N, C, H, W)`` with ``C >= 1``, ``H, W >= 1`` and ``N * H * W >= 2``; float32,
             float64, bfloat16 or float16; NCHW or channels_last (other layouts are copied).
         weight, bias: the BN's affine parameters, ``(C,)``, ``x``'s dtype and device.
-        eps: added to the variance (``nn.BatchNorm2d.eps``), finite, >= 0.
+        eps: added to the variance (``nn.BatchNorm2d.eps``), finite, > 0.
         relu: apply the ReLU (torch's: NaN stays NaN).
 
     Returns:
@@ -193,7 +194,7 @@ def batch_norm_relu(
     Raises:
         TypeError: a tensor argument is not a tensor, or has an unsupported or mismatched dtype.
         ValueError: a shape above does not hold (including one value per channel, where
-            the batch variance is undefined), or ``eps`` is negative or not finite.
+            the batch variance is undefined), or ``eps`` is not a finite number > 0.
         RuntimeError: tensors on different devices; the C++ extension is not built (CPU).
     """
     return BATCH_NORM_RELU(x, weight, bias, float(eps), bool(relu))

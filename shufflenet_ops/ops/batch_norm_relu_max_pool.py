@@ -101,7 +101,7 @@ def batch_norm_relu_max_pool3x3s2(
         x: ``(N, C, H, W)`` with ``C >= 1``, ``H, W >= 1`` and ``N * H * W >= 2``; float32,
             float64, bfloat16 or float16; NCHW or channels_last (other layouts are copied).
         weight, bias: the BN's affine parameters, ``(C,)``, ``x``'s dtype and device.
-        eps: added to the variance (``nn.BatchNorm2d.eps``), finite, >= 0.
+        eps: added to the variance (``nn.BatchNorm2d.eps``), finite, > 0.
 
     Returns:
         ``(out, mean, var)``: ``out`` is ``(N, C, (H - 1) // 2 + 1, (W - 1) // 2 + 1)`` in
@@ -114,7 +114,7 @@ def batch_norm_relu_max_pool3x3s2(
     Raises:
         TypeError: a tensor argument is not a tensor, or has an unsupported or mismatched dtype.
         ValueError: a shape above does not hold (including one value per channel, where
-            the batch variance is undefined), or ``eps`` is negative or not finite.
+            the batch variance is undefined), or ``eps`` is not a finite number > 0.
         RuntimeError: tensors on different devices; the C++ extension is not built (CPU).
     """
     out, mean, var, _window = BATCH_NORM_RELU_MAX_POOL3X3S2(x, weight, bias, float(eps))
