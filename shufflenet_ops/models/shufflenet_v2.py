@@ -22,10 +22,11 @@ What ``fused=True`` runs:
   every 1x1 conv with its BN and ReLU as one call of the fused op (``conv1x1_bn``:
   ``group_conv1x1_shuffle`` with ``groups=1``, ``shuffle_groups=1``, the folded BN as its
   bias, the ReLU in its epilogue); every 3x3 conv with its BN folded (``conv2d_bn``: one
-  ``F.conv2d``), and ``shuffle(cat(a, b), 2)`` of each unit as one interleaving copy
-  (``functional.interleave``) instead of torch's cat and then the shuffle's copy; the chunk
-  is a channel slice that the fused op reads in place. The conv ops have no output channel
-  map into the interleaved buffer (issue 16, item 1), so that copy remains on this path;
+  ``F.conv2d``), and ``shuffle(cat(a, b), 2)`` of each unit made by branch2's last conv:
+  it writes its output straight into the odd channels of the unit's output and copies
+  ``a`` (the chunk ``x1``, read in place as a channel slice, or branch1's output) into the
+  even ones in the same call (``group_conv1x1_shuffle``'s ``interleave_with``): no
+  interleaving copy, cat or stack;
 - with the BNs in eval mode, also the stem (its conv with the BN folded, then its ReLU and
   max pool as ``max_pool3x3s2_relu``) and conv5 (``conv1x1_bn``);
 - with the BN in train mode: the stem's BN, ReLU and max pool as one op
@@ -253,14 +254,18 @@ class InvertedResidual(_Folding):
             return None
         return shuffle_unit_v2_arguments(x, pairs, self.stride, self._unit_cache, checked=True)
 
-    def _branch2(self, x: torch.Tensor) -> torch.Tensor:
+    def _branch2(self, x: torch.Tensor, interleave_with: torch.Tensor) -> torch.Tensor:
+        """``interleave(interleave_with, branch2(x))``: the unit's ending. With the BNs folded
+        the last conv writes its output straight into the odd channels of the unit's output
+        (``conv1x1_bn``'s ``interleave_with``); otherwise the branch runs as its modules and
+        ``functional.interleave`` makes the output."""
         pairs, caches = _plain_pairs(self.branch2, _BRANCH2), self._fold_caches
         if pairs is None or not all(can_fold(bn) for _, bn in pairs):
-            return self.branch2(x)
+            return functional.interleave(interleave_with, self.branch2(x))
         (compress, compress_bn), (depthwise, depthwise_bn), (expand, expand_bn) = pairs
         y = conv1x1_bn(x, compress, compress_bn, relu=True, fold_cache=caches[0])
         y = conv2d_bn(y, depthwise, depthwise_bn, caches[1])
-        return conv1x1_bn(y, expand, expand_bn, relu=True, fold_cache=caches[2])
+        return conv1x1_bn(y, expand, expand_bn, relu=True, fold_cache=caches[2], interleave_with=interleave_with)
 
     def _branch1(self, x: torch.Tensor) -> torch.Tensor:
         pairs, caches = _plain_pairs(self.branch1, _BRANCH1), self._fold_caches
@@ -283,8 +288,8 @@ class InvertedResidual(_Folding):
             return torch.ops.shufflenet_ops.shuffle_unit_v2.default(x, *arguments)
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
-            return functional.interleave(x1, self._branch2(x2))
-        return functional.interleave(self._branch1(x), self._branch2(x))
+            return self._branch2(x2, interleave_with=x1)
+        return self._branch2(x, interleave_with=self._branch1(x))
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, fused={self.fused}"
