@@ -699,7 +699,9 @@ def fused_unit_v2(
     ``cpp``, channels_last x for stride 1: ``models.shufflenet_v2.shuffle_unit_v2_arguments``)
     one ``shuffle_unit_v2`` call with the folded, packed weights (cached per unit), as
     ``models.shufflenet_v2`` runs it; otherwise the calls it replaced (``fused_conv1x1``,
-    ``fused_conv_bn``, ``fused_cat_shuffle``), with their results and errors.
+    ``fused_conv_bn``, ``fused_cat_shuffle``), with their results and errors, except that
+    with the expand BN folded the expand conv writes the unit's output itself
+    (``group_conv1x1_shuffle``'s ``interleave_with``), as the package's model does.
 
     Shape: x ``(N, C, H, W)`` -> ``(N, 2E, H, W)`` (stride 1, ``E = C/2``) or
     ``(N, 2E, (H-1)//2+1, (W-1)//2+1)`` (stride 2), ``E`` the expand conv's output channels;
