@@ -363,16 +363,15 @@ _CONV_ARGS = """
 
     Returns:
         ``(N, Cout, H, W)`` in ``x``'s dtype, device and memory format (NCHW or
-        channels_last){interleave_returns}. Differentiable in ``x``, ``weight``, ``bias`` and
-        ``residual``{interleave_grad}, once (double backward raises; the reference backend
-        supports it).
+        channels_last). Differentiable in ``x``, ``weight``, ``bias`` and ``residual``, once
+        (double backward raises; the reference backend supports it).{interleave_returns}
 
     Raises:
         TypeError: a non-tensor operand, an unsupported or mismatched dtype, a non-int group
             count.
         ValueError: ``x`` not 4-D, a weight that is not 1x1 or does not match ``x`` and
-            ``groups``, a group count < 1 or not dividing its channels, a bias or residual{interleave_shape} of
-            the wrong shape.
+            ``groups``, a group count < 1 or not dividing its channels, a bias or residual of
+            the wrong shape{interleave_shape}.
         RuntimeError: an operand on another device; the configured backend cannot run on
             ``x``'s device; the C++ extension is not built (CPU).
 """
@@ -426,9 +425,10 @@ group_conv1x1_shuffle.__doc__ = (
             and ReLU apply to ``f`` only; NaN and inf pass as they are), channel ``2j + 1``
             is ``f[:, j]``: a ShuffleNet V2 unit's ``shuffle(cat(a, f), 2)``, with ``f``
             written straight into its place and no concatenated tensor made.""",
-        interleave_returns="; ``(N, 2 * Cout, H, W)`` with ``interleave_with``",
-        interleave_grad=" and ``interleave_with`` (a dense gradient in the output gradient's memory format)",
-        interleave_shape=", residual or ``interleave_with``",
+        interleave_returns="""
+        With ``interleave_with``: ``(N, 2 * Cout, H, W)``, also differentiable in it (its
+        gradient is a dense tensor in the output gradient's memory format).""",
+        interleave_shape=" (or an ``interleave_with`` not of the conv output's shape)",
     )
 )
 
@@ -441,6 +441,6 @@ shuffle_group_conv1x1.__doc__ = (
 """
     + _CONV_ARGS.format(
         shuffle_groups="shuffles the input; an int >= 1 dividing ``Cin``.",
-        interleave_arg="", interleave_returns="", interleave_grad="", interleave_shape=" or residual",
+        interleave_arg="", interleave_returns="", interleave_shape="",
     )
 )
