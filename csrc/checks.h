@@ -78,6 +78,18 @@ inline void check_residual(const std::optional<at::Tensor>& residual, const at::
   check_same(r, x, "residual");
 }
 
+// interleave_with of group_conv1x1_shuffle: the passthrough half of an interleaved output, of
+// the conv output's shape (N, cout, H, W).
+inline void check_interleave_with(const std::optional<at::Tensor>& t, const at::Tensor& x, int64_t cout) {
+  if (!t.has_value()) return;
+  const at::Tensor& a = *t;
+  TORCH_CHECK_VALUE(a.dim() == 4 && a.size(0) == x.size(0) && a.size(1) == cout && a.size(2) == x.size(2) &&
+                        a.size(3) == x.size(3),
+                    "interleave_with must have the conv output's shape (", x.size(0), ", ", cout, ", ", x.size(2),
+                    ", ", x.size(3), "), got ", a.sizes());
+  check_same(a, x, "interleave_with");
+}
+
 // ---- the whole-unit inference ops (shuffle_unit, shuffle_unit_v2)
 
 // x of a unit op named `op`: 4-D float32/float64 with channels and pixels, and its stride 1 or 2.

@@ -17,10 +17,13 @@
 
 TORCH_LIBRARY(shufflenet_ops, m) {
   m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
-  // y = act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)
+  // f = act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)
+  // y = f, or with interleave_with (f's shape) y = interleave(interleave_with, f): 2*Cout
+  // channels, channel 2j = interleave_with[:, j], channel 2j+1 = f[:, j] (a ShuffleNet V2 unit's
+  // shuffle(cat(a, f), 2)); the conv writes its rows straight into the odd channels.
   m.def(
       "group_conv1x1_shuffle(Tensor x, Tensor weight, Tensor? bias, int groups, "
-      "int shuffle_groups, bool relu, Tensor? residual=None) -> Tensor");
+      "int shuffle_groups, bool relu, Tensor? residual=None, Tensor? interleave_with=None) -> Tensor");
   // y = act(conv1x1(shuffle(x, shuffle_groups), weight, groups) + bias + residual)
   m.def(
       "shuffle_group_conv1x1(Tensor x, Tensor weight, Tensor? bias, int groups, "

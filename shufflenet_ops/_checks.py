@@ -108,9 +108,11 @@ def check_conv1x1(
     out_shuffle: int,
     relu: bool,
     residual: torch.Tensor | None,
+    interleave_with: torch.Tensor | None = None,
 ) -> None:
     """A grouped 1x1 conv whose input is shuffled by ``in_shuffle`` and output by
-    ``out_shuffle`` groups (1 = no shuffle), with an optional bias and residual."""
+    ``out_shuffle`` groups (1 = no shuffle), with an optional bias, residual and passthrough
+    half of an interleaved output (``interleave_with``, of the conv output's shape)."""
     check_input(x)
     if not isinstance(relu, bool):
         raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
@@ -132,3 +134,12 @@ def check_conv1x1(
         if tuple(residual.shape) != expected:
             raise ValueError(f"residual must have the output's shape {expected}, got {tuple(residual.shape)}")
         check_same(residual, x, "residual")
+    if interleave_with is not None:
+        if not isinstance(interleave_with, torch.Tensor):
+            raise TypeError(f"interleave_with must be a torch.Tensor or None, got {type(interleave_with).__name__}")
+        expected = (x.shape[0], cout, x.shape[2], x.shape[3])
+        if tuple(interleave_with.shape) != expected:
+            raise ValueError(
+                f"interleave_with must have the conv output's shape {expected}, got {tuple(interleave_with.shape)}"
+            )
+        check_same(interleave_with, x, "interleave_with")

@@ -699,7 +699,9 @@ def fused_unit_v2(
     ``cpp``, channels_last x for stride 1: ``models.shufflenet_v2.shuffle_unit_v2_arguments``)
     one ``shuffle_unit_v2`` call with the folded, packed weights (cached per unit), as
     ``models.shufflenet_v2`` runs it; otherwise the calls it replaced (``fused_conv1x1``,
-    ``fused_conv_bn``, ``fused_cat_shuffle``), with their results and errors.
+    ``fused_conv_bn``, ``fused_cat_shuffle``), with their results and errors, except that
+    with the expand BN folded the expand conv writes the unit's output itself
+    (``group_conv1x1_shuffle``'s ``interleave_with``), as the package's model does.
 
     Shape: x ``(N, C, H, W)`` -> ``(N, 2E, H, W)`` (stride 1, ``E = C/2``) or
     ``(N, 2E, (H-1)//2+1, (W-1)//2+1)`` (stride 2), ``E`` the expand conv's output channels;
@@ -719,7 +721,15 @@ def fused_unit_v2(
                            relu=True)
         x2 = x
     branch2 = fused_conv1x1(x2, compress_conv, compress_bn, relu=True)
-    branch2 = fused_conv1x1(fused_conv_bn(branch2, depthwise_conv, depthwise_bn), expand_conv, expand_bn, relu=True)
+    branch2 = fused_conv_bn(branch2, depthwise_conv, depthwise_bn)
+    n, _, h, w = branch2.shape
+    if (can_fold(expand_bn) and x1.shape == (n, expand_conv.out_channels, h, w) and x1.dtype == branch2.dtype
+            and x1.device == branch2.device):
+        # As models.shufflenet_v2 runs it: the expand conv writes its output straight into
+        # the odd channels of the unit's output, x1 into the even ones (interleave_with).
+        return conv1x1_bn(branch2, expand_conv, expand_bn, relu=True, interleave_with=x1,
+                          fold_cache=_fold_cache(expand_conv, expand_bn, 1))
+    branch2 = fused_conv1x1(branch2, expand_conv, expand_bn, relu=True)
     return fused_cat_shuffle(x1, branch2)
 
 

@@ -8,7 +8,8 @@ them, written with ONNX Script against the default ONNX domain (opset 18 and lat
 exported file runs in any ONNX runtime without this package:
 
 - ``group_conv1x1_shuffle``: ``Conv`` (``group=groups``, the bias as its ``B``), the shuffle
-  as ``Reshape -> Transpose -> Reshape``, then ``Add`` of the residual and ``Relu``;
+  as ``Reshape -> Transpose -> Reshape``, then ``Add`` of the residual and ``Relu``; with
+  ``interleave_with``, ``Concat`` of it and that, and the shuffle by 2;
 - ``shuffle_group_conv1x1``: the shuffle, then ``Conv``, ``Add``, ``Relu``;
 - ``channel_shuffle``: ``Reshape -> Transpose -> Reshape``;
 - ``max_pool3x3s2_relu`` / ``avg_pool3x3s2_relu``: ``MaxPool`` / ``AveragePool`` (3x3,
@@ -100,9 +101,11 @@ def _epilogue(y, residual, relu: bool):
 # values and the int/bool arguments as Python values (annotated, so the exporter passes them
 # as attributes).
 def group_conv1x1_shuffle(
-    x, weight, bias=None, groups: int = 1, shuffle_groups: int = 1, relu: bool = False, residual=None
+    x, weight, bias=None, groups: int = 1, shuffle_groups: int = 1, relu: bool = False, residual=None,
+    interleave_with=None,
 ):
-    """``act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)`` in ONNX.
+    """``act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)`` in ONNX;
+    with ``interleave_with``, that interleaved with it as ``Concat`` and the shuffle by 2.
 
     Args:
         x: (N, Cin, H, W) value.
@@ -112,13 +115,17 @@ def group_conv1x1_shuffle(
         shuffle_groups: the output shuffle's group count (1: none).
         relu: whether a ReLU ends the op.
         residual: (N, Cout, H, W) value added before the ReLU, or None.
+        interleave_with: (N, Cout, H, W) value or None: the even channels of the output.
 
     Returns:
-        The (N, Cout, H, W) output value.
+        The (N, Cout, H, W) output value, or (N, 2*Cout, H, W) with ``interleave_with``.
     """
+    cout, spatial = _dims(weight, 0)[0], _dims(x, 2)
     y = _conv1x1(x, weight, bias, groups)
-    y = _shuffle(y, shuffle_groups, _dims(weight, 0)[0], _dims(x, 2))
-    return _epilogue(y, residual, relu)
+    y = _epilogue(_shuffle(y, shuffle_groups, cout, spatial), residual, relu)
+    if interleave_with is None:
+        return y
+    return _shuffle(_opset().Concat(interleave_with, y, axis=1), 2, None if cout is None else 2 * cout, spatial)
 
 
 def shuffle_group_conv1x1(

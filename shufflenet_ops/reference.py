@@ -35,11 +35,14 @@ def group_conv1x1_shuffle(
     shuffle_groups: int | None = None,
     relu: bool = False,
     residual: torch.Tensor | None = None,
+    interleave_with: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)``, unfused."""
+    """``act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)``, unfused;
+    with ``interleave_with``, ``shuffle(cat(interleave_with, that), 2)``."""
     y = F.conv2d(x, _as_conv_weight(weight), bias, groups=groups)
     y = channel_shuffle(y, groups if shuffle_groups is None else shuffle_groups)
-    return _epilogue(y, residual, relu)
+    y = _epilogue(y, residual, relu)
+    return y if interleave_with is None else channel_shuffle(torch.cat((interleave_with, y), 1), 2)
 
 
 def _epilogue(y: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:

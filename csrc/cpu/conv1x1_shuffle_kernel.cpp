@@ -14,6 +14,7 @@
 
 #include "../channel_map.h"
 #include "../checks.h"
+#include "interleave.h"
 #include "relu.h"
 #include "small_gemm.h"
 #include "tiles.h"
@@ -104,24 +105,61 @@ void epilogue(acc_t* d, int64_t ld, Layout layout, const Tile& t, int64_t rows, 
   }
 }
 
+// The other half of an interleaved output (group_conv1x1_shuffle's interleave_with): `src`
+// (the conv output's shape) is copied into the even channels `dst` of y, tile by tile in the
+// GEMM's own tasks, so the copy is parallel and each tile's pixels of y are written by one
+// thread while they are in its cache (in channels_last the odd and even channels of a pixel
+// share its cache lines).
+template <typename scalar_t>
+struct Passthrough {
+  const scalar_t* src = nullptr;  // null: none
+  Planar sv;
+  scalar_t* dst = nullptr;
+  Planar dv;
+};
+
+template <typename scalar_t>
+void copy_passthrough_tile(const Passthrough<scalar_t>& pass, Layout layout, const Tile& t) {
+  const Planar &sv = pass.sv, &dv = pass.dv;
+  for (int64_t bi = 0; bi < t.nb; ++bi) {
+    const scalar_t* src = pass.src + (t.b0 + bi) * sv.sb + t.p0 * sv.sp;
+    scalar_t* dst = pass.dst + (t.b0 + bi) * dv.sb + t.p0 * dv.sp;
+    if (layout == Layout::kChannelMajor) {  // pixel stride 1 on both sides: whole rows
+      for (int64_t c = 0; c < sv.channels; ++c) {
+        std::copy_n(src + c * sv.sc, t.np, dst + c * dv.sc);
+      }
+    } else {  // a pixel's channels, contiguous in src, every other channel of y
+      for (int64_t p = 0; p < t.np; ++p) {
+        const scalar_t* s = src + p * sv.sp;
+        scalar_t* d = dst + p * dv.sp;
+        for (int64_t c = 0; c < sv.channels; ++c) d[c * dv.sc] = s[c];
+      }
+    }
+  }
+}
+
 template <typename scalar_t>
 void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightOperand<at::opmath_type<scalar_t>>& w,
                     const at::opmath_type<scalar_t>* bias, const at::Tensor& residual_tensor, bool relu,
-                    const RowMap& dst_rows, at::Tensor& dst, Layout layout) {
+                    const RowMap& dst_rows, at::Tensor& dst, Layout layout, Passthrough<scalar_t> pass = {}) {
   using acc_t = at::opmath_type<scalar_t>;
   Planar sv = planar_of(src), dv = planar_of(dst);
   Residual<scalar_t> residual;
   if (residual_tensor.defined()) residual = {residual_tensor.const_data_ptr<scalar_t>(), planar_of(residual_tensor)};
   if (layout == Layout::kPixelMajor && can_fold_batch(sv) && can_fold_batch(dv) &&
-      (!residual.data || can_fold_batch(residual.view))) {
+      (!residual.data || can_fold_batch(residual.view)) &&
+      (!pass.src || (can_fold_batch(pass.sv) && can_fold_batch(pass.dv)))) {
     sv = fold_batch(sv);
     dv = fold_batch(dv);
     residual.view = fold_batch(residual.view);
+    pass.sv = fold_batch(pass.sv);
+    pass.dv = fold_batch(pass.dv);
   }
   const int64_t groups = src_rows.groups, m = w.m, kd = w.kd;
   // Channel-major tiles hold one group's rows at a time; pixel-major tiles are whole pixel
   // rows (every channel of the input and output), so those count against the cache.
-  const int64_t tile_rows = layout == Layout::kChannelMajor ? m + kd : sv.channels + dv.channels;
+  const int64_t tile_rows =
+      layout == Layout::kChannelMajor ? m + kd : sv.channels + dv.channels + (pass.src ? pass.sv.channels : 0);
   const TilePlan plan = balanced_plan(sv.batch, sv.pixels, tile_columns(tile_rows), at::get_num_threads());
   bool small = false;
   std::vector<acc_t> packed_w;
@@ -133,6 +171,18 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
   const acc_t* b_operand = w.transposed ? w.data : packed_w.data();
   const scalar_t* src_data = src.const_data_ptr<scalar_t>();
   scalar_t* dst_data = dst.mutable_data_ptr<scalar_t>();
+  // Pixel-major interleaved output whose conv rows are all of y's odd channels in order (one
+  // group and no shuffle left: V2's convs, and fold_ungrouped_output_shuffle folds any
+  // ungrouped shuffle): the GEMM tile (in its buffer: y's odd channels are not contiguous) and
+  // the passthrough are written together, pixel by pixel (interleave.h: two AVX-512 permutes
+  // per 16 channels of each), instead of a strided scatter and a strided copy.
+  bool interleave_tile = false;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    interleave_tile = pass.src && layout == Layout::kPixelMajor && groups == 1 && dst_rows.channel[0] == 0 &&
+                      dst_rows.group_stride[0] == 1 && dv.sc == 2 && dv.sp == 2 * m && pass.dv.sp == dv.sp &&
+                      pass.sv.sc == 1;
+  }
+  const bool vector_interleave = std::is_same_v<scalar_t, float> && use_small_gemm();
   // Fewer tiles than threads (batch 1 at 7x7 is one tile): each tile's output channels are
   // also split, in whole 16-column vectors, among the threads (`column_chunks` tasks per
   // tile). Only the pixel-major small_gemm path writing in place with its epilogue in
@@ -150,6 +200,7 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
       const Tile t = plan[task / column_chunks];
       const int64_t chunk = task % column_chunks;
       const int64_t cols = t.cols();
+      if (pass.src && chunk == 0 && !interleave_tile) copy_passthrough_tile(pass, layout, t);
       for (int64_t i = 0; i < groups; ++i) {
         // Pixel-major source rows spread evenly by a shuffle (the official code's input
         // shuffle reads every g-th channel): small_gemm reads them in place through a column
@@ -217,7 +268,17 @@ void pointwise_gemm(const at::Tensor& src, const RowMap& src_rows, const WeightO
         }
         const int64_t* channels = dst_rows.group_channels(i);
         if (!done || !epilogue_in_registers) epilogue(d.data, d.ld, layout, t, m, channels, group_bias, residual, relu);
-        if (scatter) scatter_tile(d.data, dv, layout, t, channels, m, dst_data);
+        if (scatter && interleave_tile) {
+          if constexpr (std::is_same_v<scalar_t, acc_t>) {
+            for (int64_t bi = 0; bi < t.nb; ++bi) {
+              interleave(t.np, m, pass.src + (t.b0 + bi) * pass.sv.sb + t.p0 * pass.sv.sp, pass.sv.sp,
+                         d.data + bi * t.np * m, m, pass.dst + (t.b0 + bi) * pass.dv.sb + t.p0 * pass.dv.sp,
+                         vector_interleave);
+            }
+          }
+        } else if (scatter) {
+          scatter_tile(d.data, dv, layout, t, channels, m, dst_data);
+        }
       }
     }
   });
@@ -257,16 +318,28 @@ int64_t fold_ungrouped_output_shuffle(at::Tensor& w, at::Tensor* b, int64_t grou
   return 1;
 }
 
+// With interleave_with: y = interleave(interleave_with, f) has 2*Cout channels. The conv
+// writes f through its usual output map into the view y[:, 1::2], whose channel stride is
+// doubled: in NCHW an evenly spaced group's rows are still one GEMM output with a doubled
+// leading dimension (in place, streamed); in channels_last a pixel's rows are every other
+// element, so the tile is scattered from the cache-resident buffer. The passthrough goes to
+// y[:, 0::2] in the same tasks (copy_passthrough_tile). No concatenated tensor exists.
 at::Tensor conv1x1_forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            int64_t groups, int64_t in_shuffle, int64_t out_shuffle, bool relu,
-                           const std::optional<at::Tensor>& residual) {
+                           const std::optional<at::Tensor>& residual,
+                           const std::optional<at::Tensor>& interleave_with = std::nullopt) {
   check_conv(x_in, weight, bias, groups, in_shuffle, out_shuffle);
   check_residual(residual, x_in, weight.size(0));
+  check_interleave_with(interleave_with, x_in, weight.size(0));
   const Layout layout = layout_of(x_in);
   const at::Tensor x = as_planar(x_in, layout);
   const int64_t cin = x.size(1), cout = weight.size(0);
-  at::Tensor y = empty_planar(x, cout, layout);
-  if (y.numel() == 0) return y;
+  const bool interleaved = interleave_with.has_value();
+  const at::Tensor y_full = empty_planar(x, interleaved ? 2 * cout : cout, layout);
+  at::Tensor y = interleaved ? y_full.slice(1, 1, 2 * cout, 2) : y_full;
+  if (y.numel() == 0) return y_full;
+  const at::Tensor pass = interleaved ? as_planar(*interleave_with, layout) : at::Tensor();
+  const at::Tensor pass_dst = interleaved ? y_full.slice(1, 0, 2 * cout, 2) : at::Tensor();
   at::Tensor w = weight_matrix(weight, groups);
   at::Tensor b = bias.has_value() ? bias->to(w.scalar_type()).contiguous() : at::Tensor();
   out_shuffle = fold_ungrouped_output_shuffle(w, &b, groups, out_shuffle);
@@ -276,16 +349,22 @@ at::Tensor conv1x1_forward(const at::Tensor& x_in, const at::Tensor& weight, con
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "conv1x1_shuffle_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const WeightOperand<acc_t> op{w.const_data_ptr<acc_t>(), column_major, cout / groups, cin / groups};
+    Passthrough<scalar_t> passthrough;
+    if (interleaved) {
+      passthrough = {pass.const_data_ptr<scalar_t>(), planar_of(pass), pass_dst.data_ptr<scalar_t>(),
+                     planar_of(pass_dst)};
+    }
     pointwise_gemm<scalar_t>(x, src_rows, op, b.defined() ? b.const_data_ptr<acc_t>() : nullptr, res, relu, dst_rows,
-                             y, layout);
+                             y, layout, passthrough);
   });
-  return y;
+  return y_full;
 }
 
 at::Tensor group_conv1x1_shuffle(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                  int64_t groups, int64_t shuffle_groups, bool relu,
-                                 const std::optional<at::Tensor>& residual) {
-  return conv1x1_forward(x, weight, bias, groups, 1, shuffle_groups, relu, residual);
+                                 const std::optional<at::Tensor>& residual,
+                                 const std::optional<at::Tensor>& interleave_with) {
+  return conv1x1_forward(x, weight, bias, groups, 1, shuffle_groups, relu, residual, interleave_with);
 }
 
 at::Tensor shuffle_group_conv1x1(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

@@ -68,7 +68,8 @@ struct Tile {
 };
 
 // One operand tile of a grouped 1x1 conv: `rows` channels (memory channels ch[r]) x the
-// tile's columns. Channel-major tiles are stored rows x cols, pixel-major tiles cols x rows
+// tile's columns. A pixel-major tensor's channel stride is 1 except for the odd channels of
+// an interleaved output (stride 2), which the scatter writes. Channel-major tiles are stored rows x cols, pixel-major tiles cols x rows
 // (a pixel's channels contiguous), like the tensor itself.
 template <typename scalar_t, typename acc_t>
 inline void gather_tile(const scalar_t* base, const Planar& v, Layout layout, const Tile& t, const int64_t* ch,
@@ -86,7 +87,7 @@ inline void gather_tile(const scalar_t* base, const Planar& v, Layout layout, co
       for (int64_t p = 0; p < t.np; ++p) {
         const scalar_t* px = src + p * v.sp;
         acc_t* o = out + (bi * t.np + p) * rows;
-        for (int64_t r = 0; r < rows; ++r) o[r] = static_cast<acc_t>(px[ch[r]]);
+        for (int64_t r = 0; r < rows; ++r) o[r] = static_cast<acc_t>(px[ch[r]]);  // sources: sc == 1 (as_planar)
       }
     }
   }
@@ -108,7 +109,11 @@ inline void scatter_tile(const acc_t* in, const Planar& v, Layout layout, const 
       for (int64_t p = 0; p < t.np; ++p) {
         scalar_t* px = dst + p * v.sp;
         const acc_t* i = in + (bi * t.np + p) * rows;
-        for (int64_t r = 0; r < rows; ++r) px[ch[r]] = static_cast<scalar_t>(i[r]);
+        if (v.sc == 1) {
+          for (int64_t r = 0; r < rows; ++r) px[ch[r]] = static_cast<scalar_t>(i[r]);
+        } else {
+          for (int64_t r = 0; r < rows; ++r) px[ch[r] * v.sc] = static_cast<scalar_t>(i[r]);
+        }
       }
     }
   }

@@ -97,7 +97,9 @@ inline TileRef<T> direct_tile(T* base, const Planar& v, Layout layout, const Row
     ld = stride * v.sc;
     if (ld < cols) return {};  // BLAS wants ld >= row length even where it is never stepped
   } else {
-    if (stride != 1) return {};
+    // A pixel's channels of the tile must be contiguous: evenly spaced rows of a tensor whose
+    // channels are themselves spaced (the odd channels of an interleaved output) are not.
+    if (stride * v.sc != 1) return {};
     ld = v.sp;
     if (ld < map.rows_per_group) return {};
   }

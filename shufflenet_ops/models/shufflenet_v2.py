@@ -22,10 +22,11 @@ What ``fused=True`` runs:
   every 1x1 conv with its BN and ReLU as one call of the fused op (``conv1x1_bn``:
   ``group_conv1x1_shuffle`` with ``groups=1``, ``shuffle_groups=1``, the folded BN as its
   bias, the ReLU in its epilogue); every 3x3 conv with its BN folded (``conv2d_bn``: one
-  ``F.conv2d``), and ``shuffle(cat(a, b), 2)`` of each unit as one interleaving copy
-  (``functional.interleave``) instead of torch's cat and then the shuffle's copy; the chunk
-  is a channel slice that the fused op reads in place. The conv ops have no output channel
-  map into the interleaved buffer (issue 16, item 1), so that copy remains on this path;
+  ``F.conv2d``), and ``shuffle(cat(a, b), 2)`` of each unit made by branch2's last conv:
+  it writes its output straight into the odd channels of the unit's output and copies
+  ``a`` (the chunk ``x1``, read in place as a channel slice, or branch1's output) into the
+  even ones in the same call (``group_conv1x1_shuffle``'s ``interleave_with``): no
+  interleaving copy, cat or stack;
 - with the BNs in eval mode, also the stem (its conv with the BN folded, then its ReLU and
   max pool as ``max_pool3x3s2_relu``) and conv5 (``conv1x1_bn``);
 - with the BN in train mode (batch statistics keep a conv and its ReLU apart): each conv
@@ -104,6 +105,11 @@ def _plain_pairs(branch: nn.Module, layout: tuple) -> list[ConvBN] | None:
     if not all(is_foldable_conv(conv) and is_plain_batchnorm(bn) for conv, bn in found):
         return None
     return found if all(is_pointwise_conv(found[i][0]) for i in pointwise) else None
+
+
+def _ending(a: torch.Tensor, b: torch.Tensor, split: bool):
+    """``interleave(a, b)``, or its two channel halves (``split_interleave``) if ``split``."""
+    return functional.split_interleave(a, b) if split else functional.interleave(a, b)
 
 
 def _training_branch(branch: nn.Module, layout: tuple, x: torch.Tensor) -> torch.Tensor:
@@ -269,16 +275,22 @@ class InvertedResidual(_Folding):
             return None
         return shuffle_unit_v2_arguments(x, pairs, self.stride, self._unit_cache, checked=True)
 
-    def _branch2(self, x: torch.Tensor) -> torch.Tensor:
+    def _branch2(self, x: torch.Tensor, interleave_with: torch.Tensor, split: bool = False):
+        """``interleave(interleave_with, branch2(x))``: the unit's ending (its two channel
+        halves if ``split``). With the BNs folded the last conv writes its output straight
+        into the odd channels of the unit's output (``conv1x1_bn``'s ``interleave_with``);
+        otherwise (training: ``_training_branch``; other layers or hooks: the modules)
+        ``functional.interleave`` / ``split_interleave`` makes the output."""
         pairs, caches = _plain_pairs(self.branch2, _BRANCH2), self._fold_caches
         if pairs is None or global_hooks():  # (global hooks: every module must be called)
-            return self.branch2(x)
+            return _ending(interleave_with, self.branch2(x), split)
         if not all(can_fold(bn) for _, bn in pairs):
-            return _training_branch(self.branch2, _BRANCH2, x)
+            return _ending(interleave_with, _training_branch(self.branch2, _BRANCH2, x), split)
         (compress, compress_bn), (depthwise, depthwise_bn), (expand, expand_bn) = pairs
         y = conv1x1_bn(x, compress, compress_bn, relu=True, fold_cache=caches[0])
         y = conv2d_bn(y, depthwise, depthwise_bn, caches[1])
-        return conv1x1_bn(y, expand, expand_bn, relu=True, fold_cache=caches[2])
+        y = conv1x1_bn(y, expand, expand_bn, relu=True, fold_cache=caches[2], interleave_with=interleave_with)
+        return tuple(y.chunk(2, 1)) if split else y
 
     def _branch1(self, x: torch.Tensor) -> torch.Tensor:
         pairs, caches = _plain_pairs(self.branch1, _BRANCH1), self._fold_caches
@@ -309,10 +321,8 @@ class InvertedResidual(_Folding):
         (``functional.split_interleave``) for a stride-1 unit after this one."""
         if self.stride == 1:
             x1, x2 = x if isinstance(x, tuple) else x.chunk(2, dim=1)
-            a, b = x1, self._branch2(x2)
-        else:
-            a, b = self._branch1(x), self._branch2(x)
-        return functional.split_interleave(a, b) if split else functional.interleave(a, b)
+            return self._branch2(x2, x1, split)
+        return self._branch2(x, self._branch1(x), split)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, fused={self.fused}"

@@ -40,22 +40,30 @@ def conv1x1_bn(
     bn_after_shuffle: bool = False,
     residual: torch.Tensor | None = None,
     fold_cache: FoldCache | None = None,
+    interleave_with: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``act(bn(P_out(conv(P_in(x)))) + residual)`` for a 1x1 ``conv`` with shuffles
     ``P_in = shuffle(., input_shuffle)`` and ``P_out = shuffle(., output_shuffle)`` (at most
     one of them > 1); ``bn_after_shuffle=False`` means the BN is indexed in the conv's own
-    channel order (BN before the output shuffle).
+    channel order (BN before the output shuffle). With ``interleave_with`` (that result's
+    shape), ``functional.interleave(interleave_with, result)``: a ShuffleNet V2 unit's ending.
 
     BN in eval mode (``can_fold``): one fused call with the BN folded into the weight and
-    bias, the residual and ReLU in the epilogue. Otherwise exactly the unfused computation:
-    the fused conv (with its shuffle), then BN (batch statistics and running-stat updates
-    as ``nn.BatchNorm2d``) with the ReLU as one op (``batch_norm_act``; with a residual,
-    the add and then the ReLU after it).
+    bias, the residual and ReLU in the epilogue, the result written straight into the odd
+    channels of the interleaved output (``group_conv1x1_shuffle``'s ``interleave_with``).
+    Otherwise exactly the unfused computation: the fused conv (with its shuffle), then BN
+    (batch statistics and running-stat updates as ``nn.BatchNorm2d``) with the ReLU as one
+    op (``batch_norm_act``; with a residual, the add and then the ReLU after it), then
+    ``functional.interleave``.
 
-    Raises what the fused ops raise for bad shapes (see ``functional``).
+    Raises what the fused ops raise for bad shapes (see ``functional``); ValueError for
+    ``interleave_with`` with ``input_shuffle > 1`` (the input-shuffled op has no
+    interleaved output).
     """
     groups = conv.groups
     channels = conv.out_channels
+    if interleave_with is not None and input_shuffle > 1:
+        raise ValueError("conv1x1_bn: interleave_with needs input_shuffle == 1")
     if can_fold(bn):
         bn_index = None
         if bn_after_shuffle and output_shuffle > 1:
@@ -68,7 +76,8 @@ def conv1x1_bn(
                 x, weight, groups, input_shuffle, bias=bias, relu=relu, residual=residual
             )
         return functional.group_conv1x1_shuffle(
-            x, weight, groups, bias=bias, shuffle_groups=output_shuffle, relu=relu, residual=residual
+            x, weight, groups, bias=bias, shuffle_groups=output_shuffle, relu=relu, residual=residual,
+            interleave_with=interleave_with,
         )
     index = None
     if input_shuffle > 1:
@@ -82,9 +91,11 @@ def conv1x1_bn(
     # The BN (batch statistics) with the ReLU as one op (batch_norm_act); a residual comes
     # between them, so then the ReLU runs after the add.
     if residual is None:
-        return batch_norm_act(z, bn, relu, index)
-    y = batch_norm_act(z, bn, None, index) + residual
-    return F.relu(y) if relu else y
+        y = batch_norm_act(z, bn, relu, index)
+    else:
+        y = batch_norm_act(z, bn, None, index) + residual
+        y = F.relu(y) if relu else y
+    return y if interleave_with is None else functional.interleave(interleave_with, y)
 
 
 def is_foldable_conv(conv: nn.Module) -> bool:

@@ -41,6 +41,7 @@ class SampleTensors:
     residual: tuple[torch.Tensor, ...]
     go: tuple[torch.Tensor, ...]
     y: tuple[torch.Tensor, ...]
+    passthrough: tuple[torch.Tensor, ...]  # the conv's interleave_with, (2, 24, 3, 5), requires grad
 
 
 def sample_tensors() -> SampleTensors:
@@ -62,4 +63,5 @@ def sample_tensors() -> SampleTensors:
         residual=per_layout(2, 24, 3, 5, grad=True),
         go=per_layout(2, 24, 3, 5),
         y=per_layout(2, 24, 3, 5),
+        passthrough=per_layout(2, 24, 3, 5, grad=True),
     )

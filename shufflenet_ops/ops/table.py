@@ -25,7 +25,7 @@ class KernelTable(Protocol):
 
     def group_conv1x1_shuffle(
         self, x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, shuffle_groups: int, relu: bool,
-        residual: Tensor | None = None,
+        residual: Tensor | None = None, interleave_with: Tensor | None = None,
     ) -> Tensor: ...
 
     def shuffle_group_conv1x1(

@@ -161,8 +161,14 @@ def strides(t: torch.Tensor) -> tuple[int, int, int]:
 
 
 def needs_int64(*tensors: torch.Tensor) -> bool:
-    """64-bit offsets when any tensor spans 2^31 elements or more (int32 would wrap)."""
-    return any(t.numel() >= INT32_LIMIT for t in tensors)
+    """64-bit offsets when any tensor spans 2^31 elements or more (int32 would wrap). A
+    strided view (the odd channels of an interleaved output) spans more than its numel."""
+    return any(t.numel() >= INT32_LIMIT or _span(t) >= INT32_LIMIT for t in tensors)
+
+
+def _span(t: torch.Tensor) -> int:
+    """1 + the largest element offset of ``t`` (its numel when it is dense)."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) if t.numel() else 0
 
 
 # Tests force a tile to reach every kernel path on tiny shapes: {kernel name: Tile}.

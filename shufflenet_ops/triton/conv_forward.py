@@ -240,24 +240,39 @@ def gemm_launch(
 
 class GemmPlan:
     """One launcher call of the GEMM kernel for one ``launch_cache`` key: ``x`` made dense,
-    ``y`` allocated in its format, the launch derived on the first call (``gemm_launch``)."""
+    ``y`` allocated in its format, the launch derived on the first call (``gemm_launch``).
 
-    def __init__(self, x: torch.Tensor, out_channels: int, *launch_params) -> None:
+    ``interleaved``: ``y`` gets twice the channels and the GEMM writes the odd ones, through
+    the view ``y[:, 1::2]`` (the kernel addresses ``y`` by strides: the view only doubles the
+    channel stride); the caller's passthrough goes to the even ones with one torch copy
+    (``copy_`` into ``y[:, 0::2]``, a separate launch: the GEMM's programs own row tiles of
+    one group, so no program owns a pixel's whole passthrough)."""
+
+    def __init__(self, x: torch.Tensor, out_channels: int, *launch_params, interleaved: bool = False) -> None:
         self.fmt = _common.dense_format(x)
         n, _, h, w = x.shape
-        self.shape = (n, out_channels, h, w)
+        self.interleaved = interleaved
+        self.shape = (n, out_channels * (2 if interleaved else 1), h, w)
         self.empty = n * out_channels * h * w == 0
         self.launch_params = launch_params  # gemm_launch's after (x, y)
         self.launch: Launch | None = None
 
-    def __call__(self, x, weight, bias, residual, mask) -> torch.Tensor:
+    def __call__(self, x, weight, bias, residual, mask, passthrough=None) -> torch.Tensor:
         x = x.contiguous(memory_format=self.fmt)
-        y = torch.empty(self.shape, dtype=x.dtype, device=x.device, memory_format=self.fmt)
+        out = torch.empty(self.shape, dtype=x.dtype, device=x.device, memory_format=self.fmt)
         if self.empty:
-            return y
+            return out
+        y = out
+        if self.interleaved:
+            y = out[:, 1::2]
+            out[:, 0::2].copy_(passthrough)
         if bias is not None:
             bias = bias.contiguous()
-        if residual is not None:
+        if residual is not None and self.interleaved:
+            # The kernel reads the residual with y's strides: the odd channels of a buffer
+            # like out (a residual with an interleaved output is rare: V2 units have none).
+            residual = torch.empty_like(out)[:, 1::2].copy_(residual)
+        elif residual is not None:
             residual = _common.like(residual, y, self.fmt)
         if mask is not None:
             mask = _common.like(mask, x, self.fmt)
@@ -265,10 +280,10 @@ class GemmPlan:
             self.launch = gemm_launch(x, y, *self.launch_params)
         self.launch(x, weight, x if bias is None else bias, y if residual is None else residual,
                     x if mask is None else mask, y)
-        return y
+        return out
 
 
-def _forward_plan(x, weight, bias, residual, groups, in_shuffle, out_shuffle, relu) -> GemmPlan:
+def _forward_plan(x, weight, bias, residual, passthrough, groups, in_shuffle, out_shuffle, relu) -> GemmPlan:
     cin, cout = x.shape[1], weight.shape[0]
     rows, red = cout // groups, cin // groups
     # W_g[r, k] = weight[g*rows + r, k]
@@ -276,7 +291,7 @@ def _forward_plan(x, weight, bias, residual, groups, in_shuffle, out_shuffle, re
     return GemmPlan(
         x, cout, w_strides, groups, rows, red,
         _common.shuffled_source(in_shuffle, cin), _common.shuffled_target(out_shuffle, cout),
-        relu, bias is not None, residual is not None, False,
+        relu, bias is not None, residual is not None, False, interleaved=passthrough is not None,
     )
 
 
@@ -292,15 +307,22 @@ def conv1x1_shuffle_forward(
     out_shuffle: int,
     relu: bool,
     residual: torch.Tensor | None = None,
+    interleave_with: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``act(Pout(conv1x1(Pin(x), weight, groups) + bias) + residual)``, output in x's memory format."""
-    plan = _FORWARD.plan((x, weight, bias, residual), (groups, in_shuffle, out_shuffle, relu), _forward_plan)
-    return plan(x, weight, bias, residual, None)
+    """``f = act(Pout(conv1x1(Pin(x), weight, groups) + bias) + residual)``, output in x's
+    memory format; with ``interleave_with``, ``interleave(interleave_with, f)`` (see
+    ``GemmPlan``)."""
+    plan = _FORWARD.plan(
+        (x, weight, bias, residual, interleave_with), (groups, in_shuffle, out_shuffle, relu), _forward_plan
+    )
+    return plan(x, weight, bias, residual, None, interleave_with)
 
 
 # The schema's two placements (csrc/ops.cpp): entries of the Triton kernel table.
-def group_conv1x1_shuffle(x, weight, bias, groups: int, shuffle_groups: int, relu: bool, residual=None):
-    return conv1x1_shuffle_forward(x, weight, bias, groups, 1, shuffle_groups, relu, residual)
+def group_conv1x1_shuffle(
+    x, weight, bias, groups: int, shuffle_groups: int, relu: bool, residual=None, interleave_with=None
+):
+    return conv1x1_shuffle_forward(x, weight, bias, groups, 1, shuffle_groups, relu, residual, interleave_with)
 
 
 def shuffle_group_conv1x1(x, weight, bias, groups: int, shuffle_groups: int, relu: bool, residual=None):
