@@ -32,12 +32,11 @@
 
 namespace shufflenet_ops::cpu {
 
-// Pixels per partial sum: fixed for a channel count (so the sums do not depend on the thread
-// count), about 32 KiB of float32 per chunk, so that a chunk read once per 16 channels stays
-// in cache.
-inline int64_t batch_norm_chunk(int64_t channels) {
-  return std::clamp<int64_t>(8192 / std::max<int64_t>(channels, 1), 16, 256);
-}
+// Pixels per partial sum: fixed (so the sums do not depend on the thread count). The partial
+// sums take 2C doubles per chunk, zeroed and then combined one thread: chunks sized by bytes
+// instead (a few rows of a 384-channel tensor) made that buffer grow as C^2 and cost more
+// than the pass itself.
+inline int64_t batch_norm_chunk(int64_t /*channels*/) { return 256; }
 
 // Per-column sums (`width` of them) over `rows` rows in chunks of `chunk` rows:
 // accumulate(first, last, acc) adds rows [first, last) into acc (zeroed); the chunks' partial
@@ -149,22 +148,45 @@ SHUFFLENET_OPS_AVX512_BN inline __m512d high_pd(__m512 v) {
   return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
 
-// Per 16 channels: the shifted sums and sums of squares of pixel rows [first, last), in double.
+// The vector sums walk a chunk of pixel rows once per block of up to 64 channels (4 vectors),
+// 16 double accumulators in registers. (Accumulators in memory, updated per pixel with
+// masked loads and stores, stalled on store forwarding: 2x slower than aten at 384
+// channels; one 16-channel block per walk read the rows' cache lines too sparsely.) Each
+// lane adds its terms in pixel order, as the portable loop does.
+constexpr int64_t kBlockVectors = 4;
+
+// The shifted sums and sums of squares of pixel rows [first, last), in double, into
+// acc[0..c) and acc[c..2c).
 SHUFFLENET_OPS_AVX512_BN inline void channel_sums_avx512(const float* x, int64_t first, int64_t last, int64_t c,
                                                         const double* shift, double* acc) {
-  for (int64_t j0 = 0; j0 < c; j0 += 16) {
-    const __mmask16 lanes = lane_mask(c - j0);
-    const __mmask8 m0 = static_cast<__mmask8>(lanes), m1 = static_cast<__mmask8>(lanes >> 8);
-    const __m512d s0 = _mm512_maskz_loadu_pd(m0, shift + j0), s1 = _mm512_maskz_loadu_pd(m1, shift + j0 + 8);
-    __m512d sum0 = _mm512_setzero_pd(), sum1 = sum0, sq0 = sum0, sq1 = sum0;
-    for (int64_t p = first; p < last; ++p) {
-      const __m512 v = _mm512_maskz_loadu_ps(lanes, x + p * c + j0);
-      const __m512d d0 = _mm512_sub_pd(low_pd(v), s0), d1 = _mm512_sub_pd(high_pd(v), s1);
-      sum0 = _mm512_add_pd(sum0, d0), sum1 = _mm512_add_pd(sum1, d1);
-      sq0 = _mm512_add_pd(sq0, _mm512_mul_pd(d0, d0)), sq1 = _mm512_add_pd(sq1, _mm512_mul_pd(d1, d1));
+  for (int64_t b0 = 0; b0 < c; b0 += 16 * kBlockVectors) {
+    __m512d shift_v[kBlockVectors][2], sum[kBlockVectors][2], squares[kBlockVectors][2];
+    __mmask16 lanes[kBlockVectors];
+#pragma GCC unroll 4
+    for (int v = 0; v < kBlockVectors; ++v) {
+      const int64_t j0 = b0 + 16 * v;
+      lanes[v] = j0 < c ? lane_mask(c - j0) : __mmask16(0);
+      shift_v[v][0] = _mm512_maskz_loadu_pd(static_cast<__mmask8>(lanes[v]), shift + j0);
+      shift_v[v][1] = _mm512_maskz_loadu_pd(static_cast<__mmask8>(lanes[v] >> 8), shift + j0 + 8);
+      sum[v][0] = sum[v][1] = squares[v][0] = squares[v][1] = _mm512_setzero_pd();
     }
-    _mm512_mask_storeu_pd(acc + j0, m0, sum0), _mm512_mask_storeu_pd(acc + j0 + 8, m1, sum1);
-    _mm512_mask_storeu_pd(acc + c + j0, m0, sq0), _mm512_mask_storeu_pd(acc + c + j0 + 8, m1, sq1);
+    for (int64_t p = first; p < last; ++p) {
+#pragma GCC unroll 4
+      for (int v = 0; v < kBlockVectors; ++v) {
+        const __m512 x_v = _mm512_maskz_loadu_ps(lanes[v], x + p * c + b0 + 16 * v);
+        const __m512d d0 = _mm512_sub_pd(low_pd(x_v), shift_v[v][0]), d1 = _mm512_sub_pd(high_pd(x_v), shift_v[v][1]);
+        sum[v][0] = _mm512_add_pd(sum[v][0], d0), sum[v][1] = _mm512_add_pd(sum[v][1], d1);
+        squares[v][0] = _mm512_add_pd(squares[v][0], _mm512_mul_pd(d0, d0));
+        squares[v][1] = _mm512_add_pd(squares[v][1], _mm512_mul_pd(d1, d1));
+      }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < kBlockVectors; ++v) {
+      const int64_t j0 = b0 + 16 * v;
+      const __mmask8 m0 = static_cast<__mmask8>(lanes[v]), m1 = static_cast<__mmask8>(lanes[v] >> 8);
+      _mm512_mask_storeu_pd(acc + j0, m0, sum[v][0]), _mm512_mask_storeu_pd(acc + j0 + 8, m1, sum[v][1]);
+      _mm512_mask_storeu_pd(acc + c + j0, m0, squares[v][0]), _mm512_mask_storeu_pd(acc + c + j0 + 8, m1, squares[v][1]);
+    }
   }
 }
 #endif

@@ -56,29 +56,46 @@ SHUFFLENET_OPS_AVX512_BN inline __mmask16 passed(const float* out, __mmask16 lan
               : lanes;
 }
 
-// Per 16 channels, over pixel rows [first, last): sum dz and sum dz * xhat, in double.
+// Over pixel rows [first, last): sum dz and sum dz * xhat, in double, per block of channels
+// (batch_norm.h: kBlockVectors).
 SHUFFLENET_OPS_AVX512_BN void gradient_sums_avx512(const float* grad, const float* x, const float* out,
                                                   int64_t first, int64_t last, int64_t c, bool relu,
                                                   const double* mean, const double* invstd, double* acc) {
-  for (int64_t j0 = 0; j0 < c; j0 += 16) {
-    const __mmask16 lanes = lane_mask(c - j0);
-    const __mmask8 m0 = static_cast<__mmask8>(lanes), m1 = static_cast<__mmask8>(lanes >> 8);
-    const __m512d mean0 = _mm512_maskz_loadu_pd(m0, mean + j0), mean1 = _mm512_maskz_loadu_pd(m1, mean + j0 + 8);
-    const __m512d inv0 = _mm512_maskz_loadu_pd(m0, invstd + j0), inv1 = _mm512_maskz_loadu_pd(m1, invstd + j0 + 8);
-    __m512d g0 = _mm512_setzero_pd(), g1 = g0, gx0 = g0, gx1 = g0;
-    for (int64_t p = first; p < last; ++p) {
-      const int64_t i = p * c + j0;
-      const __mmask16 pass = passed(out + i, lanes, relu);
-      const __m512 g = _mm512_maskz_loadu_ps(pass, grad + i), xv = _mm512_maskz_loadu_ps(pass, x + i);
-      const __mmask8 p0 = static_cast<__mmask8>(pass), p1 = static_cast<__mmask8>(pass >> 8);
-      const __m512d d0 = low_pd(g), d1 = high_pd(g);
-      g0 = _mm512_mask_add_pd(g0, p0, g0, d0), g1 = _mm512_mask_add_pd(g1, p1, g1, d1);
-      const __m512d h0 = _mm512_mul_pd(_mm512_mul_pd(d0, _mm512_sub_pd(low_pd(xv), mean0)), inv0);
-      const __m512d h1 = _mm512_mul_pd(_mm512_mul_pd(d1, _mm512_sub_pd(high_pd(xv), mean1)), inv1);
-      gx0 = _mm512_mask_add_pd(gx0, p0, gx0, h0), gx1 = _mm512_mask_add_pd(gx1, p1, gx1, h1);
+  for (int64_t b0 = 0; b0 < c; b0 += 16 * kBlockVectors) {
+    __m512d mean_v[kBlockVectors][2], inv_v[kBlockVectors][2], g_sum[kBlockVectors][2], gx_sum[kBlockVectors][2];
+    __mmask16 lanes[kBlockVectors];
+#pragma GCC unroll 4
+    for (int v = 0; v < kBlockVectors; ++v) {
+      const int64_t j0 = b0 + 16 * v;
+      lanes[v] = j0 < c ? lane_mask(c - j0) : __mmask16(0);
+      const __mmask8 m0 = static_cast<__mmask8>(lanes[v]), m1 = static_cast<__mmask8>(lanes[v] >> 8);
+      mean_v[v][0] = _mm512_maskz_loadu_pd(m0, mean + j0), mean_v[v][1] = _mm512_maskz_loadu_pd(m1, mean + j0 + 8);
+      inv_v[v][0] = _mm512_maskz_loadu_pd(m0, invstd + j0), inv_v[v][1] = _mm512_maskz_loadu_pd(m1, invstd + j0 + 8);
+      g_sum[v][0] = g_sum[v][1] = gx_sum[v][0] = gx_sum[v][1] = _mm512_setzero_pd();
     }
-    _mm512_mask_storeu_pd(acc + j0, m0, g0), _mm512_mask_storeu_pd(acc + j0 + 8, m1, g1);
-    _mm512_mask_storeu_pd(acc + c + j0, m0, gx0), _mm512_mask_storeu_pd(acc + c + j0 + 8, m1, gx1);
+    for (int64_t p = first; p < last; ++p) {
+#pragma GCC unroll 4
+      for (int v = 0; v < kBlockVectors; ++v) {
+        const int64_t i = p * c + b0 + 16 * v;
+        const __mmask16 pass = passed(out + i, lanes[v], relu);
+        const __m512 g = _mm512_maskz_loadu_ps(pass, grad + i), xv = _mm512_maskz_loadu_ps(pass, x + i);
+        const __mmask8 p0 = static_cast<__mmask8>(pass), p1 = static_cast<__mmask8>(pass >> 8);
+        const __m512d d0 = low_pd(g), d1 = high_pd(g);
+        g_sum[v][0] = _mm512_mask_add_pd(g_sum[v][0], p0, g_sum[v][0], d0);
+        g_sum[v][1] = _mm512_mask_add_pd(g_sum[v][1], p1, g_sum[v][1], d1);
+        const __m512d h0 = _mm512_mul_pd(_mm512_mul_pd(d0, _mm512_sub_pd(low_pd(xv), mean_v[v][0])), inv_v[v][0]);
+        const __m512d h1 = _mm512_mul_pd(_mm512_mul_pd(d1, _mm512_sub_pd(high_pd(xv), mean_v[v][1])), inv_v[v][1]);
+        gx_sum[v][0] = _mm512_mask_add_pd(gx_sum[v][0], p0, gx_sum[v][0], h0);
+        gx_sum[v][1] = _mm512_mask_add_pd(gx_sum[v][1], p1, gx_sum[v][1], h1);
+      }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < kBlockVectors; ++v) {
+      const int64_t j0 = b0 + 16 * v;
+      const __mmask8 m0 = static_cast<__mmask8>(lanes[v]), m1 = static_cast<__mmask8>(lanes[v] >> 8);
+      _mm512_mask_storeu_pd(acc + j0, m0, g_sum[v][0]), _mm512_mask_storeu_pd(acc + j0 + 8, m1, g_sum[v][1]);
+      _mm512_mask_storeu_pd(acc + c + j0, m0, gx_sum[v][0]), _mm512_mask_storeu_pd(acc + c + j0 + 8, m1, gx_sum[v][1]);
+    }
   }
 }
 

@@ -113,9 +113,7 @@ def _trains_as_one_op(x: torch.Tensor, bn: nn.Module, relu: nn.Module | bool | N
     )
 
 
-def batch_norm_act(
-    x: torch.Tensor, bn: nn.Module, relu: nn.Module | bool | None = None, index: torch.Tensor | None = None
-) -> torch.Tensor:
+def batch_norm_act(x: torch.Tensor, bn: nn.Module, relu: nn.Module | bool | None = None) -> torch.Tensor:
     """``relu(bn(x))`` as the modules compute it: output, gradients, and ``bn``'s running
     statistics and ``num_batches_tracked``.
 
@@ -133,22 +131,15 @@ def batch_norm_act(
         x: ``(N, C, H, W)``, ``bn``'s dtype and device.
         relu: None or False: no ReLU; True: torch's ReLU; a module: that module (one op
             only for a plain ``nn.ReLU``).
-        index: ``x``'s channel j holds BN channel ``index[j]`` (a BN that meets its
-            channels shuffled, as ``batch_norm_permuted``); None: the same channel.
     Returns:
         ``x``'s shape and memory format.
     """
     if not _trains_as_one_op(x, bn, relu):
-        y = bn(x) if index is None else batch_norm_permuted(bn, x, index)
+        y = bn(x)
         if isinstance(relu, nn.Module):
             return relu(y)
         return F.relu(y) if relu else y
-    weight, bias = bn.weight, bn.bias
-    if index is not None:
-        weight, bias = weight.index_select(0, index), bias.index_select(0, index)
-    out, mean, var = functional.batch_norm_relu(x, weight, bias, bn.eps, relu is not None and relu is not False)
-    if index is not None:  # the statistics back in the BN's channel order
-        mean, var = (torch.empty_like(t).index_copy_(0, index, t) for t in (mean, var))
+    out, mean, var = functional.batch_norm_relu(x, bn.weight, bn.bias, bn.eps, relu is not None and relu is not False)
     _update_running_stats(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
     return out
 

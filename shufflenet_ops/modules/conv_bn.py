@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import functional
 from ._common import check_divisible, check_positive_int, shuffle_permutation
-from .batchnorm import FoldCache, batch_norm_act, can_fold, folded_conv_bn, is_plain_batchnorm
+from .batchnorm import FoldCache, batch_norm_permuted, can_fold, folded_conv_bn, is_plain_batchnorm
 from .conv1x1 import GroupConv1x1Shuffle, ShuffleGroupConv1x1, is_pointwise_conv
 
 
@@ -52,9 +52,9 @@ def conv1x1_bn(
     bias, the residual and ReLU in the epilogue, the result written straight into the odd
     channels of the interleaved output (``group_conv1x1_shuffle``'s ``interleave_with``).
     Otherwise exactly the unfused computation: the fused conv (with its shuffle), then BN
-    (batch statistics and running-stat updates as ``nn.BatchNorm2d``) with the ReLU as one
-    op (``batch_norm_act``; with a residual, the add and then the ReLU after it), then
-    ``functional.interleave``.
+    (batch statistics and running-stat updates as ``nn.BatchNorm2d``), then the residual
+    add and ReLU, then ``functional.interleave``. (aten's BN here, not ``batch_norm_act``:
+    V1's wide layers, 384+ channels at 28x28, train slower with the fused BN op so far.)
 
     Raises what the fused ops raise for bad shapes (see ``functional``); ValueError for
     ``interleave_with`` with ``input_shuffle > 1`` (the input-shuffled op has no
@@ -79,22 +79,19 @@ def conv1x1_bn(
             x, weight, groups, bias=bias, shuffle_groups=output_shuffle, relu=relu, residual=residual,
             interleave_with=interleave_with,
         )
-    index = None
     if input_shuffle > 1:
-        z = functional.shuffle_group_conv1x1(x, conv.weight, groups, input_shuffle, bias=conv.bias)
+        y = bn(functional.shuffle_group_conv1x1(x, conv.weight, groups, input_shuffle, bias=conv.bias))
     else:
         z = functional.group_conv1x1_shuffle(x, conv.weight, groups, bias=conv.bias, shuffle_groups=output_shuffle)
-        if not bn_after_shuffle and output_shuffle > 1:
+        if bn_after_shuffle or output_shuffle == 1:
+            y = bn(z)
+        else:
             # BN acts per channel, so BN-then-shuffle equals shuffle-then-BN with the BN's
             # parameters and statistics permuted the same way: the shuffle stays in the conv.
-            index = shuffle_permutation(channels, output_shuffle, z.device)
-    # The BN (batch statistics) with the ReLU as one op (batch_norm_act); a residual comes
-    # between them, so then the ReLU runs after the add.
-    if residual is None:
-        y = batch_norm_act(z, bn, relu, index)
-    else:
-        y = batch_norm_act(z, bn, None, index) + residual
-        y = F.relu(y) if relu else y
+            y = batch_norm_permuted(bn, z, shuffle_permutation(channels, output_shuffle, z.device))
+    if residual is not None:
+        y = y + residual
+    y = F.relu(y) if relu else y
     return y if interleave_with is None else functional.interleave(interleave_with, y)
 
 
@@ -113,7 +110,7 @@ def conv2d_bn(
     if can_fold(bn):
         weight, bias = (fold_cache if fold_cache is not None else FoldCache()).folded(conv, bn)
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return batch_norm_act(conv(x), bn)  # training: the BN as one op
+    return bn(conv(x))
 
 
 class _FoldedConvBNBase(nn.Module):
