@@ -18,14 +18,21 @@ void expect(bool ok, const std::string& what) {
   if (!ok) ++failures;
 }
 
+// The two conv ops through the dispatcher; group_conv1x1_shuffle also takes interleave_with.
 at::Tensor call_conv(const char* name, const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                      int64_t groups, int64_t shuffle, bool relu,
-                     const std::optional<at::Tensor>& residual = std::nullopt) {
+                     const std::optional<at::Tensor>& residual = std::nullopt,
+                     const std::optional<at::Tensor>& interleave_with = std::nullopt) {
+  using Optional = const std::optional<at::Tensor>&;
   auto& dispatcher = c10::Dispatcher::singleton();
-  auto op = dispatcher.findSchemaOrThrow(name, "")
-                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
-                                  int64_t, bool, const std::optional<at::Tensor>&)>();
-  return op.call(x, w, b, groups, shuffle, relu, residual);
+  if (std::string(name) == "shufflenet_ops::group_conv1x1_shuffle") {
+    return dispatcher.findSchemaOrThrow(name, "")
+        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, Optional, int64_t, int64_t, bool, Optional, Optional)>()
+        .call(x, w, b, groups, shuffle, relu, residual, interleave_with);
+  }
+  return dispatcher.findSchemaOrThrow(name, "")
+      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, Optional, int64_t, int64_t, bool, Optional)>()
+      .call(x, w, b, groups, shuffle, relu, residual);
 }
 
 at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b, int64_t groups) {
@@ -78,6 +85,13 @@ int main() {
     const at::Tensor fused_res = call_conv("shufflenet_ops::group_conv1x1_shuffle", x, w, b, groups, 1, true, shortcut);
     const at::Tensor expected_res = at::relu(conv1x1(x, w, b, groups) + shortcut);
     expect(at::allclose(fused_res, expected_res), "residual epilogue matches relu(conv2d + shortcut)" + tag);
+
+    // interleave_with: channel 2j is a's j, 2j + 1 the conv's j (a V2 unit's ending).
+    const at::Tensor a = at::randn({2, 48, 5, 7}, at::kDouble).contiguous(format);
+    const at::Tensor fused_il = call_conv("shufflenet_ops::group_conv1x1_shuffle", x, w, b, groups, 1, true,
+                                          std::nullopt, a);
+    const at::Tensor expected_il = at::stack({a, at::relu(conv1x1(x, w, b, groups))}, 2).reshape({2, 96, 5, 7});
+    expect(at::allclose(fused_il, expected_il), "interleave_with writes interleave(a, conv)" + tag);
   }
 
   bool raised = false;
