@@ -670,7 +670,7 @@ def fused_unit(
     if stride == 1:
         return fused_conv1x1(h, expand_conv, expand_bn, x, input_shuffle=after, relu=True)
     branch = fused_conv1x1(h, expand_conv, expand_bn, input_shuffle=after, relu=True)
-    return torch.cat((functional.avg_pool3x3s2_relu(x), branch), dim=1)
+    return functional.cat_channels(functional.avg_pool3x3s2_relu(x), branch)  # (dense gradients back)
 
 
 def fused_unit_v2(

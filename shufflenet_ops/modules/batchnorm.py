@@ -52,10 +52,7 @@ def batch_norm_permuted(bn: nn.BatchNorm2d, z: torch.Tensor, index: torch.Tensor
     ``nn.BatchNorm2d.forward``, written back in the BN's own channel order.
     """
     bn._check_input_dim(z)
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    momentum = _average_factor(bn)
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     pass_buffers = not bn.training or bn.track_running_stats
     running_mean = bn.running_mean.index_select(0, index) if pass_buffers and bn.running_mean is not None else None
@@ -70,18 +67,25 @@ def batch_norm_permuted(bn: nn.BatchNorm2d, z: torch.Tensor, index: torch.Tensor
     return out
 
 
+def _average_factor(bn: nn.BatchNorm2d) -> float:
+    """The weight of this batch in ``bn``'s running statistics, the batch counted in
+    ``num_batches_tracked`` in training, as ``nn.BatchNorm2d.forward`` does: the momentum,
+    or with ``momentum=None`` one over the batches seen (the cumulative average)."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return momentum
+
+
 def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-    """``bn``'s running statistics after a batch of ``count`` values per channel with mean
-    ``mean`` and biased variance ``var``, as ``nn.BatchNorm2d.forward`` (and aten's kernel)
-    updates them: momentum or, with ``momentum=None``, the cumulative average;
-    ``running_var`` takes the unbiased variance."""
+    """``bn``'s running statistics after a training batch of ``count`` values per channel
+    with mean ``mean`` and biased variance ``var``, as ``nn.BatchNorm2d.forward`` (and
+    aten's kernel) updates them; ``running_var`` takes the unbiased variance."""
     if not (bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None):
         return
-    momentum = 0.0 if bn.momentum is None else bn.momentum
+    momentum = _average_factor(bn)
     with torch.no_grad():
-        if bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
         bn.running_var.mul_(1 - momentum).add_(var, alpha=momentum * count / (count - 1))
 
@@ -99,21 +103,21 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def _trains_as_one_op(x: torch.Tensor, bn: nn.Module, relu: nn.Module | bool | None) -> bool:
+def _trains_as_one_op(x: torch.Tensor, bn: nn.Module, relu: nn.Module | None) -> bool:
     """``bn`` (and ``relu``) compute what the training BN ops compute, on ``x``: a plain,
-    affine ``nn.BatchNorm2d`` in train mode and no ReLU, torch's (``True``) or an
-    ``nn.ReLU``, without hooks (a fused call would skip them), and ``x`` a 4-D tensor of
+    affine ``nn.BatchNorm2d`` in train mode and no ReLU or an ``nn.ReLU``, without hooks
+    (a fused call would skip them), and ``x`` a 4-D tensor of
     ``bn``'s width, dtype and device with more than one value per channel (else ``bn``
     raises its own error). Hooks registered for every module count too."""
     return (
         is_plain_batchnorm(bn) and bn.training and bn.affine and not has_hooks(bn) and not global_hooks()
-        and (not isinstance(relu, nn.Module) or (type(relu) is nn.ReLU and not has_hooks(relu)))
+        and (relu is None or (type(relu) is nn.ReLU and not has_hooks(relu)))
         and x.dim() == 4 and x.shape[1] == bn.num_features and x.dtype == bn.weight.dtype
         and x.device == bn.weight.device and x.shape[0] * x.shape[2] * x.shape[3] > 1
     )
 
 
-def batch_norm_act(x: torch.Tensor, bn: nn.Module, relu: nn.Module | bool | None = None) -> torch.Tensor:
+def batch_norm_act(x: torch.Tensor, bn: nn.Module, relu: nn.Module | None = None) -> torch.Tensor:
     """``relu(bn(x))`` as the modules compute it: output, gradients, and ``bn``'s running
     statistics and ``num_batches_tracked``.
 
@@ -129,17 +133,14 @@ def batch_norm_act(x: torch.Tensor, bn: nn.Module, relu: nn.Module | bool | None
 
     Args:
         x: ``(N, C, H, W)``, ``bn``'s dtype and device.
-        relu: None or False: no ReLU; True: torch's ReLU; a module: that module (one op
-            only for a plain ``nn.ReLU``).
+        relu: None: no ReLU; a module: that module after the BN (one op only for a plain
+            ``nn.ReLU``).
     Returns:
         ``x``'s shape and memory format.
     """
     if not _trains_as_one_op(x, bn, relu):
-        y = bn(x)
-        if isinstance(relu, nn.Module):
-            return relu(y)
-        return F.relu(y) if relu else y
-    out, mean, var = functional.batch_norm_relu(x, bn.weight, bn.bias, bn.eps, relu is not None and relu is not False)
+        return bn(x) if relu is None else relu(bn(x))
+    out, mean, var = functional.batch_norm_relu(x, bn.weight, bn.bias, bn.eps, relu is not None)
     _update_running_stats(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
     return out
 
@@ -159,7 +160,7 @@ def batch_norm_relu_max_pool(x: torch.Tensor, bn: nn.Module, relu: nn.Module, po
     Returns:
         ``(N, C, (H - 1) // 2 + 1, (W - 1) // 2 + 1)`` in ``x``'s memory format.
     """
-    if not (type(relu) is nn.ReLU and _trains_as_one_op(x, bn, relu) and _is_stem_pool(pool)):
+    if not (_trains_as_one_op(x, bn, relu) and _is_stem_pool(pool)):
         return pool(relu(bn(x)))
     out, mean, var = functional.batch_norm_relu_max_pool3x3s2(x, bn.weight, bn.bias, bn.eps)
     _update_running_stats(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
