@@ -56,6 +56,8 @@ SHUFFLENET_OPS_AVX512_BN inline __mmask16 passed(const float* out, __mmask16 lan
               : lanes;
 }
 
+constexpr int64_t kRowsAhead = 16;
+
 // Over pixel rows [first, last): sum dz and sum dz * xhat, in double, per block of channels
 // (batch_norm.h: kBlockVectors).
 SHUFFLENET_OPS_AVX512_BN void gradient_sums_avx512(const float* grad, const float* x, const float* out,
@@ -77,8 +79,13 @@ SHUFFLENET_OPS_AVX512_BN void gradient_sums_avx512(const float* grad, const floa
 #pragma GCC unroll 4
       for (int v = 0; v < kBlockVectors; ++v) {
         const int64_t i = p * c + b0 + 16 * v;
+        if (lanes[v] != 0 && p + kRowsAhead < last) {
+          for (const float* t : {grad, x, out}) _mm_prefetch(reinterpret_cast<const char*>(t + i + kRowsAhead * c), _MM_HINT_T0);
+        }
+        // Loads under the static lane mask: a mask computed from `out` would make them wait
+        // for out's cache miss. Lanes the ReLU blocked are left out by the masked adds.
         const __mmask16 pass = passed(out + i, lanes[v], relu);
-        const __m512 g = _mm512_maskz_loadu_ps(pass, grad + i), xv = _mm512_maskz_loadu_ps(pass, x + i);
+        const __m512 g = _mm512_maskz_loadu_ps(lanes[v], grad + i), xv = _mm512_maskz_loadu_ps(lanes[v], x + i);
         const __mmask8 p0 = static_cast<__mmask8>(pass), p1 = static_cast<__mmask8>(pass >> 8);
         const __m512d d0 = low_pd(g), d1 = high_pd(g);
         g_sum[v][0] = _mm512_mask_add_pd(g_sum[v][0], p0, g_sum[v][0], d0);
@@ -107,7 +114,7 @@ SHUFFLENET_OPS_AVX512_BN void grad_input_rows_avx512(const float* grad, const fl
     for (int64_t j0 = 0; j0 < c; j0 += 16) {
       const __mmask16 lanes = lane_mask(c - j0);
       const int64_t i = p * c + j0;
-      const __m512 dz = _mm512_maskz_loadu_ps(passed(out + i, lanes, relu), grad + i);
+      const __m512 dz = _mm512_maskz_mov_ps(passed(out + i, lanes, relu), _mm512_maskz_loadu_ps(lanes, grad + i));
       const __m512 t = _mm512_add_ps(_mm512_mul_ps(dz, _mm512_maskz_loadu_ps(lanes, k + j0)),
                                      _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x + i),
                                                    _mm512_maskz_loadu_ps(lanes, a + j0)));

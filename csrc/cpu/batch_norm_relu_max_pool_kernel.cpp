@@ -108,11 +108,14 @@ SHUFFLENET_OPS_AVX512_BN void gradient_sums_avx512(const float* x_image, const f
       const int64_t o = q * c + j0, r = q / ow, col = q % ow;
       const __mmask16 pass = _mm512_mask_cmp_ps_mask(lanes, _mm512_maskz_loadu_ps(lanes, out + o),
                                                      _mm512_setzero_ps(), _CMP_NLE_UQ);
-      const __m512 g = _mm512_maskz_loadu_ps(pass, grad + o);
+      // Loads and the gather under the static lane mask (every offset is checked to be inside
+      // the input): under `pass` they would wait for out's cache miss. Blocked lanes are left
+      // out by the masked adds.
+      const __m512 g = _mm512_maskz_loadu_ps(lanes, grad + o);
       const int32_t corner = static_cast<int32_t>(((r * kPoolStride - kPoolPad) * w + col * kPoolStride - kPoolPad) * c + j0);
       const __m512i index = _mm512_add_epi32(_mm512_permutexvar_epi32(load_offsets(window + o, lanes), table),
                                              _mm512_add_epi32(lane, _mm512_set1_epi32(corner)));
-      const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), pass, index, x_image, 4);
+      const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, index, x_image, 4);
       const __mmask8 p0 = static_cast<__mmask8>(pass), p1 = static_cast<__mmask8>(pass >> 8);
       const __m512d d0 = low_pd(g), d1 = high_pd(g);
       g0 = _mm512_mask_add_pd(g0, p0, g0, d0), g1 = _mm512_mask_add_pd(g1, p1, g1, d1);
@@ -141,9 +144,11 @@ SHUFFLENET_OPS_AVX512_BN inline void grad_input_pixel_avx512(const float* grad, 
         const int64_t o = (r * ow + q) * c + j0;
         const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(lanes, load_offsets(window + o, lanes),
                                                            _mm512_set1_epi32(position));
-        const __mmask16 pass = _mm512_mask_cmp_ps_mask(hit, _mm512_maskz_loadu_ps(hit, out + o), _mm512_setzero_ps(),
+        // Loads under the static lane mask, not under `hit` and `pass` (which would wait for
+        // the window's and out's loads).
+        const __mmask16 pass = _mm512_mask_cmp_ps_mask(hit, _mm512_maskz_loadu_ps(lanes, out + o), _mm512_setzero_ps(),
                                                        _CMP_NLE_UQ);
-        dz = _mm512_mask_add_ps(dz, pass, dz, _mm512_maskz_loadu_ps(pass, grad + o));
+        dz = _mm512_mask_add_ps(dz, pass, dz, _mm512_maskz_loadu_ps(lanes, grad + o));
       }
     }
     const __m512 t = _mm512_add_ps(_mm512_mul_ps(dz, _mm512_maskz_loadu_ps(lanes, k + j0)),
