@@ -156,6 +156,8 @@ SHUFFLENET_OPS_AVX512_BN inline void grad_input_pixel_avx512(const float* grad, 
     _mm512_mask_storeu_ps(dx + j0, lanes, _mm512_add_ps(t, _mm512_maskz_loadu_ps(lanes, b + j0)));
   }
 }
+constexpr int64_t kPixelsAhead = 16;
+
 // Input row ih of one image (the per-pixel function above, inlined: one call per row).
 SHUFFLENET_OPS_AVX512_BN void grad_input_row_avx512(const float* grad, const float* out, const uint8_t* window,
                                                 int64_t ih, int64_t w, int64_t oh, int64_t ow, int64_t c,
@@ -164,6 +166,14 @@ SHUFFLENET_OPS_AVX512_BN void grad_input_row_avx512(const float* grad, const flo
   const int64_t r0 = ih / kPoolStride, r1 = std::min((ih + 1) / kPoolStride, oh - 1);
   for (int64_t iw = 0; iw < w; ++iw) {
     const int64_t q0 = iw / kPoolStride, q1 = std::min((iw + 1) / kPoolStride, ow - 1);
+    // x is read once, from memory (the stem's input is the largest tensor of the step):
+    // fetch it ahead of the loads, which otherwise stall this pass.
+    if (iw + kPixelsAhead < w) {
+      const char* ahead = reinterpret_cast<const char*>(x + (iw + kPixelsAhead) * c);
+      for (int64_t byte = 0; byte < c * static_cast<int64_t>(sizeof(float)); byte += 64) {
+        _mm_prefetch(ahead + byte, _MM_HINT_T0);
+      }
+    }
     grad_input_pixel_avx512(grad, out, window, ih, iw, r0, r1, q0, q1, ow, c, x + iw * c, k, a, b, dx + iw * c);
   }
 }
