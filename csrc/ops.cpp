@@ -17,6 +17,8 @@
 
 TORCH_LIBRARY(shufflenet_ops, m) {
   m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+  m.def("interleave(Tensor a, Tensor b) -> Tensor");
+  m.def("deinterleave(Tensor first, Tensor second) -> (Tensor even, Tensor odd)");
   // f = act(shuffle(conv1x1(x, weight, groups) + bias, shuffle_groups) + residual)
   // y = f, or with interleave_with (f's shape) y = interleave(interleave_with, f): 2*Cout
   // channels, channel 2j = interleave_with[:, j], channel 2j+1 = f[:, j] (a ShuffleNet V2 unit's

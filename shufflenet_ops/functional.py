@@ -1,17 +1,21 @@
 """The public fused ops. Each checks its arguments, picks a backend (``shufflenet_ops.backend``)
 and runs its kernel; they are defined beside their specs in ``shufflenet_ops.ops``.
 
-``interleave`` is the ShuffleNet V2 unit's ``shuffle(cat(a, b), 2)`` as one copy, written
-with torch's own ops (no kernel of this package): shared by the V2 model and ``fuse``."""
+``interleave``, ``deinterleave`` and ``split_interleave`` are the ShuffleNet V2 unit's
+``shuffle(cat(a, b), 2)``, its inverse, and the ending of one unit joined to the split of the
+next (the ``interleave`` and ``deinterleave`` ops, ``ops/interleave.py``): shared by the V2
+model and ``fuse``."""
 
 from __future__ import annotations
 
 import torch
 
+from . import _backend
 from .ops.batch_norm_relu import batch_norm_relu
 from .ops.batch_norm_relu_max_pool import batch_norm_relu_max_pool3x3s2
 from .ops.channel_shuffle import channel_shuffle
 from .ops.conv1x1_shuffle import group_conv1x1_shuffle, shuffle_group_conv1x1
+from .ops.interleave import DEINTERLEAVE, INTERLEAVE
 from .ops.pool3x3s2_relu import avg_pool3x3s2_relu, max_pool3x3s2_relu
 from .ops.shuffle_unit import pack_pointwise_weight, shuffle_unit
 from .ops.shuffle_unit_v2 import shuffle_unit_v2
@@ -42,18 +46,19 @@ def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a, b: ``(N, C, H, W)`` tensors of the same shape, dtype and device, any strides
             (a channel slice such as ``x.chunk(2, 1)[0]`` is read in place).
     Returns:
-        ``(N, 2C, H, W)``: channels_last if ``b`` is (and is not also contiguous NCHW),
-        contiguous NCHW otherwise. Differentiable: the backward splits the gradient in one
-        copy into two dense tensors in its memory format (``deinterleave``), so the layers
-        before (a ReLU's backward, most of all) read dense gradients, not every other
-        channel of a channels_last tensor, which torch's elementwise kernels walk ~10x slower.
+        ``(N, 2C, H, W)`` in ``a``'s memory format (``torch``'s ``suggest_memory_format``):
+        channels_last or contiguous NCHW. On CPU one pass of the C++ kernel (AVX-512 in
+        channels_last, where torch's own copies of this permutation walk two elements at a
+        time). Differentiable (also twice): the backward splits the gradient in one copy into
+        two dense tensors in its memory format (``deinterleave``), so the layers before (a
+        ReLU's backward, most of all) read dense gradients, not every other channel of a
+        channels_last tensor, which torch's elementwise kernels walk ~10x slower.
     Raises:
         ValueError: ``a`` and ``b`` are not 4-D tensors of the same shape, dtype and device.
+        TypeError: an unsupported dtype (float32, float64, bfloat16 and float16 are).
     """
     _check_pair(a, b)
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-        return _Interleave.apply(a, b)
-    return _interleave(a, b)
+    return INTERLEAVE(a, b)
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -64,45 +69,28 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
         )
 
 
-def _interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    n, c, h, w = b.shape
-    # reshape, not view: stack may lay out a (N, C, 1, 1) pair in either format, and then
-    # reshape copies (a few elements) where a view cannot express it.
-    if _is_channels_last(b):
-        # (N, H, W, C, 2) contiguous is (N, 2C, H, W) channels_last with the channels interleaved.
-        pair = torch.stack((a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)), dim=4)
-        return pair.reshape(n, h, w, 2 * c).permute(0, 3, 1, 2)
-    return torch.stack((a, b), dim=2).reshape(n, 2 * c, h, w)
-
-
 def _is_channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def deinterleave(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The inverse of ``interleave``: ``(y[:, 0::2], y[:, 1::2])`` as two dense tensors in
-    ``y``'s memory format (channels_last if ``y`` is, else contiguous NCHW), made by one
-    copy that reads ``y`` once.
+    ``y``'s memory format (channels_last or contiguous NCHW), made by one pass (the
+    ``deinterleave`` op) that reads ``y`` once.
 
     Args:
-        y: an ``(N, 2C, H, W)`` tensor.
+        y: an ``(N, 2C, H, W)`` tensor of a supported dtype.
     Returns:
-        two ``(N, C, H, W)`` tensors. Differentiable (torch's copy and views).
+        two ``(N, C, H, W)`` tensors. Differentiable (the backward is ``interleave``).
     Raises:
         ValueError: ``y`` is not 4-D with an even channel count.
+        TypeError: an unsupported dtype.
     """
-    if y.dim() != 4 or y.shape[1] % 2:
-        raise ValueError(f"deinterleave expects an (N, 2C, H, W) tensor, got shape {tuple(y.shape)}")
-    n, channels, h, w = y.shape
-    c = channels // 2
-    if _is_channels_last(y):
-        pairs = y.permute(0, 2, 3, 1).reshape(n, h, w, c, 2)
-        halves = torch.empty((2, n, h, w, c), dtype=y.dtype, device=y.device)
-        halves.copy_(pairs.permute(4, 0, 1, 2, 3))
-        return halves[0].permute(0, 3, 1, 2), halves[1].permute(0, 3, 1, 2)
-    halves = torch.empty((2, n, c, h, w), dtype=y.dtype, device=y.device)
-    halves.copy_(y.reshape(n, c, 2, h, w).permute(2, 0, 1, 3, 4))
-    return halves[0], halves[1]
+    if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[1] % 2:
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"deinterleave expects an (N, 2C, H, W) tensor, got shape {shape}")
+    c = y.shape[1] // 2
+    return DEINTERLEAVE(y[:, :c], y[:, c:])
 
 
 def split_interleave(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,46 +104,36 @@ def split_interleave(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
         a, b: ``(N, C, H, W)`` tensors of the same shape, dtype and device.
     Returns:
         the two ``(N, C, H, W)`` halves of the ``(N, 2C, H, W)`` interleaved tensor (views of
-        one buffer, laid out as ``interleave`` lays it out). Differentiable; with ``C`` odd
-        a half holds one more channel of ``a`` than of ``b``, and autograd's chunk backward
-        runs instead.
+        one buffer, laid out as ``interleave`` lays it out; with ``C`` odd a pair straddles
+        the halves). Differentiable: the backward is one ``deinterleave`` op of the two
+        halves' gradients.
     Raises:
-        ValueError: what ``interleave`` raises.
+        ValueError, TypeError: what ``interleave`` raises.
     """
     _check_pair(a, b)
-    if a.shape[1] % 2 or not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
+    backend = _backend.resolve(a.device)
+    if backend == "reference" or not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
         return tuple(interleave(a, b).chunk(2, 1))
-    return _SplitInterleave.apply(a, b)
+    INTERLEAVE.check(a, b)
+    return _SplitInterleave.apply(a, b, backend)
 
 
 class _SplitInterleave(torch.autograd.Function):
-    """``interleave(a, b).chunk(2, 1)``; backward: each half's gradient is deinterleaved into
-    its half of ``a``'s and ``b``'s channels (half j of y holds channels j*C/2 .. (j+1)*C/2 - 1
-    of both)."""
+    """``interleave(a, b).chunk(2, 1)``; backward: the two halves' gradients are the two parts
+    of the interleaved gradient, which the ``deinterleave`` op splits into ``a``'s and ``b``'s
+    without concatenating them first."""
 
     @staticmethod
-    def forward(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(_interleave(a, b).chunk(2, 1))
+    def forward(a: torch.Tensor, b: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(INTERLEAVE.run(backend, a, b).chunk(2, 1))
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        pass
+        ctx.backend = inputs[2]
 
     @staticmethod
-    def backward(ctx, grad_first: torch.Tensor, grad_second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, c, h, w = grad_first.shape  # c = C: each half holds C/2 channels of a and of b
-        half = c // 2
-        channels_last = _is_channels_last(grad_first) or _is_channels_last(grad_second)
-        if channels_last:
-            grads = torch.empty((2, n, h, w, c), dtype=grad_first.dtype, device=grad_first.device)
-            for part, grad in enumerate((grad_first, grad_second)):
-                pairs = grad.permute(0, 2, 3, 1).reshape(n, h, w, half, 2).permute(4, 0, 1, 2, 3)
-                grads[..., part * half:(part + 1) * half].copy_(pairs)
-            return grads[0].permute(0, 3, 1, 2), grads[1].permute(0, 3, 1, 2)
-        grads = torch.empty((2, n, c, h, w), dtype=grad_first.dtype, device=grad_first.device)
-        for part, grad in enumerate((grad_first, grad_second)):
-            grads[:, :, part * half:(part + 1) * half].copy_(grad.reshape(n, half, 2, h, w).permute(2, 0, 1, 3, 4))
-        return grads[0], grads[1]
+    def backward(ctx, grad_first: torch.Tensor, grad_second: torch.Tensor) -> tuple:
+        return (*DEINTERLEAVE.run(ctx.backend, grad_first, grad_second), None)
 
 
 def cat_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -192,20 +170,3 @@ class _CatChannels(torch.autograd.Function):
         layout = torch.channels_last
         return (grad[:, : ctx.split].contiguous(memory_format=layout),
                 grad[:, ctx.split :].contiguous(memory_format=layout))
-
-
-class _Interleave(torch.autograd.Function):
-    """``interleave`` with ``deinterleave`` as its backward (torch's stack would hand each
-    input a strided view of the gradient)."""
-
-    @staticmethod
-    def forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _interleave(a, b)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return deinterleave(grad)

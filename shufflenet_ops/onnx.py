@@ -12,6 +12,8 @@ exported file runs in any ONNX runtime without this package:
   ``interleave_with``, ``Concat`` of it and that, and the shuffle by 2;
 - ``shuffle_group_conv1x1``: the shuffle, then ``Conv``, ``Add``, ``Relu``;
 - ``channel_shuffle``: ``Reshape -> Transpose -> Reshape``;
+- ``interleave``: ``Concat``, then the shuffle by 2; ``deinterleave``: ``Concat``, the
+  inverse shuffle, ``Split``;
 - ``max_pool3x3s2_relu`` / ``avg_pool3x3s2_relu``: ``MaxPool`` / ``AveragePool`` (3x3,
   stride 2, padding 1; the average counts the padding, as ``nn.AvgPool2d``), then ``Relu``;
 - ``shuffle_unit`` / ``shuffle_unit_v2`` (whole units, BNs folded): layer by layer, as the
@@ -153,6 +155,40 @@ def channel_shuffle(x, groups: int = 1):
     return _shuffle(x, groups, _dims(x, 1)[0], _dims(x, 2))
 
 
+def interleave(a, b):
+    """``shuffle(cat(a, b), 2)`` in ONNX: ``Concat``, then the shuffle by 2.
+
+    Args:
+        a, b: (N, C, H, W) values of one shape.
+
+    Returns:
+        The (N, 2C, H, W) value, ``a``'s channel j at 2j and ``b``'s at 2j + 1.
+    """
+    op = _opset()
+    channels = _dims(a, 1)[0]
+    return _shuffle(op.Concat(a, b, axis=1), 2, None if channels is None else 2 * channels, _dims(a, 2))
+
+
+def deinterleave(first, second):
+    """The inverse of ``interleave`` in ONNX: ``Concat`` of the parts, the shuffle by half the
+    channels (the inverse of the shuffle by 2), then ``Split`` into two halves.
+
+    Args:
+        first, second: (N, C1, H, W) and (N, C2, H, W) values, C1 + C2 even.
+
+    Returns:
+        The even and the odd channels of their concatenation, two (N, (C1 + C2) / 2, H, W) values.
+    """
+    op = _opset()
+    c1, c2 = _dims(first, 1)[0], _dims(second, 1)[0]
+    channels = None if c1 is None or c2 is None else c1 + c2
+    if channels is None:
+        raise ValueError("shufflenet_ops.onnx: deinterleave needs static channel counts")
+    inverse = _shuffle(op.Concat(first, second, axis=1), channels // 2, channels, _dims(first, 2))
+    even, odd = op.Split(inverse, axis=1, num_outputs=2)
+    return even, odd
+
+
 def max_pool3x3s2_relu(x):
     """``relu(max_pool2d(x, 3, stride=2, padding=1))`` in ONNX (MaxPool ignores its padding).
 
@@ -279,6 +315,8 @@ _TRANSLATIONS = {
     "group_conv1x1_shuffle": group_conv1x1_shuffle,
     "shuffle_group_conv1x1": shuffle_group_conv1x1,
     "channel_shuffle": channel_shuffle,
+    "interleave": interleave,
+    "deinterleave": deinterleave,
     "max_pool3x3s2_relu": max_pool3x3s2_relu,
     "avg_pool3x3s2_relu": avg_pool3x3s2_relu,
     "shuffle_unit": shuffle_unit,

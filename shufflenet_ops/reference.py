@@ -22,6 +22,19 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The ShuffleNet V2 unit's ending, ``shuffle(cat(a, b), 2)``: ``a``'s channel j becomes
+    channel 2j, ``b``'s channel j channel 2j + 1."""
+    return channel_shuffle(torch.cat((a, b), 1), 2)
+
+
+def deinterleave(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of ``interleave`` for ``y = cat(first, second)`` (y given as two channel
+    parts, as a V2 unit's two halves): ``(y[:, 0::2], y[:, 1::2])``."""
+    y = torch.cat((first, second), 1)
+    return y[:, 0::2], y[:, 1::2]
+
+
 def _as_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight if weight.dim() == 4 else weight.reshape(weight.shape[0], weight.shape[1], 1, 1)
 

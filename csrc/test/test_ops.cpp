@@ -92,6 +92,17 @@ int main() {
                                           std::nullopt, a);
     const at::Tensor expected_il = at::stack({a, at::relu(conv1x1(x, w, b, groups))}, 2).reshape({2, 96, 5, 7});
     expect(at::allclose(fused_il, expected_il), "interleave_with writes interleave(a, conv)" + tag);
+
+    // The interleave op and its inverse (a copy: exact), the inverse given y's two halves.
+    auto& dispatcher = c10::Dispatcher::singleton();
+    const at::Tensor y = dispatcher.findSchemaOrThrow("shufflenet_ops::interleave", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>()
+                             .call(a, shortcut);
+    expect(at::equal(y, at::stack({a, shortcut}, 2).reshape({2, 96, 5, 7})), "interleave(a, b) = shuffle(cat)" + tag);
+    const auto [even, odd] = dispatcher.findSchemaOrThrow("shufflenet_ops::deinterleave", "")
+                                 .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&)>()
+                                 .call(y.slice(1, 0, 48), y.slice(1, 48));
+    expect(at::equal(even, a) && at::equal(odd, shortcut), "deinterleave of the halves gives a and b back" + tag);
   }
 
   bool raised = false;

@@ -25,6 +25,7 @@ from .conv1x1_shuffle import (
     RELU_GRAD,
     SHUFFLE_GROUP_CONV1X1,
 )
+from .interleave import DEINTERLEAVE, INTERLEAVE
 from .pool3x3s2_relu import AVG_POOL3X3S2_RELU, MAX_POOL3X3S2_RELU
 from .shuffle_unit import SHUFFLE_UNIT
 from .shuffle_unit_v2 import SHUFFLE_UNIT_V2
@@ -34,6 +35,8 @@ from .table import KernelTable, kernel_table
 # In csrc/ops.cpp's order.
 SPECS: tuple[OpSpec, ...] = (
     CHANNEL_SHUFFLE,
+    INTERLEAVE,
+    DEINTERLEAVE,
     GROUP_CONV1X1_SHUFFLE,
     SHUFFLE_GROUP_CONV1X1,
     GRAD_INPUT,

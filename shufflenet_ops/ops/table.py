@@ -23,6 +23,10 @@ class KernelTable(Protocol):
 
     def channel_shuffle(self, x: Tensor, groups: int) -> Tensor: ...
 
+    def interleave(self, a: Tensor, b: Tensor) -> Tensor: ...
+
+    def deinterleave(self, first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]: ...
+
     def group_conv1x1_shuffle(
         self, x: Tensor, weight: Tensor, bias: Tensor | None, groups: int, shuffle_groups: int, relu: bool,
         residual: Tensor | None = None, interleave_with: Tensor | None = None,
