@@ -101,11 +101,12 @@ from .modules import (
     is_pointwise_conv,
 )
 from .modules._common import has_hooks
+from .modules.batchnorm import batch_norm_act, batch_norm_relu_max_pool
 from .modules.unit import shuffle_unit_arguments
 
 __all__ = [
     "FuseWarning", "FusedConv", "FusedForward", "fuse", "fused_cat_shuffle", "fused_conv1x1", "fused_conv_bn",
-    "fused_convs", "fused_unit", "fused_unit_v2", "original_forwards",
+    "fused_convs", "fused_stem", "fused_unit", "fused_unit_v2", "original_forwards",
 ]
 
 
@@ -575,10 +576,12 @@ def fused_conv1x1(
         What the fused ops raise for inconsistent shapes, dtypes or devices.
     """
     if conv.groups == 1 and input_shuffle == output_shuffle == 1 and bn is not None and not can_fold(bn):
-        # No shuffle, and the BN (train mode) keeps the ReLU out of the epilogue: nothing to
-        # fuse. Torch's conv, as shufflenet_v2 runs it in train mode: its backward is much
-        # faster on large ungrouped shapes (V2's conv5).
-        y = bn(conv(x))
+        # No shuffle, and the BN (train mode) keeps the ReLU out of the epilogue: torch's conv,
+        # as shufflenet_v2 runs it in train mode (its backward is much faster on large
+        # ungrouped shapes, V2's conv5), then the BN with the ReLU as one op (batch_norm_act).
+        if residual is None:
+            return _train_conv_bn(x, conv, bn, relu)
+        y = _train_conv_bn(x, conv, bn, False)
     elif residual is not None and not _fits_epilogue(residual, x, conv.out_channels):
         y = fused_conv1x1(
             x, conv, bn, input_shuffle=input_shuffle, output_shuffle=output_shuffle, bn_after_shuffle=bn_after_shuffle
@@ -714,6 +717,8 @@ def fused_unit_v2(
     arguments = shuffle_unit_v2_arguments(x, pairs, stride, cache)
     if arguments is not None:
         return torch.ops.shufflenet_ops.shuffle_unit_v2.default(x, *arguments)
+    if not any(can_fold(bn) for _, bn in pairs):  # training, as models.shufflenet_v2 trains
+        return _train_unit_v2(x, pairs, stride)
     if stride == 1:
         x1, x2 = x.chunk(2, 1)  # the halves the graph pass proved the code takes
     else:
@@ -731,6 +736,51 @@ def fused_unit_v2(
                           fold_cache=_fold_cache(expand_conv, expand_bn, 1))
     branch2 = fused_conv1x1(branch2, expand_conv, expand_bn, relu=True)
     return fused_cat_shuffle(x1, branch2)
+
+
+# The ReLU and max pool that the training BN ops run with the BN as one op (plain modules:
+# the ops' rule, modules/batchnorm.py:_trains_as_one_op).
+_RELU = nn.ReLU()
+_STEM_POOL = nn.MaxPool2d(3, stride=2, padding=1)
+
+
+def fused_stem(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``max_pool3x3s2(relu(bn(conv(x))))``, a ShuffleNet stem, of a ``fuse()``d forward, as
+    the package's models run it: in eval the BN folded into one ``F.conv2d``
+    (``fused_conv_bn``), then the ``max_pool3x3s2_relu`` op; in training torch's conv, then
+    the BN (batch statistics, running-stat updates as ``nn.BatchNorm2d``), the ReLU and the
+    pool as one op (``modules.batchnorm.batch_norm_relu_max_pool``).
+
+    Shape: x ``(N, Cin, H, W)`` -> ``(N, Cout, H2 // 2 + ..., ...)``, the conv's output pooled
+    3x3 with stride 2 and padding 1; x's dtype.
+    """
+    if can_fold(bn):
+        return functional.max_pool3x3s2_relu(fused_conv_bn(x, conv, bn))
+    return batch_norm_relu_max_pool(conv(x), bn, _RELU, _STEM_POOL)
+
+
+def _train_conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool) -> torch.Tensor:
+    """``act(bn(conv(x)))`` in training: torch's conv, then the BN (batch statistics,
+    running-stat updates as ``nn.BatchNorm2d``) and the ReLU as one op (``batch_norm_act``)."""
+    return batch_norm_act(conv(x), bn, _RELU if relu else None)
+
+
+def _train_unit_v2(x: torch.Tensor, pairs: list, stride: int) -> torch.Tensor:
+    """A ShuffleNet V2 unit of a ``fuse()``d forward in training, as the package's model trains
+    it (``models.shufflenet_v2._training_branch``): each conv torch's, each BN with the ReLU
+    after it as one op, the ending one ``interleave`` op. ``pairs``: (conv, BN) of branch2's
+    compress, depthwise, expand, then (stride 2) branch1's depthwise and pointwise."""
+    (compress, compress_bn), (depthwise, depthwise_bn), (expand, expand_bn) = pairs[:3]
+    if stride == 1:
+        x1, x2 = x.chunk(2, 1)  # the halves the graph pass proved the code takes
+    else:
+        (shortcut_depthwise, shortcut_depthwise_bn), (shortcut, shortcut_bn) = pairs[3:]
+        x1 = _train_conv_bn(_train_conv_bn(x, shortcut_depthwise, shortcut_depthwise_bn, False), shortcut,
+                            shortcut_bn, True)
+        x2 = x
+    y = _train_conv_bn(x2, compress, compress_bn, True)
+    y = _train_conv_bn(y, depthwise, depthwise_bn, False)
+    return fused_cat_shuffle(x1, _train_conv_bn(y, expand, expand_bn, True))
 
 
 @dataclass(frozen=True)
@@ -1123,6 +1173,23 @@ def _fuse_max_pool_relus(root: nn.Module, graph: fx.Graph) -> bool:
     return changed
 
 
+def _fuse_stems(graph: fx.Graph) -> bool:
+    """``max_pool3x3s2_relu(fused_conv_bn(x, conv, bn))`` -> ``fused_stem(x, conv, bn)`` (a
+    ShuffleNet stem): the same ops in eval, one BN + ReLU + pool op in training."""
+    changed = False
+    for pool in list(graph.nodes):
+        conv_bn = pool.args[0] if _is_call(pool, functional.max_pool3x3s2_relu) else None
+        if not _is_call(conv_bn, fused_conv_bn) or len(conv_bn.users) != 1:
+            continue
+        with graph.inserting_before(pool):
+            fused = graph.call_function(fused_stem, conv_bn.args)
+        pool.replace_all_uses_with(fused)
+        graph.erase_node(pool)
+        graph.erase_node(conv_bn)
+        changed = True
+    return changed
+
+
 def _is_call(node: object, function: Any) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target is function
 
@@ -1399,6 +1466,7 @@ def _rewrite(root: nn.Module, graph: fx.Graph, prefix: str, report: _Report) -> 
         _fuse_pooled_concats(root, graph)
         _fold_conv_batchnorms(root, graph)
         _fuse_max_pool_relus(root, graph)
+        _fuse_stems(graph)
         _fuse_whole_units(root, graph)
         _fuse_whole_v2_units(root, graph)
     for node in graph.nodes:
@@ -1435,7 +1503,7 @@ def _sites(graph: fx.Graph) -> tuple[FusedConv, ...]:
                     sites.append(FusedConv(conv=conv.target, bn=bn.target, kernel="conv2d_bn"))
                 else:
                     sites.append(FusedConv(conv=conv.target, bn=bn.target, relu=True))
-        elif node.op == "call_function" and node.target is fused_conv_bn:
+        elif node.op == "call_function" and node.target in (fused_conv_bn, fused_stem):
             sites.append(FusedConv(conv=node.args[1].target, bn=node.args[2].target, kernel="conv2d_bn"))
         elif _is_fused_call(node):
             _, conv, bn, *residual = node.args

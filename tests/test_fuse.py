@@ -284,7 +284,7 @@ def test_module_and_functional_shuffles():
 
 def test_package_naive_shufflenet_reaches_the_fused_one():
     """Every 1x1 conv, every epilogue (residual + ReLU, pooled shortcut + ReLU), every BN
-    fold and the stem's pool + ReLU, as in shufflenet_v1(fused=True)."""
+    fold and the stem's conv + BN + ReLU + pool, as in shufflenet_v1(fused=True)."""
     torch.manual_seed(0)
     naive = randomize_batchnorm(shufflenet_v1(3, 0.25, num_classes=10, fused=False).to(DOUBLE))
     reference = copy.deepcopy(naive)
@@ -301,7 +301,7 @@ def test_package_naive_shufflenet_reaches_the_fused_one():
     # ReLUs inside it); the units' own forwards, fused too, keep their per-conv calls
     top = fused.forward.code
     assert top.count("fuse_fused_unit(") == 16 and "fused_conv1x1" not in top
-    assert "max_pool3x3s2_relu" in code and "relu(" not in code.replace("_relu(", "")
+    assert "fused_stem(" in code and "relu(" not in code.replace("_relu(", "")  # conv1 + BN + ReLU + pool
     packaged = shufflenet_v1(3, 0.25, num_classes=10, fused=True).to(DOUBLE)
     packaged.load_state_dict(reference.state_dict())
     x = torch.randn(2, 3, 32, 32, dtype=DOUBLE)

@@ -436,8 +436,8 @@ def test_fuse_of_v2_code_runs_what_the_package_model_runs(unit):
     """In eval the fuse()d model runs the ops of shufflenet_v2(fused=True), in the same order
     on the same shapes and memory formats (given channels_last input, as the package's model
     makes it on CPU): each unit one fused_unit_v2 call, in inference one shuffle_unit_v2 op
-    (16), the stem's 3x3 conv + BN one F.conv2d and its ReLU + max pool one op, conv5 + BN +
-    ReLU one fused conv. With a gradient needed each unit runs op by op, as the package's
+    (16), the stem (``fused_stem``) its 3x3 conv + BN as one F.conv2d and its ReLU + max pool
+    as one op, conv5 + BN + ReLU one fused conv. With a gradient needed each unit runs op by op, as the package's
     model does: each 1x1 conv + BN + ReLU one fused conv (36 at any width: two per unit,
     branch1 of the 3 stride-2 units, conv5), each 3x3 conv + BN one F.conv2d (20: the stem
     and the depthwise convs), each unit's cat + shuffle written by its last 1x1 conv
@@ -455,8 +455,8 @@ def test_fuse_of_v2_code_runs_what_the_package_model_runs(unit):
     others = {name for name, m in naive.named_modules() if isinstance(m, nn.Conv2d)} - pointwise
     assert {name for name, s in sites.items() if s.kernel == "conv2d_bn"} == others and len(others) == 20
     code = fused.forward.code
-    assert code.count("fused_unit_v2(") == 16 and code.count("max_pool3x3s2_relu(") == 1
-    assert code.count("fused_conv1x1(") == 1 and code.count("fused_conv_bn(") == 1  # conv5, the stem
+    assert code.count("fused_unit_v2(") == 16 and code.count("fused_stem(") == 1  # conv1 + BN + ReLU + pool
+    assert code.count("fused_conv1x1(") == 1 and code.count("fused_conv_bn(") == 0  # conv5
     for written in ("cat(", "concat(", "channel_shuffle", "transpose", "rearrange", ".shuffle", "relu(self", "view(",
                     "chunk(", "split(", "getitem"):
         assert written not in code, written
@@ -481,10 +481,10 @@ def test_fuse_of_v2_code_runs_what_the_package_model_runs(unit):
 
 
 def test_fuse_of_v2_code_in_train_mode_runs_torchs_convs():
-    """Train mode, as shufflenet_v2(fused=True): the BN between each conv and its ReLU leaves
-    nothing to fuse, so every conv runs as torch's (its backward is the faster one for
-    V2's large ungrouped 1x1 convs); the cat + shuffle is still one interleaving copy, the
-    interleave op's."""
+    """Train mode, as shufflenet_v2(fused=True) trains: the BN between each conv and its ReLU
+    keeps the convs apart, so every conv runs as torch's (its backward is the faster one for
+    V2's large ungrouped 1x1 convs), each BN with its ReLU as one op, the stem's BN, ReLU and
+    pool as one op; the cat + shuffle is one interleave op."""
     _, fused = _fused_v2(TVInvertedResidual, torch.float32)
     fused.train()
     with _ComputeOps() as recorded:
@@ -493,6 +493,11 @@ def test_fuse_of_v2_code_in_train_mode_runs_torchs_convs():
     assert names.count("aten.convolution") == 56 and names.count("shufflenet_ops.interleave") == 16
     assert "shufflenet_ops.group_conv1x1_shuffle" not in names and "aten.cat" not in names
     assert "aten.stack" not in names
+    # as the package's model trains: every BN (and the ReLU after it) one op, the stem's BN,
+    # ReLU and pool one op; no aten BN, ReLU or pool
+    assert names.count("shufflenet_ops.batch_norm_relu") == 55  # 13 * 3 + 3 * 5 unit BNs, conv5's
+    assert names.count("shufflenet_ops.batch_norm_relu_max_pool3x3s2") == 1
+    assert not [n for n in names if n in ("aten.native_batch_norm", "aten.relu", "aten.max_pool2d_with_indices")]
 
 
 @pytest.mark.parametrize("unit", V2_WRITINGS)
