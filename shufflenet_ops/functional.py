@@ -55,13 +55,17 @@ def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         channels_last tensor, which torch's elementwise kernels walk ~10x slower.
     Raises:
         ValueError: ``a`` and ``b`` are not 4-D tensors of the same shape, dtype and device.
-        TypeError: an unsupported dtype (float32, float64, bfloat16 and float16 are).
+        TypeError: ``a`` or ``b`` is not a tensor, or has an unsupported dtype (float32,
+            float64, bfloat16 and float16 are).
     """
     _check_pair(a, b)
     return INTERLEAVE(a, b)
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    for t, name in ((a, "a"), (b, "b")):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"interleave expects tensors, got {name} of type {type(t).__name__}")
     if a.dim() != 4 or a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
         raise ValueError(
             "interleave expects two 4-D tensors of the same shape, dtype and device, got "
@@ -84,11 +88,12 @@ def deinterleave(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         two ``(N, C, H, W)`` tensors. Differentiable (the backward is ``interleave``).
     Raises:
         ValueError: ``y`` is not 4-D with an even channel count.
-        TypeError: an unsupported dtype.
+        TypeError: ``y`` is not a tensor, or has an unsupported dtype.
     """
-    if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[1] % 2:
-        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ValueError(f"deinterleave expects an (N, 2C, H, W) tensor, got shape {shape}")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"deinterleave expects a tensor, got {type(y).__name__}")
+    if y.dim() != 4 or y.shape[1] % 2:
+        raise ValueError(f"deinterleave expects an (N, 2C, H, W) tensor, got shape {tuple(y.shape)}")
     c = y.shape[1] // 2
     return DEINTERLEAVE(y[:, :c], y[:, c:])
 
