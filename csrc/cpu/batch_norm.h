@@ -154,6 +154,9 @@ SHUFFLENET_OPS_AVX512_BN inline __m512d high_pd(__m512 v) {
 // channels; one 16-channel block per walk read the rows' cache lines too sparsely.) Each
 // lane adds its terms in pixel order, as the portable loop does.
 constexpr int64_t kBlockVectors = 4;
+// Rows fetched ahead by the passes that walk a chunk once per channel block: a block's slice of
+// each row is a short strided read the hardware prefetcher follows poorly.
+constexpr int64_t kRowsAhead = 16;
 
 // The shifted sums and sums of squares of pixel rows [first, last), in double, into
 // acc[0..c) and acc[c..2c).
@@ -173,6 +176,9 @@ SHUFFLENET_OPS_AVX512_BN inline void channel_sums_avx512(const float* x, int64_t
     for (int64_t p = first; p < last; ++p) {
 #pragma GCC unroll 4
       for (int v = 0; v < kBlockVectors; ++v) {
+        if (lanes[v] != 0 && p + kRowsAhead < last) {
+          _mm_prefetch(reinterpret_cast<const char*>(x + (p + kRowsAhead) * c + b0 + 16 * v), _MM_HINT_T0);
+        }
         const __m512 x_v = _mm512_maskz_loadu_ps(lanes[v], x + p * c + b0 + 16 * v);
         const __m512d d0 = _mm512_sub_pd(low_pd(x_v), shift_v[v][0]), d1 = _mm512_sub_pd(high_pd(x_v), shift_v[v][1]);
         sum[v][0] = _mm512_add_pd(sum[v][0], d0), sum[v][1] = _mm512_add_pd(sum[v][1], d1);

@@ -56,8 +56,6 @@ SHUFFLENET_OPS_AVX512_BN inline __mmask16 passed(const float* out, __mmask16 lan
               : lanes;
 }
 
-constexpr int64_t kRowsAhead = 16;
-
 // Over pixel rows [first, last): sum dz and sum dz * xhat, in double, per block of channels
 // (batch_norm.h: kBlockVectors).
 SHUFFLENET_OPS_AVX512_BN void gradient_sums_avx512(const float* grad, const float* x, const float* out,
