@@ -751,8 +751,8 @@ def fused_stem(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Te
     the BN (batch statistics, running-stat updates as ``nn.BatchNorm2d``), the ReLU and the
     pool as one op (``modules.batchnorm.batch_norm_relu_max_pool``).
 
-    Shape: x ``(N, Cin, H, W)`` -> ``(N, Cout, H2 // 2 + ..., ...)``, the conv's output pooled
-    3x3 with stride 2 and padding 1; x's dtype.
+    Shape: x ``(N, Cin, H, W)`` -> ``(N, Cout, (H2 - 1) // 2 + 1, (W2 - 1) // 2 + 1)``, the
+    conv's ``H2 x W2`` output pooled 3x3 with stride 2 and padding 1; x's dtype.
     """
     if can_fold(bn):
         return functional.max_pool3x3s2_relu(fused_conv_bn(x, conv, bn))
