@@ -33,6 +33,7 @@
 #include "fp_contract_off.h"
 #include "batch_norm.h"
 #include "pool3x3.h"
+#include "prefetch.h"
 #include "relu.h"
 
 namespace shufflenet_ops::cpu {
@@ -168,12 +169,7 @@ SHUFFLENET_OPS_AVX512_BN void grad_input_row_avx512(const float* grad, const flo
     const int64_t q0 = iw / kPoolStride, q1 = std::min((iw + 1) / kPoolStride, ow - 1);
     // x is read once, from memory (the stem's input is the largest tensor of the step):
     // fetch it ahead of the loads, which otherwise stall this pass.
-    if (iw + kPixelsAhead < w) {
-      const char* ahead = reinterpret_cast<const char*>(x + (iw + kPixelsAhead) * c);
-      for (int64_t byte = 0; byte < c * static_cast<int64_t>(sizeof(float)); byte += 64) {
-        _mm_prefetch(ahead + byte, _MM_HINT_T0);
-      }
-    }
+    if (iw + kPixelsAhead < w) prefetch_row(x + (iw + kPixelsAhead) * c, c);
     grad_input_pixel_avx512(grad, out, window, ih, iw, r0, r1, q0, q1, ow, c, x + iw * c, k, a, b, dx + iw * c);
   }
 }

@@ -17,6 +17,7 @@
 #include "../checks.h"
 #include "interleave.h"
 #include "planar.h"
+#include "prefetch.h"
 #include "small_gemm.h"
 
 namespace shufflenet_ops::cpu {
@@ -60,14 +61,6 @@ void for_each_run(int64_t batch, int64_t pixels, int64_t channels, const Run& ru
 // pixels ahead (without, the loads' misses stalled a cold deinterleave 1.7x behind torch's
 // strided copies).
 constexpr int64_t kPixelsAhead = 8;
-
-template <typename scalar_t>
-inline void prefetch_row(const scalar_t* row, int64_t count) {
-  const char* bytes = reinterpret_cast<const char*>(row);
-  for (int64_t byte = 0; byte < count * static_cast<int64_t>(sizeof(scalar_t)); byte += 64) {
-    __builtin_prefetch(bytes + byte);
-  }
-}
 
 template <typename scalar_t>
 void interleave_kernel(const at::Tensor& a, const at::Tensor& b, at::Tensor& y, Layout layout) {
